@@ -1,0 +1,62 @@
+"""The `latentseg` command line: one sub-command per module in this package.
+
+Each sub-command module exposes ``add_parser(subparsers)`` and imports anything heavy
+(torch, MONAI, FastAPI) only inside the function it registers, so `latentseg --help`
+stays fast and the API image can run `serve` without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Order is the order shown in --help.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "segment",
+    "targets",
+    "serve",
+    "submit",
+    "worker",
+    "phantoms",
+    "train",
+    "evaluate",
+    "export_onnx",
+)
+
+
+class CliError(Exception):
+    """An error the user can fix; printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latentseg",
+        description="Universal CT segmentation with guided latent diffusion (mean + variance masks).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMAND_MODULES:
+        if importlib.util.find_spec(f"cli.{name}") is None:
+            continue
+        module = importlib.import_module(f"cli.{name}")
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except CliError as exc:
+        print(f"latentseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
