@@ -53,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"latentseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `latentseg targets | head`
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

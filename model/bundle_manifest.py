@@ -1,0 +1,118 @@
+"""The torch-free half of a bundle: reading and validating ``bundle.json``.
+
+A bundle is a folder::
+
+    bundle.json           schema version, name, version, full ModelConfig, vocabulary (+ sha256),
+                          trained targets, latent scale factors, provenance, weights sha256
+    weights.safetensors   mask_ae.*, image_vae.*, denoiser.* tensors
+
+The API process reads only the manifest (to know the bundle's name, version and trained
+targets) and never imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.errors import BundleError
+from model.vocabulary import Vocabulary
+
+SCHEMA_VERSION = 1
+BUNDLE_FORMAT = "latentseg-bundle"
+MANIFEST_NAME = "bundle.json"
+WEIGHTS_NAME = "weights.safetensors"
+
+
+@dataclass(frozen=True)
+class LatentScale:
+    """Multipliers applied to encoder outputs so latents have unit variance (LDM's scale_factor)."""
+
+    mask: float
+    image: float
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    name: str
+    version: str
+    config: dict[str, Any]
+    vocabulary: Vocabulary
+    trained_targets: tuple[str, ...]
+    latent_scale: LatentScale
+    weights_sha256: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": BUNDLE_FORMAT,
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "version": self.version,
+            "config": self.config,
+            "vocabulary": self.vocabulary.to_dict(),
+            "vocabulary_sha256": self.vocabulary.sha256(),
+            "trained_targets": list(self.trained_targets),
+            "latent_scale": {"mask": self.latent_scale.mask, "image": self.latent_scale.image},
+            "weights_sha256": self.weights_sha256,
+            "provenance": self.provenance,
+        }
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def demo_bundle_path() -> Path:
+    """Where the demo bundle ships inside the package."""
+    return Path(__file__).resolve().parent / "bundles" / "demo"
+
+
+def read_manifest(path: str | Path) -> BundleManifest:
+    """Read and validate ``bundle.json`` strictly; any mismatch is a :class:`BundleError`."""
+    folder = Path(path)
+    manifest_path = folder / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise BundleError(f"not a latentseg bundle: {folder} has no {MANIFEST_NAME}")
+    try:
+        data = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    if data.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{manifest_path}: format is {data.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(
+            f"{manifest_path}: schema_version {data.get('schema_version')} is not supported (this code reads {SCHEMA_VERSION})"
+        )
+    required = ("name", "version", "config", "vocabulary", "vocabulary_sha256", "trained_targets", "latent_scale", "weights_sha256")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise BundleError(f"{manifest_path} lacks {', '.join(missing)}")
+    vocabulary = Vocabulary.from_dict(data["vocabulary"])
+    if vocabulary.sha256() != data["vocabulary_sha256"]:
+        raise BundleError(f"{manifest_path}: vocabulary does not match its sha256 (edited or corrupted)")
+    unknown = [name for name in data["trained_targets"] if name not in vocabulary.names()]
+    if unknown:
+        raise BundleError(f"{manifest_path}: trained_targets not in its vocabulary: {', '.join(unknown)}")
+    scale = data["latent_scale"]
+    if not all(isinstance(scale.get(k), (int, float)) and scale[k] > 0 for k in ("mask", "image")):
+        raise BundleError(f"{manifest_path}: latent_scale must give positive 'mask' and 'image' factors")
+    return BundleManifest(
+        name=str(data["name"]),
+        version=str(data["version"]),
+        config=data["config"],
+        vocabulary=vocabulary,
+        trained_targets=tuple(data["trained_targets"]),
+        latent_scale=LatentScale(mask=float(scale["mask"]), image=float(scale["image"])),
+        weights_sha256=str(data["weights_sha256"]),
+        provenance=dict(data.get("provenance", {})),
+        schema_version=int(data["schema_version"]),
+    )

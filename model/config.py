@@ -1,0 +1,149 @@
+"""Typed, frozen hyper-parameters. Everything here is stored in bundles.
+
+Runtime environment (paths, devices, Redis) lives in ``*Settings`` elsewhere, never here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from model.diffusion.process import LossType, MeanType, VarType
+from model.diffusion.samplers import SamplerKind
+from model.diffusion.schedule import ScheduleKind
+
+
+class FrozenConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PreprocessConfig(FrozenConfig):
+    """How a CT volume is brought to the model's grid (shared by training and inference)."""
+
+    spacing: tuple[float, float, float] = Field((3.0, 3.0, 3.0), description="target voxel size (mm) along R, A, S")
+    intensity_min: float = Field(-175.0, description="HU mapped to 0")
+    intensity_max: float = Field(250.0, description="HU mapped to 1")
+    patch_size: tuple[int, int] = Field((128, 128), description="2D axial window (voxels)")
+    body_threshold_hu: float = Field(-500.0, description="voxels above this are body; windows without body are skipped")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PreprocessConfig":
+        if any(s <= 0 for s in self.spacing):
+            raise ValueError("spacing must be positive")
+        if self.intensity_max <= self.intensity_min:
+            raise ValueError("intensity_max must exceed intensity_min")
+        return self
+
+
+class MaskAEConfig(FrozenConfig):
+    """Vanilla (non-variational) mask auto-encoder; weight decay regularises its latent."""
+
+    base_channels: int = 8
+    latent_channels: int = 4
+    downsample_levels: int = 3
+
+    @property
+    def factor(self) -> int:
+        return 2**self.downsample_levels
+
+
+class ImageVAEConfig(FrozenConfig):
+    """MONAI ``AutoencoderKL``; len(channels) - 1 downsamplings."""
+
+    channels: tuple[int, ...] = (16, 32, 32, 32)
+    latent_channels: int = 4
+    num_res_blocks: int = 1
+    norm_num_groups: int = 8
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+
+class DenoiserConfig(FrozenConfig):
+    """Conditional denoising U-Net in latent space (MONAI ``DiffusionModelUNet``)."""
+
+    channels: tuple[int, ...] = (32, 64, 128)
+    num_res_blocks: int = 1
+    attention_levels: tuple[bool, ...] = (False, False, True)
+    num_head_channels: int = 32
+    norm_num_groups: int = 16
+    conditioning: Literal["learnt", "text"] = "learnt"
+    text_embedding_dim: int = 384
+
+    @model_validator(mode="after")
+    def _check(self) -> "DenoiserConfig":
+        if len(self.attention_levels) != len(self.channels):
+            raise ValueError("attention_levels needs one entry per channel level")
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError("every channel count must be divisible by norm_num_groups")
+        return self
+
+
+class DiffusionConfig(FrozenConfig):
+    num_timesteps: int = 1000
+    schedule: ScheduleKind = ScheduleKind.LINEAR
+    mean_type: MeanType = MeanType.START_X
+    var_type: VarType = VarType.LEARNED_RANGE
+    loss_type: LossType = LossType.HYBRID
+    vlb_weight: float = 1e-3
+
+
+class SamplingConfig(FrozenConfig):
+    """Inference defaults; requests may override steps, ensemble and seed."""
+
+    steps: int = Field(10, ge=1, le=1000)
+    ensemble: int = Field(5, ge=1, le=64)
+    sampler: SamplerKind = SamplerKind.DDPM
+    eta: float = 0.0
+    overlap: float = Field(0.25, ge=0.0, lt=1.0)
+    max_batch: int = Field(256, ge=1, description="denoiser batch cap (windows x targets x members)")
+
+
+class ModelConfig(FrozenConfig):
+    preprocess: PreprocessConfig = PreprocessConfig()
+    mask_ae: MaskAEConfig = MaskAEConfig()
+    image_vae: ImageVAEConfig = ImageVAEConfig()
+    denoiser: DenoiserConfig = DenoiserConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    sampling: SamplingConfig = SamplingConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.mask_ae.factor != self.image_vae.factor:
+            raise ValueError(
+                f"mask and image latents must have the same size: f={self.mask_ae.factor} vs {self.image_vae.factor}"
+            )
+        h, w = self.preprocess.patch_size
+        if h % self.mask_ae.factor or w % self.mask_ae.factor:
+            raise ValueError(f"patch_size must be divisible by the latent factor {self.mask_ae.factor}")
+        latent = h // self.mask_ae.factor
+        if latent % 2 ** (len(self.denoiser.channels) - 1):
+            raise ValueError("the latent size must be divisible by the U-Net's downsampling")
+        return self
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C_z, H_z, W_z) of the mask latent."""
+        h, w = self.preprocess.patch_size
+        f = self.mask_ae.factor
+        return (self.mask_ae.latent_channels, h // f, w // f)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return cls.model_validate(data)
+
+
+def tiny_config() -> ModelConfig:
+    """A seconds-fast configuration for tests: 64² windows at 4 mm, latent 4×8×8."""
+    return ModelConfig(
+        preprocess=PreprocessConfig(spacing=(4.0, 4.0, 4.0), patch_size=(64, 64)),
+        mask_ae=MaskAEConfig(base_channels=4),
+        image_vae=ImageVAEConfig(channels=(8, 16, 16, 16), norm_num_groups=4),
+        denoiser=DenoiserConfig(channels=(16, 32, 32), attention_levels=(False, False, True), num_head_channels=16, norm_num_groups=8),
+        sampling=SamplingConfig(steps=4, ensemble=3),
+    )
