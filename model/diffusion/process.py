@@ -113,9 +113,11 @@ class GaussianDiffusion:
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        # The posterior variance is 0 at t=0: clip the log to the next value.
+        # The posterior variance is 0 at t=0: clip the log to the next value (to beta_0 for a
+        # single-step process, which has no next value).
+        self._variance_at_zero = self.posterior_variance[1] if self.num_timesteps > 1 else betas[0]
         self.posterior_log_variance_clipped = np.log(
-            np.append(self.posterior_variance[1], self.posterior_variance[1:])
+            np.append(self._variance_at_zero, self.posterior_variance[1:])
         )
         # Eq. 9 of the paper: mu = coef1 * z0 + coef2 * z_t.
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
@@ -177,12 +179,12 @@ class GaussianDiffusion:
             variance = torch.exp(log_variance)
         else:
             if self.var_type is VarType.FIXED_LARGE:
-                var_arr = np.append(self.posterior_variance[1], self.betas[1:])
+                var_arr = np.append(self._variance_at_zero, self.betas[1:])
             else:
                 var_arr = self.posterior_variance
             variance = extract(var_arr, t, z_t.ndim).expand_as(z_t)
             log_variance = extract(
-                np.log(np.append(self.posterior_variance[1], self.betas[1:]))
+                np.log(np.append(self._variance_at_zero, self.betas[1:]))
                 if self.var_type is VarType.FIXED_LARGE
                 else self.posterior_log_variance_clipped,
                 t,
