@@ -1,0 +1,70 @@
+"""``latentseg serve``: the REST API (RQ mode with REDIS_URL, else embedded with an in-process worker)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the REST API (embedded worker unless REDIS_URL is set)",
+        description=(
+            "Run the REST API. With REDIS_URL (or --redis-url) jobs go to `latentseg worker` processes "
+            "through Redis/RQ; without it the API runs jobs in an in-process worker thread with the "
+            "bundled demo checkpoint (no Redis, no GPU needed). Other settings come from LATENTSEG_* "
+            "environment variables; flags override them."
+        ),
+    )
+    parser.add_argument("--host", help="bind address (default LATENTSEG_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default LATENTSEG_PORT or 8000)")
+    parser.add_argument("--redis-url", help="Redis URL for RQ mode (default REDIS_URL; none = embedded)")
+    parser.add_argument("--queue", help="RQ queue name, shared with the workers (default latentseg)")
+    parser.add_argument("--storage-dir", type=Path, help="storage shared with the workers")
+    parser.add_argument("--bundle", type=Path, help="embedded mode: model bundle directory (default: the demo bundle)")
+    parser.add_argument("--device", help="embedded mode: torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from cli.main import CliError
+    from service.main import create_app
+    from service.settings import ServiceSettings
+
+    overrides = {
+        name: value
+        for name, value in (
+            ("host", args.host),
+            ("port", args.port),
+            ("redis_url", args.redis_url),
+            ("queue", args.queue),
+            ("storage_dir", args.storage_dir),
+            ("bundle", args.bundle),
+            ("device", args.device),
+        )
+        if value is not None
+    }
+    try:
+        settings = ServiceSettings(**overrides)
+    except ValidationError as exc:
+        raise CliError(f"invalid settings: {exc}") from exc
+    if args.bundle is not None and not args.bundle.exists():
+        raise CliError(f"bundle not found: {args.bundle}")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    mode = "embedded (in-process worker)" if settings.embedded else f"RQ queue {settings.queue!r}"
+    logging.getLogger("latentseg.serve").info(
+        "serving on http://%s:%d, %s, storage %s", settings.host, settings.port, mode, settings.storage_dir
+    )
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    return 0

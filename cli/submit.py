@@ -1,0 +1,104 @@
+"""``latentseg submit``: upload volumes to a latentseg server, wait, download the results."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "submit",
+        help="send volumes to a latentseg server and fetch mean/variance masks",
+        description=(
+            "Upload each FILE (.nii/.nii.gz) as one job. With --wait (implied by --out), batch-poll all "
+            "jobs with a progress bar and download each job's results into OUT/<input stem>/."
+        ),
+    )
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    parser.add_argument("--server", default="http://127.0.0.1:8000", help="API base URL (default %(default)s)")
+    parser.add_argument("--targets", required=True, help="comma-separated targets, e.g. liver,pancreas")
+    parser.add_argument("--ensemble", type=int, help="ensemble size (server default if omitted)")
+    parser.add_argument("--steps", type=int, help="sampling steps (server default if omitted)")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--wait", action="store_true", help="wait for the jobs to end")
+    parser.add_argument("--out", type=Path, help="download results here (implies --wait)")
+    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
+    parser.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _out_dirs(files: list[Path], out: Path) -> list[Path]:
+    from service.client import input_stem
+
+    seen: dict[str, int] = {}
+    dirs: list[Path] = []
+    for path in files:
+        stem = input_stem(path)
+        seen[stem] = seen.get(stem, 0) + 1
+        dirs.append(out / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
+    return dirs
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    import httpx
+    from tqdm import tqdm
+
+    from cli.main import CliError
+    from service.client import ApiError, LatentsegClient
+
+    missing = [str(p) for p in args.files if not p.is_file()]
+    if missing:
+        raise CliError(f"no such file: {', '.join(missing)}")
+    wait = args.wait or args.out is not None
+    out = args.out if args.out is not None else Path("latentseg-results")
+
+    try:
+        with LatentsegClient(args.server) as client:
+            job_ids: list[str] = []
+            for path in args.files:
+                try:
+                    body = client.submit(path, args.targets, ensemble=args.ensemble, steps=args.steps, seed=args.seed)
+                except ApiError as exc:
+                    raise CliError(f"{path}: the server refused it: {exc.message}") from exc
+                job_ids.append(body["job_id"])
+                print(f"{path}\t{body['job_id']}")
+            if not wait:
+                return 0
+
+            total = 100 * len(job_ids)
+            with tqdm(total=total, unit="%", desc="segmenting", disable=args.no_progress, file=sys.stderr) as bar:
+
+                def update(states: dict[str, dict[str, Any]]) -> None:
+                    done = sum(100 if s["status"] in ("finished", "failed", "canceled") else s["progress"] for s in states.values())
+                    bar.update(done - bar.n)
+                    counts = {}
+                    for s in states.values():
+                        counts[s["status"]] = counts.get(s["status"], 0) + 1
+                    bar.set_postfix(counts, refresh=False)
+
+                states = client.wait(
+                    job_ids, poll_interval_s=args.poll_interval, timeout_s=args.timeout, on_update=update
+                )
+
+            failures = 0
+            for path, job_id, directory in zip(args.files, job_ids, _out_dirs(list(args.files), out), strict=True):
+                state = states[job_id]
+                if state["status"] != "finished":
+                    failures += 1
+                    print(f"{path}: {state['status']}: {state.get('error') or 'no reason given'}", file=sys.stderr)
+                    continue
+                files = client.download(job_id, directory)
+                print(f"{path}: finished -> {directory} ({len(files)} files)")
+    except httpx.TransportError as exc:
+        raise CliError(f"cannot reach {args.server}: {exc}") from exc
+    except TimeoutError as exc:
+        raise CliError(str(exc)) from exc
+    return 1 if failures else 0

@@ -1,0 +1,132 @@
+"""A small HTTP client for the latentseg API (httpx; torch-free). Used by ``latentseg submit``."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["ApiError", "LatentsegClient", "input_stem"]
+
+TERMINAL = frozenset({"finished", "failed", "canceled"})
+
+
+class ApiError(Exception):
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(f"HTTP {status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+
+
+def input_stem(path: Path) -> str:
+    """``ct_001.nii.gz`` -> ``ct_001``."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        return response.text[:500]
+    if isinstance(detail, dict):
+        return str(detail.get("message", detail))
+    return str(detail)
+
+
+class LatentsegClient:
+    def __init__(self, base_url: str, *, timeout_s: float = 120.0, transport: httpx.BaseTransport | None = None) -> None:
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> LatentsegClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _detail(response))
+        return response
+
+    def submit(
+        self,
+        path: Path,
+        targets: str | Sequence[str],
+        *,
+        ensemble: int | None = None,
+        steps: int | None = None,
+        seed: int | None = None,
+    ) -> dict[str, Any]:
+        """Upload one volume (streamed as the raw body); returns the 202 body (``job_id``, ``status_url``)."""
+        params: dict[str, Any] = {"targets": targets if isinstance(targets, str) else ",".join(targets)}
+        for name, value in (("ensemble", ensemble), ("steps", steps), ("seed", seed)):
+            if value is not None:
+                params[name] = value
+        with Path(path).open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            chunks = iter(lambda: fh.read(1024 * 1024), b"")
+            response = self._http.post(
+                "/segment",
+                params=params,
+                content=chunks,
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            )
+        return self._check(response).json()  # type: ignore[no-any-return]
+
+    def jobs(self, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Batch status: id -> status body. Unknown ids raise :class:`ApiError` (404)."""
+        ids = list(job_ids)
+        body = self._check(self._http.get("/jobs", params={"ids": ",".join(ids)})).json()
+        if body.get("missing"):
+            raise ApiError(404, f"unknown jobs: {', '.join(body['missing'])}")
+        return {job["job_id"]: job for job in body["jobs"]}
+
+    def wait(
+        self,
+        job_ids: Sequence[str],
+        *,
+        poll_interval_s: float = 1.0,
+        timeout_s: float | None = None,
+        on_update: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Batch-poll until every job is finished, failed or canceled."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            states = self.jobs(job_ids)
+            if on_update is not None:
+                on_update(states)
+            if all(s["status"] in TERMINAL for s in states.values()):
+                return states
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"jobs not done after {timeout_s} s")
+            time.sleep(poll_interval_s)
+
+    def download(self, job_id: str, out_dir: Path) -> list[Path]:
+        """Download every result file of a finished job into ``out_dir`` (created)."""
+        manifest = self._check(self._http.get(f"/jobs/{job_id}/results")).json()
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        for item in manifest["files"]:
+            name = Path(item["name"]).name  # never trust a path from the network
+            target = out_dir / name
+            partial = out_dir / f".{name}.part"
+            with self._http.stream("GET", item["url"]) as response:
+                self._check(response)
+                with partial.open("wb") as fh:
+                    for chunk in response.iter_bytes():
+                        fh.write(chunk)
+            partial.replace(target)
+            written.append(target)
+        return written

@@ -1,0 +1,133 @@
+"""The RQ implementation of :class:`service.queues.JobQueue`.
+
+Jobs are enqueued by dotted path (:data:`worker.contracts.TASK_PATH`) with RQ's
+JSONSerializer, so this process never imports the job function (or torch). The RQ job id is
+our job id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from rq import Queue, Worker
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from service.queues import Readiness
+from worker.contracts import TASK_PATH, SegmentationRequest, bundle_info_key
+
+__all__ = ["RqJobQueue", "connect_redis"]
+
+log = logging.getLogger(__name__)
+
+
+def connect_redis(url: str) -> Any:
+    from redis import Redis
+
+    # Short timeouts: while Redis is down the API answers 503 quickly instead of hanging.
+    return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
+
+
+def _failure_reason(job: Job) -> str:
+    result = job.latest_result()
+    text = getattr(result, "exc_string", None) or ""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    if not last:
+        return "the worker failed without a reason (it may have been killed)"
+    if "abandoned" in last.lower() or "AbandonedJobError" in last:
+        return "the worker running this job died (abandoned job)"
+    return f"the worker failed: {last}"
+
+
+class RqJobQueue:
+    mode = "rq"
+
+    def __init__(
+        self,
+        connection: Any,
+        queue_name: str,
+        *,
+        job_timeout_s: int,
+        result_ttl_s: int,
+        failure_ttl_s: int,
+    ) -> None:
+        self._redis = connection
+        self._queue_name = queue_name
+        self._queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
+        self._job_timeout_s = job_timeout_s
+        self._result_ttl_s = result_ttl_s
+        self._failure_ttl_s = failure_ttl_s
+
+    def start(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        self._redis.close()
+
+    def enqueue(self, request: SegmentationRequest) -> None:
+        self._queue.enqueue_call(
+            TASK_PATH,
+            kwargs={"payload": request.to_payload()},
+            timeout=self._job_timeout_s,
+            result_ttl=self._result_ttl_s,
+            failure_ttl=self._failure_ttl_s,
+            job_id=request.job_id,
+            description=f"segment job {request.job_id}",
+            meta={"progress": 0},
+        )
+
+    def positions(self, job_ids: Sequence[str]) -> dict[str, int | None]:
+        return {job_id: self._queue.get_job_position(job_id) for job_id in job_ids}
+
+    def lost_or_failed(self, job_ids: Sequence[str]) -> dict[str, str]:
+        jobs = Job.fetch_many(list(job_ids), connection=self._redis, serializer=JSONSerializer)
+        reasons: dict[str, str] = {}
+        for job_id, job in zip(job_ids, jobs, strict=True):
+            if job is None:
+                reasons[job_id] = "the queue lost this job (its RQ data expired or Redis lost it)"
+                continue
+            status = job.get_status(refresh=False)
+            if status == JobStatus.FAILED:
+                reasons[job_id] = _failure_reason(job)
+            elif status == JobStatus.STOPPED:
+                reasons[job_id] = "the job was stopped on the worker"
+        return reasons
+
+    def cancel(self, job_id: str) -> bool:
+        try:
+            job = Job.fetch(job_id, connection=self._redis, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return False
+        if job.get_status() != JobStatus.QUEUED:
+            return False
+        try:
+            job.cancel()
+        except InvalidJobOperation:
+            return False
+        return True
+
+    def forget(self, job_id: str) -> None:
+        try:
+            Job.fetch(job_id, connection=self._redis, serializer=JSONSerializer).delete()
+        except NoSuchJobError:
+            pass
+
+    def readiness(self) -> Readiness:
+        problems: list[str] = []
+        workers = 0
+        bundle: dict[str, str] | None = None
+        try:
+            self._redis.ping()
+            workers = Worker.count(connection=self._redis, queue=self._queue)
+            raw = self._redis.hgetall(bundle_info_key(self._queue_name))
+            bundle = {k.decode(): v.decode() for k, v in raw.items()} or None
+        except Exception as exc:  # Redis down: not ready, with the reason
+            problems.append(f"redis unreachable: {exc}")
+        else:
+            if workers < 1:
+                problems.append(f"no live worker on queue {self._queue_name!r}")
+        return Readiness(ready=not problems, mode=self.mode, workers=workers, bundle=bundle, problems=problems)

@@ -1,0 +1,92 @@
+"""Response bodies of the API (pydantic). Targets travel by vocabulary name, never by id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from worker.contracts import JobState
+
+__all__ = [
+    "Health",
+    "JobList",
+    "JobStatus",
+    "ReadyStatus",
+    "ResultFileOut",
+    "ResultManifest",
+    "SubmitResponse",
+    "TargetOut",
+    "TargetList",
+]
+
+
+class SubmitResponse(BaseModel):
+    job_id: str
+    status: JobState
+    status_url: str
+    targets: list[str]
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    status: JobState
+    progress: int = Field(ge=0, le=100, description="0-100, reported by the worker")
+    position: int | None = Field(None, description="0-based place in the queue while queued")
+    targets: list[str]
+    ensemble: int
+    steps: int
+    seed: int
+    input_shape: list[int]
+    input_spacing: list[float]
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = Field(None, description="why the job failed, in words")
+    results_url: str | None = None
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], results_url: str | None) -> JobStatus:
+        fields = {name: record.get(name) for name in cls.model_fields if name != "results_url"}
+        fields["results_url"] = results_url if record.get("status") == JobState.FINISHED.value else None
+        return cls.model_validate(fields)
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus]
+    missing: list[str] = Field(default_factory=list, description="ids that are unknown (or deleted)")
+
+
+class ResultFileOut(BaseModel):
+    name: str
+    size: int
+    url: str
+
+
+class ResultManifest(BaseModel):
+    job_id: str
+    files: list[ResultFileOut]
+    archive_url: str
+
+
+class TargetOut(BaseModel):
+    name: str
+    display: str
+    kind: str
+    synonyms: list[str]
+
+
+class TargetList(BaseModel):
+    targets: list[TargetOut]
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class ReadyStatus(BaseModel):
+    ready: bool
+    mode: str
+    workers: int
+    bundle: dict[str, str] | None
+    problems: list[str]

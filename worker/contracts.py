@@ -1,0 +1,191 @@
+"""What the API and the workers agree on: payloads, job states, record fields, storage layout.
+
+Torch-free and Redis-free (stdlib only), so the API process imports it freely.
+
+Storage layout (a directory shared by the API and every worker)::
+
+    <storage_root>/jobs/<job_id>/input.nii[.gz]     the upload, under a server-generated name
+    <storage_root>/jobs/<job_id>/results/           appears atomically (rename) when a job finishes
+    <storage_root>/jobs/<job_id>/.results-<token>/  a worker's private temp dir before the rename
+
+Job records (our durable view of a job, independent of RQ's result TTL) are flat mappings of
+field name -> JSON-encodable value. In Redis they are a hash at :func:`record_key`, one JSON
+string per field, so the API and a worker can update different fields without a
+read-modify-write race. Embedded mode keeps the same mappings in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+__all__ = [
+    "JOBS_DIRNAME",
+    "RESULTS_DIRNAME",
+    "TASK_PATH",
+    "JobReporter",
+    "JobState",
+    "PayloadError",
+    "SegmentationRequest",
+    "bundle_info_key",
+    "decode_fields",
+    "default_storage_dir",
+    "encode_fields",
+    "is_job_id",
+    "job_dir",
+    "new_job_id",
+    "record_key",
+    "results_dir",
+    "utc_now",
+]
+
+# RQ resolves the job function by this dotted path; the API never imports it.
+TASK_PATH = "worker.tasks.run_segmentation"
+JOBS_DIRNAME = "jobs"
+RESULTS_DIRNAME = "results"
+RESULTS_TMP_PREFIX = ".results-"
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_INPUT_NAMES = frozenset({"input.nii", "input.nii.gz"})
+
+
+class PayloadError(ValueError):
+    """A job payload is malformed (never caused by a user: the API built it)."""
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobState.FINISHED, JobState.FAILED, JobState.CANCELED)
+
+
+def new_job_id() -> str:
+    """128 random bits as 32 hex characters: unguessable, and safe in paths and Redis keys."""
+    return secrets.token_hex(16)
+
+
+def is_job_id(text: str) -> bool:
+    return bool(_JOB_ID.fullmatch(text))
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def default_storage_dir() -> Path:
+    """``$XDG_DATA_HOME/latentseg`` (``~/.local/share/latentseg``): the same for API and worker on one host."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "latentseg"
+
+
+def job_dir(storage_root: Path, job_id: str) -> Path:
+    if not is_job_id(job_id):
+        raise PayloadError(f"not a job id: {job_id!r}")
+    return Path(storage_root) / JOBS_DIRNAME / job_id
+
+
+def results_dir(storage_root: Path, job_id: str) -> Path:
+    return job_dir(storage_root, job_id) / RESULTS_DIRNAME
+
+
+def record_key(queue_name: str, job_id: str) -> str:
+    """Redis key of a job's durable record. Namespaced by queue so one Redis can host many deployments."""
+    return f"latentseg:{queue_name}:job:{job_id}"
+
+
+def bundle_info_key(queue_name: str) -> str:
+    """Redis hash where workers on ``queue_name`` publish the bundle they serve (name, version)."""
+    return f"latentseg:{queue_name}:bundle"
+
+
+def encode_fields(fields: Mapping[str, Any]) -> dict[str, str]:
+    return {name: json.dumps(value) for name, value in fields.items()}
+
+
+def decode_fields(raw: Mapping[str | bytes, str | bytes]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        key = name.decode() if isinstance(name, bytes) else name
+        out[key] = json.loads(value)
+    return out
+
+
+@dataclass(frozen=True)
+class SegmentationRequest:
+    """The job payload, carried through Redis as JSON (RQ's JSONSerializer).
+
+    ``input_name`` is relative to the job's directory; every worker resolves it under its own
+    storage root, so API and workers may mount the shared storage at different paths.
+    """
+
+    job_id: str
+    input_name: str
+    targets: tuple[str, ...]
+    ensemble: int
+    steps: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not is_job_id(self.job_id):
+            raise PayloadError(f"not a job id: {self.job_id!r}")
+        if self.input_name not in _INPUT_NAMES or PurePosixPath(self.input_name).name != self.input_name:
+            raise PayloadError(f"input_name must be one of {sorted(_INPUT_NAMES)}, got {self.input_name!r}")
+        if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
+            raise PayloadError(f"targets must be non-empty names, got {self.targets!r}")
+        for name in ("ensemble", "steps", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "seed" else 1):
+                raise PayloadError(f"{name} must be a {'non-negative' if name == 'seed' else 'positive'} int, got {value!r}")
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "input_name": self.input_name,
+            "targets": list(self.targets),
+            "ensemble": self.ensemble,
+            "steps": self.steps,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> SegmentationRequest:
+        try:
+            return cls(
+                job_id=payload["job_id"],
+                input_name=payload["input_name"],
+                targets=tuple(payload["targets"]),
+                ensemble=payload["ensemble"],
+                steps=payload["steps"],
+                seed=payload["seed"],
+            )
+        except (KeyError, TypeError) as exc:
+            raise PayloadError(f"malformed segmentation payload: {exc!r}") from exc
+
+    def input_path(self, storage_root: Path) -> Path:
+        return job_dir(storage_root, self.job_id) / self.input_name
+
+
+class JobReporter(Protocol):
+    """Where the job function reports its life: RQ mode writes Redis, embedded mode memory."""
+
+    def started(self) -> None: ...
+
+    def progress(self, fraction: float) -> None: ...
+
+    def finished(self, results: list[str]) -> None: ...
+
+    def failed(self, reason: str) -> None: ...

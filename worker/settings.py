@@ -1,0 +1,27 @@
+"""Worker runtime settings from the environment (pydantic-settings); command-line flags override them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.contracts import default_storage_dir
+
+__all__ = ["WorkerSettings"]
+
+
+class WorkerSettings(BaseSettings):
+    """``LATENTSEG_*`` variables (plus plain ``REDIS_URL``). Never stored in bundles."""
+
+    model_config = SettingsConfigDict(env_prefix="LATENTSEG_", frozen=True, extra="ignore")
+
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "LATENTSEG_REDIS_URL"))
+    queue: str = "latentseg"
+    storage_dir: Path = Field(default_factory=default_storage_dir)
+    # None = the demo bundle shipped in the package.
+    bundle: Path | None = None
+    # None = CUDA when present, else CPU.
+    device: str | None = None
+    name: str | None = None

@@ -1,0 +1,106 @@
+"""The job function, imported by RQ through its dotted path ``worker.tasks.run_segmentation``.
+
+The same function runs in RQ workers (``latentseg worker``) and in the embedded in-process
+worker of ``latentseg serve``. It segments every requested target in one call of
+:func:`model.pipeline.segment_file`, writes the results into a private temp directory on the
+storage filesystem and renames it to ``results/`` so a reader never sees half a result. Any
+failure is written into our durable record in words (no traceback) and re-raised, so RQ marks
+its own job failed too.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from worker.contracts import (
+    RESULTS_TMP_PREFIX,
+    JobReporter,
+    SegmentationRequest,
+    job_dir,
+    results_dir,
+)
+from worker.runtime import WorkerRuntime, current_runtime
+
+__all__ = ["describe_failure", "run_segmentation"]
+
+log = logging.getLogger(__name__)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line a user can read: input problems as they are, anything else with its type."""
+    from model.errors import BundleError, InputError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, InputError):
+        return f"invalid input: {text}"
+    if isinstance(exc, BundleError):
+        return f"bundle problem: {text}"
+    if type(exc).__name__ == "JobTimeoutException":
+        return f"timed out: {text}"
+    return f"{type(exc).__name__}: {text}"
+
+
+def run_segmentation(
+    payload: dict[str, Any],
+    *,
+    runtime: WorkerRuntime | None = None,
+    reporter: JobReporter | None = None,
+) -> dict[str, Any]:
+    """Segment one uploaded volume; returns ``{"job_id", "results": [file names]}``.
+
+    RQ calls it with ``payload`` only: the runtime comes from the worker's
+    :func:`worker.runtime.runtime_context` and the reporter writes our Redis record.
+    """
+    if reporter is None:
+        from worker.reporting import rq_reporter
+
+        reporter = rq_reporter()
+    try:
+        request = SegmentationRequest.from_payload(payload)
+        runtime = runtime if runtime is not None else current_runtime()
+        reporter.started()
+        log.info("job %s: started (%d targets)", request.job_id, len(request.targets))
+        names = _segment_atomically(runtime, request, reporter)
+    except Exception as exc:
+        reason = describe_failure(exc)
+        log.warning("job %s failed: %s", payload.get("job_id"), reason)
+        reporter.failed(reason)
+        raise
+    reporter.finished(names)
+    log.info("job %s: finished (%d files)", request.job_id, len(names))
+    return {"job_id": request.job_id, "results": names}
+
+
+def _segment_atomically(runtime: WorkerRuntime, request: SegmentationRequest, reporter: JobReporter) -> list[str]:
+    from model.pipeline import segment_file
+
+    directory = job_dir(runtime.storage_root, request.job_id)
+    input_path = request.input_path(runtime.storage_root)
+    if not input_path.is_file():
+        raise FileNotFoundError(f"the upload for job {request.job_id} is missing from storage")
+    final = results_dir(runtime.storage_root, request.job_id)
+    tmp = directory / f"{RESULTS_TMP_PREFIX}{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        written = segment_file(
+            runtime.bundle,
+            input_path,
+            tmp,
+            list(request.targets),
+            ensemble=request.ensemble,
+            steps=request.steps,
+            seed=request.seed,
+            progress=reporter.progress,
+        )
+        names = sorted(Path(p).name for p in written)
+        if final.exists():  # a retried job: the previous complete result is replaced whole
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return names
