@@ -62,4 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package module so `python -m cli.main` and the console script share CliError.
+    from cli.main import main as _main
+
+    sys.exit(_main())

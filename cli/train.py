@@ -1,0 +1,55 @@
+"""`latentseg train {mask-ae,image-vae,diffusion,all} --config FILE`: produce a bundle."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+STAGE_CHOICES = ("mask-ae", "image-vae", "diffusion", "all")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train the mask auto-encoder, image VAE and latent diffusion model (or all three)",
+        description="Train from a YAML/TOML config. Stages resume from out/checkpoints/. Multi-GPU or multi-node: "
+        "launch the same command with `torchrun --nproc_per_node N -m cli.main train ...`.",
+    )
+    p.add_argument("stage", choices=STAGE_CHOICES)
+    p.add_argument("--config", type=Path, required=True, help="training config (.yaml/.yml/.toml)")
+    p.add_argument("--out", type=Path, default=None, help="override the config's output folder")
+    p.add_argument("--data", type=Path, action="append", default=None, help="override the dataset folders (repeatable)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cli.main import CliError
+    from training.config import ConfigError, load_train_config
+    from training.data import DatasetFormatError
+    from training.loops import STAGES, train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides: dict = {}
+    if args.out is not None:
+        overrides["out"] = str(args.out.resolve())
+    if args.data:
+        overrides["data"] = [str(d.resolve()) for d in args.data]
+    if args.device:
+        overrides["device"] = args.device
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    try:
+        config = load_train_config(args.config, overrides)
+        stages = STAGES if args.stage == "all" else (args.stage,)
+        results = train(config, stages)
+    except (ConfigError, DatasetFormatError, FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    for stage, result in results.items():
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in result.final.items())
+        print(f"{stage}: {result.steps} steps in {result.seconds:.0f} s ({terms})")
+    if "diffusion" in results:
+        print(f"bundle: {config.out / 'bundle'}")
+    return 0

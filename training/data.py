@@ -1,0 +1,350 @@
+"""Dataset folders -> cached model-grid cases -> 2-D (patch, target) training examples.
+
+Readers
+    Medical Segmentation Decathlon (``dataset.json`` with ``"labels": {"1": "liver"}``,
+    ``imagesTr/``, ``labelsTr/``), nnU-Net v2 raw (``"labels": {"liver": 1}``, images
+    ``{case}_0000.nii.gz``) and a plain folder (``images/`` + ``labels/`` with the same file
+    names, plus a ``labelmap.json``/``.yaml``: ``{"name": ..., "labels": {"1": "liver"}}``).
+
+Label mapping
+    A dataset whose name or alias is in the vocabulary's mapping table uses that table;
+    otherwise its label names are resolved through the vocabulary (names and synonyms).
+    Binary masks follow the vocabulary's semantics: an organ's mask includes the lesions that
+    lie within it (on the same side), and a label covering both sides is split at the body's
+    midline. The set of targets each dataset *annotates* travels with every case, and only
+    those targets ever produce examples: an unannotated target is never trained as background.
+
+Preprocessing is ``model.preprocessing`` (the inference code), then a crop to the body's
+bounding box; results are cached as ``.npz`` keyed by file, size, mtime and config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import yaml
+
+from model.config import PreprocessConfig
+from model.preprocessing import Volume, body_mask, load_nifti, scale_intensity, to_model_grid
+from model.vocabulary import DatasetLabelMap, UnknownDatasetError, Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+class DatasetFormatError(ValueError):
+    """A dataset folder cannot be read; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    image: Path
+    label: Path
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A dataset folder: its cases and how its label values map to vocabulary targets."""
+
+    root: Path
+    label_map: DatasetLabelMap
+    cases: tuple[CaseFiles, ...]
+
+    @property
+    def name(self) -> str:
+        return self.label_map.name
+
+
+# --------------------------------------------------------------------------- readers
+def _label_map_from_names(name: str, labels: dict[int, str], vocabulary: Vocabulary) -> DatasetLabelMap:
+    """Known datasets use the mapping table; others resolve their label names through the vocabulary."""
+    try:
+        return vocabulary.dataset(name)
+    except UnknownDatasetError:
+        pass
+    pairs: list[tuple[int, str]] = []
+    unknown: list[str] = []
+    for value, label_name in sorted(labels.items()):
+        if value == 0:
+            continue
+        try:
+            pairs.append((value, vocabulary.get(label_name).name))
+        except ValueError:
+            unknown.append(f"{value}={label_name!r}")
+    if unknown:
+        raise DatasetFormatError(
+            f"dataset {name!r}: labels {', '.join(unknown)} are not vocabulary targets or synonyms; "
+            f"use a known dataset name or rename them (valid: {', '.join(vocabulary.names())})"
+        )
+    return DatasetLabelMap(name=name, labels=tuple(pairs))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetFormatError(f"{path}: cannot read JSON ({exc})") from exc
+
+
+def read_msd(root: Path, vocabulary: Vocabulary) -> DatasetSource:
+    meta = _read_json(root / "dataset.json")
+    labels = {int(k): str(v) for k, v in meta.get("labels", {}).items()}
+    label_map = _label_map_from_names(str(meta.get("name", root.name)), labels, vocabulary)
+    cases = []
+    for entry in meta.get("training", []):
+        image = (root / entry["image"]).resolve()
+        label = (root / entry["label"]).resolve()
+        if not image.is_file() or not label.is_file():
+            raise DatasetFormatError(f"{root}: dataset.json lists {entry['image']} / {entry['label']} but a file is missing")
+        cases.append(CaseFiles(image, label))
+    if not cases:
+        raise DatasetFormatError(f"{root}: dataset.json lists no training cases")
+    return DatasetSource(root, label_map, tuple(cases))
+
+
+def read_nnunet_v2(root: Path, vocabulary: Vocabulary) -> DatasetSource:
+    meta = _read_json(root / "dataset.json")
+    labels = {int(v): str(k) for k, v in meta.get("labels", {}).items() if not isinstance(v, list)}
+    ending = meta.get("file_ending", ".nii.gz")
+    name = str(meta.get("name", root.name))
+    label_map = _label_map_from_names(name, labels, vocabulary)
+    cases = []
+    for label in sorted((root / "labelsTr").glob(f"*{ending}")):
+        case_id = label.name[: -len(ending)]
+        image = root / "imagesTr" / f"{case_id}_0000{ending}"
+        if not image.is_file():
+            raise DatasetFormatError(f"{root}: {label.name} has no image {image.name}")
+        cases.append(CaseFiles(image, label))
+    if not cases:
+        raise DatasetFormatError(f"{root}: no cases in labelsTr/")
+    return DatasetSource(root, label_map, tuple(cases))
+
+
+def read_plain(root: Path, vocabulary: Vocabulary) -> DatasetSource:
+    mapfile = next((p for p in (root / "labelmap.json", root / "labelmap.yaml", root / "labelmap.yml") if p.is_file()), None)
+    if mapfile is None:
+        raise DatasetFormatError(f"{root}: a plain dataset needs labelmap.json or labelmap.yaml")
+    meta = yaml.safe_load(mapfile.read_text()) or {}
+    labels = {int(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    label_map = _label_map_from_names(str(meta.get("name", root.name)), labels, vocabulary)
+    cases = []
+    for image in sorted((root / "images").glob("*.nii*")):
+        label = root / "labels" / image.name
+        if not label.is_file():
+            raise DatasetFormatError(f"{root}: image {image.name} has no labels/{image.name}")
+        cases.append(CaseFiles(image, label))
+    if not cases:
+        raise DatasetFormatError(f"{root}: no images in images/")
+    return DatasetSource(root, label_map, tuple(cases))
+
+
+def read_dataset(root: str | Path, vocabulary: Vocabulary) -> DatasetSource:
+    """Detect the layout of ``root`` and read it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetFormatError(f"{root}: not a folder")
+    if (root / "dataset.json").is_file():
+        meta = _read_json(root / "dataset.json")
+        labels = meta.get("labels", {})
+        if labels and all(str(k).lstrip("-").isdigit() for k in labels):
+            return read_msd(root, vocabulary)
+        return read_nnunet_v2(root, vocabulary)
+    return read_plain(root, vocabulary)
+
+
+# --------------------------------------------------------------------------- masks
+def target_masks(
+    label: np.ndarray, affine: np.ndarray, label_map: DatasetLabelMap, vocabulary: Vocabulary
+) -> dict[str, np.ndarray]:
+    """Binary mask per annotated target, on the label's own grid.
+
+    Organs include the lesions that lie within them (on the same side); labels covering both
+    sides are split at the midline (the median world x of labelled voxels; RAS+: +x is the
+    patient's right, so the patient's left is x < midline).
+    """
+    masks: dict[str, np.ndarray] = {}
+    for value, name in label_map.labels:
+        masks[name] = masks.get(name, np.zeros(label.shape, bool)) | (label == value)
+    sides: dict[str, np.ndarray] = {}
+    if label_map.lateral_splits or any(len(vocabulary.get(n).within) > 1 for n in masks):
+        ijk = np.indices(label.shape, dtype=np.float32).reshape(3, -1)
+        world_x = (affine[0, :3] @ ijk + affine[0, 3]).reshape(label.shape)
+        labelled = label > 0
+        midline = float(np.median(world_x[labelled])) if labelled.any() else 0.0
+        sides = {"left": world_x < midline, "right": world_x >= midline}
+    for value, left, right in label_map.lateral_splits:
+        both = label == value
+        masks[left] = masks.get(left, np.zeros(label.shape, bool)) | (both & sides["left"])
+        masks[right] = masks.get(right, np.zeros(label.shape, bool)) | (both & sides["right"])
+    for name in list(masks):
+        organs = [o for o in vocabulary.get(name).within if o in masks]
+        for organ in organs:
+            side = vocabulary.get(organ).side
+            lesion = masks[name] if len(organs) == 1 or side is None else masks[name] & sides[side]
+            masks[organ] = masks[organ] | lesion
+    return masks
+
+
+# --------------------------------------------------------------------------- cached cases
+@dataclass(frozen=True)
+class PreparedCase:
+    """One case on the model grid, cropped to the body. ``bits`` holds target masks: bit ``id``."""
+
+    dataset: str
+    name: str
+    image: np.ndarray  # (X, Y, Z) float32 in [0, 1]
+    bits: np.ndarray  # (X, Y, Z) uint64, bit k set where target id k is present
+    annotated: tuple[int, ...]  # vocabulary ids this case's dataset annotates
+
+    def mask(self, target_id: int) -> np.ndarray:
+        return (self.bits >> np.uint64(target_id)) & np.uint64(1)
+
+    def present(self) -> tuple[int, ...]:
+        found = np.bitwise_or.reduce(self.bits, axis=None)
+        return tuple(t for t in self.annotated if (int(found) >> t) & 1)
+
+
+def _cache_key(files: CaseFiles, config: PreprocessConfig, label_map: DatasetLabelMap, vocabulary: Vocabulary) -> str:
+    h = hashlib.sha256()
+    for path in (files.image, files.label):
+        stat = path.stat()
+        h.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    h.update(config.model_dump_json().encode())
+    h.update(repr(label_map).encode())
+    h.update(vocabulary.sha256().encode())
+    h.update(b"v1")
+    return h.hexdigest()[:24]
+
+
+def prepare_case(
+    files: CaseFiles,
+    label_map: DatasetLabelMap,
+    vocabulary: Vocabulary,
+    config: PreprocessConfig,
+    cache_dir: Path | None = None,
+) -> PreparedCase:
+    """Preprocess exactly as at inference, crop to the body, and cache."""
+    key = _cache_key(files, config, label_map, vocabulary)
+    cached = cache_dir / f"{key}.npz" if cache_dir is not None else None
+    annotated = tuple(sorted(vocabulary.get(n).id for n in label_map.annotated))
+    if cached is not None and cached.is_file():
+        with np.load(cached) as npz:
+            return PreparedCase(label_map.name, files.image.name, npz["image"], npz["bits"], annotated)
+    volume = load_nifti(files.image)
+    label_img = nib.load(str(files.label))
+    label = np.asarray(label_img.dataobj).astype(np.int32).reshape(volume.shape)
+    grid = to_model_grid(volume, config)
+    bits = np.zeros(tuple(grid.hu.shape), dtype=np.uint64)
+    for name, mask in target_masks(label, volume.affine, label_map, vocabulary).items():
+        resampled = to_model_grid(Volume(mask.astype(np.float32), volume.affine), config, mode="nearest").hu.numpy() > 0.5
+        if resampled.shape != bits.shape:
+            raise DatasetFormatError(f"{files.label}: label grid does not match image grid")
+        bits |= resampled.astype(np.uint64) << np.uint64(vocabulary.get(name).id)
+    image = scale_intensity(grid.hu, config).numpy()
+    body = body_mask(grid.hu, config).numpy()
+    if body.any():
+        lo = np.argwhere(body).min(axis=0)
+        hi = np.argwhere(body).max(axis=0) + 1
+        crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        image, bits = image[crop], bits[crop]
+    case = PreparedCase(label_map.name, files.image.name, np.ascontiguousarray(image), np.ascontiguousarray(bits), annotated)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, image=case.image, bits=case.bits)
+        tmp.replace(cached)
+    return case
+
+
+def prepare_sources(
+    sources: Sequence[DatasetSource], vocabulary: Vocabulary, config: PreprocessConfig, cache_dir: Path | None
+) -> dict[str, list[PreparedCase]]:
+    """All cases of all datasets, grouped by dataset name."""
+    grouped: dict[str, list[PreparedCase]] = {}
+    for source in sources:
+        for files in source.cases:
+            grouped.setdefault(source.name, []).append(prepare_case(files, source.label_map, vocabulary, config, cache_dir))
+    return grouped
+
+
+# --------------------------------------------------------------------------- sampling
+@dataclass(frozen=True)
+class Batch:
+    images: torch.Tensor  # (B, 1, H, W) in [0, 1]
+    masks: torch.Tensor  # (B, 1, H, W) in {0, 1}
+    target_ids: torch.Tensor  # (B,) int64 vocabulary ids
+
+
+class PatchSampler:
+    """Paper §3.1: a dataset uniformly, then a case, then a 2-D axial patch and one of the
+    dataset's annotated targets; with probability ``foreground_prob`` the patch is centred
+    on a voxel of a target present in the case (foreground oversampling), otherwise it is
+    uniform over the case (so empty masks of annotated targets occur naturally)."""
+
+    def __init__(
+        self,
+        cases: dict[str, list[PreparedCase]],
+        patch_size: tuple[int, int],
+        *,
+        foreground_prob: float = 0.7,
+        seed: int = 0,
+    ) -> None:
+        self.cases = {k: v for k, v in cases.items() if v}
+        if not self.cases:
+            raise ValueError("no training cases")
+        self.datasets = sorted(self.cases)
+        self.patch_size = patch_size
+        self.foreground_prob = foreground_prob
+        self.rng = np.random.default_rng(seed)
+
+    def _patch(self, array: np.ndarray, z: int, cx: int, cy: int) -> np.ndarray:
+        h, w = self.patch_size
+        out = np.zeros((h, w), dtype=array.dtype)
+        x0, y0 = cx - h // 2, cy - w // 2
+        xs, ys = max(x0, 0), max(y0, 0)
+        xe, ye = min(x0 + h, array.shape[0]), min(y0 + w, array.shape[1])
+        if xe > xs and ye > ys:
+            out[xs - x0 : xe - x0, ys - y0 : ye - y0] = array[xs:xe, ys:ye, z]
+        return out
+
+    def example(self) -> tuple[np.ndarray, np.ndarray, int]:
+        rng = self.rng
+        dataset = self.datasets[rng.integers(len(self.datasets))]
+        case = self.cases[dataset][rng.integers(len(self.cases[dataset]))]
+        present = case.present()
+        if present and rng.random() < self.foreground_prob:
+            target = present[rng.integers(len(present))]
+            voxels = np.argwhere(case.mask(target))
+            cx, cy, z = voxels[rng.integers(len(voxels))]
+            jitter = np.asarray(self.patch_size) // 4
+            cx += int(rng.integers(-jitter[0], jitter[0] + 1))
+            cy += int(rng.integers(-jitter[1], jitter[1] + 1))
+        else:
+            target = case.annotated[rng.integers(len(case.annotated))]
+            z = int(rng.integers(case.image.shape[2]))
+            cx = int(rng.integers(case.image.shape[0]))
+            cy = int(rng.integers(case.image.shape[1]))
+        image = self._patch(case.image, int(z), int(cx), int(cy))
+        mask = self._patch(case.mask(target), int(z), int(cx), int(cy)).astype(np.float32)
+        return image, mask, int(target)
+
+    def batch(self, batch_size: int) -> Batch:
+        examples = [self.example() for _ in range(batch_size)]
+        return Batch(
+            images=torch.from_numpy(np.stack([e[0] for e in examples]))[:, None].float(),
+            masks=torch.from_numpy(np.stack([e[1] for e in examples]))[:, None].float(),
+            target_ids=torch.tensor([e[2] for e in examples], dtype=torch.long),
+        )
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state

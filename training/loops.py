@@ -1,0 +1,435 @@
+"""The three trainers (mask AE, image VAE, latent diffusion) and ``train_all``.
+
+One generic step loop serves all stages: AdamW, AMP (bf16 autocast) on CUDA, DDP when
+launched by ``torchrun`` (WORLD_SIZE > 1; gloo on CPU, nccl on CUDA) with no code change,
+resumable checkpoints (model, optimiser, EMA, step, sampler and timestep-sampler state),
+a per-step CSV log (+ TensorBoard when installed), a tqdm bar on rank 0, and a step and/or
+wall-time budget.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from copy import deepcopy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from model.bundle import Networks, build_networks, build_process, save_bundle
+from model.bundle_manifest import LatentScale
+from model.diffusion.timestep_sampling import LossSecondMomentSampler, UniformSampler
+from model.nets.autoencoder import MaskAutoencoder, build_image_vae, encode_image_mean
+from model.vocabulary import Vocabulary, default_vocabulary
+from training.config import StageConfig, TrainConfig
+from training.data import Batch, PatchSampler, prepare_sources, read_dataset
+from training.losses import mask_ae_loss, vae_loss
+
+log = logging.getLogger(__name__)
+
+STAGES = ("mask-ae", "image-vae", "diffusion")
+
+
+# --------------------------------------------------------------------------- context
+@dataclass
+class TrainContext:
+    config: TrainConfig
+    vocabulary: Vocabulary
+    device: torch.device
+    sampler: PatchSampler
+    annotated: tuple[str, ...]
+    rank: int = 0
+    world_size: int = 1
+    started: float = field(default_factory=time.time)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def out(self) -> Path:
+        return self.config.out
+
+    def checkpoint_path(self, stage: str) -> Path:
+        return self.out / "checkpoints" / f"{stage}.pt"
+
+
+@contextmanager
+def distributed(device_hint: str | None) -> Iterator[tuple[int, int, torch.device]]:
+    """Initialise torch.distributed when launched by torchrun; yields (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        device = torch.device(device_hint) if device_hint else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        yield 0, 1, device
+        return
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_hint != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    try:
+        yield rank, world, torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def make_context(config: TrainConfig, rank: int, world: int, device: torch.device) -> TrainContext:
+    vocabulary = default_vocabulary()
+    sources = [read_dataset(path, vocabulary) for path in config.data]
+    cases = prepare_sources(sources, vocabulary, config.model.preprocess, config.cache_dir)
+    annotated = sorted({name for s in sources for name in s.label_map.annotated}, key=lambda n: vocabulary.get(n).id)
+    sampler = PatchSampler(
+        cases, config.model.preprocess.patch_size, foreground_prob=config.foreground_prob, seed=config.seed * 1000 + rank
+    )
+    return TrainContext(config, vocabulary, device, sampler, tuple(annotated), rank, world)
+
+
+# --------------------------------------------------------------------------- generic loop
+class StepLog:
+    """Per-step CSV (and TensorBoard if available), rank 0 only."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = path
+        self._writer: Any = None
+        self._tb: Any = None
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(path.parent / "tensorboard" / path.stem))
+            except ImportError:
+                self._tb = None
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["step", *values])
+            if new:
+                writer.writeheader()
+            writer.writerow({"step": step, **{k: f"{v:.6g}" for k, v in values.items()}})
+        if self._tb is not None:
+            for key, value in values.items():
+                self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+@dataclass
+class StageResult:
+    steps: int
+    seconds: float
+    final: dict[str, float]
+
+
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+            e.copy_(b)
+
+
+def run_stage(
+    ctx: TrainContext,
+    name: str,
+    stage: StageConfig,
+    model: nn.Module,
+    step_fn: Callable[[nn.Module, Batch], dict[str, torch.Tensor]],
+    *,
+    ema_decay: float | None = None,
+    extra_state: Callable[[], dict[str, Any]] | None = None,
+    load_extra_state: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[nn.Module, StageResult]:
+    """Train ``model`` with ``step_fn`` for the stage's budget; returns (EMA or model, result)."""
+    device = ctx.device
+    model.to(device).train()
+    ema = deepcopy(model).eval().requires_grad_(False) if ema_decay is not None else None
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=stage.lr, weight_decay=stage.weight_decay
+    )
+    start_step = 0
+    ckpt_path = ctx.checkpoint_path(name)
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        start_step = int(state["step"])
+        ctx.sampler.set_state(state["sampler"])
+        if load_extra_state is not None and state.get("extra") is not None:
+            load_extra_state(state["extra"])
+        log.info("%s: resumed from %s at step %d", name, ckpt_path, start_step)
+    if start_step >= stage.steps:
+        return (ema or model), StageResult(start_step, 0.0, state.get("final", {}))
+
+    wrapped: nn.Module = DistributedDataParallel(model) if ctx.world_size > 1 else model
+    use_amp = device.type == "cuda"
+    step_log = StepLog(ctx.out / "logs" / f"{name}.csv", ctx.is_main)
+    started = time.time()
+    recent: dict[str, list[float]] = {}
+
+    def save(step: int) -> None:
+        if not ctx.is_main:
+            return
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "ema": None if ema is None else ema.state_dict(),
+                "step": step,
+                "sampler": ctx.sampler.state(),
+                "extra": None if extra_state is None else extra_state(),
+                "final": {k: float(np.mean(v)) for k, v in recent.items()},
+            },
+            tmp,
+        )
+        tmp.replace(ckpt_path)
+
+    bar = tqdm(total=stage.steps, initial=start_step, desc=name, disable=not ctx.is_main, leave=False)
+    step = start_step
+    try:
+        while step < stage.steps:
+            batch = ctx.sampler.batch(stage.batch_size)
+            batch = Batch(batch.images.to(device), batch.masks.to(device), batch.target_ids.to(device))
+            with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
+                terms = step_fn(wrapped, batch)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            if ema is not None and ema_decay is not None:
+                update_ema(ema, model, ema_decay)
+            step += 1
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            for k, v in values.items():
+                recent.setdefault(k, []).append(v)
+                recent[k] = recent[k][-50:]
+            if step % stage.log_every == 0 or step == stage.steps:
+                step_log.write(step, {**values, "seconds": time.time() - started})
+                bar.set_postfix(loss=f"{np.mean(recent['loss']):.4f}")
+            bar.update(1)
+            if step % stage.checkpoint_every == 0:
+                save(step)
+            out_of_time = stage.max_minutes is not None and (time.time() - started) > 60 * stage.max_minutes
+            if ctx.world_size > 1:
+                flag = torch.tensor([1.0 if out_of_time else 0.0], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                out_of_time = bool(flag.item() > 0)
+            if out_of_time:
+                log.info("%s: time budget of %.1f min reached at step %d", name, stage.max_minutes, step)
+                break
+    finally:
+        bar.close()
+        step_log.close()
+    save(step)
+    model.eval()
+    final = {k: float(np.mean(v)) for k, v in recent.items()}
+    return (ema or model), StageResult(step, time.time() - started, final)
+
+
+# --------------------------------------------------------------------------- stages
+def train_mask_ae(ctx: TrainContext) -> tuple[MaskAutoencoder, StageResult]:
+    torch.manual_seed(ctx.config.seed)
+    model = MaskAutoencoder(ctx.config.model.mask_ae)
+
+    def step(net: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        return mask_ae_loss(net(batch.masks).float(), batch.masks)
+
+    trained, result = run_stage(ctx, "mask-ae", ctx.config.mask_ae, model, step)
+    return trained, result  # type: ignore[return-value]
+
+
+def _perceptual_loss(ctx: TrainContext) -> nn.Module | None:
+    stage = ctx.config.image_vae
+    if stage.perceptual_weight <= 0:
+        log.info("image-vae: perceptual (LPIPS) term off (perceptual_weight = 0)")
+        return None
+    if stage.perceptual_weights is None or not Path(stage.perceptual_weights).is_file():
+        log.warning(
+            "image-vae: perceptual term requested but no local weights were given (pretrained VGG/LPIPS "
+            "cannot be downloaded here); training without it"
+        )
+        return None
+    try:
+        from monai.losses import PerceptualLoss
+
+        return PerceptualLoss(spatial_dims=2, network_type="vgg", pretrained=True, pretrained_path=str(stage.perceptual_weights)).to(ctx.device)
+    except Exception as exc:  # missing lpips/torchvision, bad weights file
+        log.warning("image-vae: perceptual term unavailable (%s); training without it", exc)
+        return None
+
+
+def train_image_vae(ctx: TrainContext) -> tuple[nn.Module, StageResult]:
+    torch.manual_seed(ctx.config.seed + 1)
+    model = build_image_vae(ctx.config.model.image_vae)
+    stage = ctx.config.image_vae
+    perceptual = _perceptual_loss(ctx)
+
+    def step(net: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        recon, mu, sigma = net(batch.images)
+        p = perceptual(recon.float(), batch.images) if perceptual is not None else None
+        return vae_loss(recon.float(), batch.images, mu.float(), sigma.float(), stage.kl_weight, p, stage.perceptual_weight)
+
+    return run_stage(ctx, "image-vae", stage, model, step)
+
+
+def _load_stage_model(ctx: TrainContext, stage: str, model: nn.Module) -> nn.Module:
+    path = ctx.checkpoint_path(stage)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: run `latentseg train {stage}` first")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    return model.to(ctx.device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def measure_latent_scale(ctx: TrainContext, mask_ae: MaskAutoencoder, vae: nn.Module, batches: int) -> LatentScale:
+    """1/std of each encoder's latents over a few training batches (stored in the bundle)."""
+    masks, images = [], []
+    state = ctx.sampler.state()
+    for _ in range(batches):
+        batch = ctx.sampler.batch(ctx.config.diffusion.batch_size)
+        masks.append(mask_ae.encode(batch.masks.to(ctx.device)).float().cpu())
+        images.append(encode_image_mean(vae, batch.images.to(ctx.device)).float().cpu())
+    ctx.sampler.set_state(state)
+    mask_std = float(torch.cat(masks).std())
+    image_std = float(torch.cat(images).std())
+    if ctx.world_size > 1:  # identical factors on every rank
+        t = torch.tensor([mask_std, image_std], device=ctx.device)
+        dist.all_reduce(t)
+        mask_std, image_std = (t / ctx.world_size).tolist()
+    return LatentScale(mask=1.0 / max(mask_std, 1e-6), image=1.0 / max(image_std, 1e-6))
+
+
+def load_text_embeddings(ctx: TrainContext) -> torch.Tensor | None:
+    if ctx.config.model.denoiser.conditioning != "text":
+        return None
+    path = ctx.config.text_embeddings
+    if path is None or not Path(path).is_file():
+        raise FileNotFoundError(
+            "conditioning='text' needs text_embeddings: a .npy table made by `latentseg train text-embeddings`"
+        )
+    return torch.from_numpy(np.load(path)).float()
+
+
+def train_diffusion(ctx: TrainContext) -> tuple[Path, StageResult]:
+    """Train the denoiser on frozen auto-encoders and write the bundle to ``out/bundle``."""
+    cfg = ctx.config
+    mask_ae = _load_stage_model(ctx, "mask-ae", MaskAutoencoder(cfg.model.mask_ae))
+    vae = _load_stage_model(ctx, "image-vae", build_image_vae(cfg.model.image_vae))
+    scale = measure_latent_scale(ctx, mask_ae, vae, cfg.diffusion.scale_batches)
+    log.info("latent scale factors: mask %.4f, image %.4f", scale.mask, scale.image)
+    process = build_process(cfg.model)
+    text = load_text_embeddings(ctx)
+    torch.manual_seed(cfg.seed + 2)
+    networks = build_networks(cfg.model, ctx.vocabulary, text)
+    denoiser = networks.denoiser
+    t_sampler = (
+        LossSecondMomentSampler(process.num_timesteps)
+        if cfg.diffusion.timestep_sampler == "importance"
+        else UniformSampler(process.num_timesteps)
+    )
+    generator = torch.Generator().manual_seed(cfg.seed * 7919 + ctx.rank)
+
+    def step(net: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            z0 = mask_ae.encode(batch.masks) * scale.mask
+            z_image = encode_image_mean(vae, batch.images) * scale.image
+        t, weights = t_sampler.sample(z0.shape[0], generator)
+        noise = torch.randn(z0.shape, generator=generator).to(z0.device)
+        t, weights = t.to(z0.device), weights.to(z0.device)
+        terms = process.training_losses(
+            net, z0.float(), t, noise, {"z_image": z_image.float(), "target_ids": batch.target_ids}
+        )
+        t_sampler.update(t, terms["loss"].float())
+        return {"loss": (terms["loss"] * weights).mean(), "mse": terms["mse"].mean(), "vb": terms["vb"].mean()}
+
+    def extra() -> dict[str, Any]:
+        state = {"generator": generator.get_state()}
+        if isinstance(t_sampler, LossSecondMomentSampler):
+            state["timesteps"] = t_sampler.state_dict()
+        return state
+
+    def load_extra(state: dict[str, Any]) -> None:
+        generator.set_state(state["generator"])
+        if isinstance(t_sampler, LossSecondMomentSampler) and "timesteps" in state:
+            t_sampler.load_state_dict(state["timesteps"])
+
+    trained, result = run_stage(
+        ctx, "diffusion", cfg.diffusion, denoiser, step,
+        ema_decay=cfg.diffusion.ema_decay, extra_state=extra, load_extra_state=load_extra,
+    )
+    bundle_path = cfg.out / "bundle"
+    if ctx.is_main:
+        final = Networks(mask_ae=mask_ae.cpu(), image_vae=vae.cpu(), denoiser=trained.cpu())  # type: ignore[arg-type]
+        save_bundle(
+            bundle_path,
+            config=cfg.model,
+            vocabulary=ctx.vocabulary,
+            networks=final,
+            latent_scale=scale,
+            trained_targets=ctx.annotated,
+            name=cfg.bundle_name,
+            version=cfg.bundle_version,
+            provenance={
+                "trained": True,
+                "data": [str(p) for p in cfg.data],
+                "datasets": sorted(ctx.sampler.datasets),
+                "seed": cfg.seed,
+                "world_size": ctx.world_size,
+                "device": str(ctx.device),
+                "host": platform.node(),
+                "torch": torch.__version__,
+                "stages": _stage_summaries(ctx),
+            },
+        )
+    return bundle_path, result
+
+
+def _stage_summaries(ctx: TrainContext) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for stage in STAGES:
+        path = ctx.checkpoint_path(stage)
+        if path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            summary[stage] = {"steps": int(state["step"]), "final": state.get("final", {})}
+    return summary
+
+
+def train(config: TrainConfig, stages: tuple[str, ...] = STAGES) -> dict[str, StageResult]:
+    """Run the named stages in order (``train all`` runs the three)."""
+    results: dict[str, StageResult] = {}
+    with distributed(config.device) as (rank, world, device):
+        ctx = make_context(config, rank, world, device)
+        for stage in stages:
+            if stage == "mask-ae":
+                _, results[stage] = train_mask_ae(ctx)
+            elif stage == "image-vae":
+                _, results[stage] = train_image_vae(ctx)
+            elif stage == "diffusion":
+                _, results[stage] = train_diffusion(ctx)
+            else:
+                raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    return results
