@@ -243,8 +243,15 @@ def write_random_bundle(path: str | Path, seed: int = 0, config: ModelConfig | N
     config = config or tiny_config()
     vocabulary = default_vocabulary()
     torch.manual_seed(seed)  # nn.Module initialisers use the global RNG; seed it for a reproducible bundle
-    networks = build_networks(config, vocabulary)
     generator = torch.Generator().manual_seed(seed)
+    text_embeddings = None
+    if config.denoiser.conditioning == "text":
+        # A random stand-in for the frozen text table (build_networks' placeholder is all zeros,
+        # which would make every target condition identically).
+        text_embeddings = torch.randn(
+            vocabulary.max_id + 1, config.denoiser.text_embedding_dim, generator=generator
+        )
+    networks = build_networks(config, vocabulary, text_embeddings)
     for module in (networks.mask_ae, networks.image_vae, networks.denoiser):
         randomise_zero_parameters(module, generator)
     return save_bundle(
