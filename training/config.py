@@ -48,6 +48,7 @@ class TrainConfig(FrozenConfig):
     seed: int = 0
     device: str | None = None
     foreground_prob: float = Field(0.7, ge=0, le=1)
+    dataset_weights: dict[str, float] | None = Field(None, description="dataset name -> sampling weight (default uniform)")
     text_embeddings: Path | None = Field(None, description=".npy table (max_id+1, dim) for conditioning='text'")
     model: ModelConfig = ModelConfig()
     mask_ae: MaskAEStage = MaskAEStage()

@@ -219,7 +219,7 @@ def _cache_key(files: CaseFiles, config: PreprocessConfig, label_map: DatasetLab
     h.update(config.model_dump_json().encode())
     h.update(repr(label_map).encode())
     h.update(vocabulary.sha256().encode())
-    h.update(b"v1")
+    h.update(b"v2")
     return h.hexdigest()[:24]
 
 
@@ -241,12 +241,13 @@ def prepare_case(
     label_img = nib.load(str(files.label))
     label = np.asarray(label_img.dataobj).astype(np.int32).reshape(volume.shape)
     grid = to_model_grid(volume, config)
-    bits = np.zeros(tuple(grid.hu.shape), dtype=np.uint64)
-    for name, mask in target_masks(label, volume.affine, label_map, vocabulary).items():
-        resampled = to_model_grid(Volume(mask.astype(np.float32), volume.affine), config, mode="nearest").hu.numpy() > 0.5
-        if resampled.shape != bits.shape:
-            raise DatasetFormatError(f"{files.label}: label grid does not match image grid")
-        bits |= resampled.astype(np.uint64) << np.uint64(vocabulary.get(name).id)
+    label_grid = to_model_grid(Volume(label.astype(np.float32), volume.affine), config, mode="nearest").hu.numpy()
+    if label_grid.shape != tuple(grid.hu.shape):
+        raise DatasetFormatError(f"{files.label}: label grid does not match image grid")
+    bits = np.zeros(label_grid.shape, dtype=np.uint64)
+    masks = target_masks(np.rint(label_grid).astype(np.int32), grid.affine, label_map, vocabulary)
+    for name, mask in masks.items():
+        bits |= mask.astype(np.uint64) << np.uint64(vocabulary.get(name).id)
     image = scale_intensity(grid.hu, config).numpy()
     body = body_mask(grid.hu, config).numpy()
     if body.any():
@@ -283,7 +284,7 @@ class Batch:
 
 
 class PatchSampler:
-    """Paper §3.1: a dataset uniformly, then a case, then a 2-D axial patch and one of the
+    """Paper §3.1: a dataset uniformly (or by ``dataset_weights``), then a case, then a 2-D axial patch and one of the
     dataset's annotated targets; with probability ``foreground_prob`` the patch is centred
     on a voxel of a target present in the case (foreground oversampling), otherwise it is
     uniform over the case (so empty masks of annotated targets occur naturally)."""
@@ -295,11 +296,20 @@ class PatchSampler:
         *,
         foreground_prob: float = 0.7,
         seed: int = 0,
+        dataset_weights: dict[str, float] | None = None,
     ) -> None:
         self.cases = {k: v for k, v in cases.items() if v}
         if not self.cases:
             raise ValueError("no training cases")
         self.datasets = sorted(self.cases)
+        weights = dataset_weights or {}
+        unknown = sorted(set(weights) - set(self.datasets))
+        if unknown:
+            raise ValueError(f"dataset_weights names unknown datasets {unknown}; datasets are {self.datasets}")
+        w = np.asarray([float(weights.get(d, 1.0)) for d in self.datasets])
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError("dataset_weights must be non-negative and not all zero")
+        self.dataset_probs = w / w.sum()  # uniform by default, as in the paper
         self.patch_size = patch_size
         self.foreground_prob = foreground_prob
         self.rng = np.random.default_rng(seed)
@@ -316,7 +326,7 @@ class PatchSampler:
 
     def example(self) -> tuple[np.ndarray, np.ndarray, int]:
         rng = self.rng
-        dataset = self.datasets[rng.integers(len(self.datasets))]
+        dataset = self.datasets[rng.choice(len(self.datasets), p=self.dataset_probs)]
         case = self.cases[dataset][rng.integers(len(self.cases[dataset]))]
         present = case.present()
         if present and rng.random() < self.foreground_prob:

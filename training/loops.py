@@ -93,7 +93,8 @@ def make_context(config: TrainConfig, rank: int, world: int, device: torch.devic
     cases = prepare_sources(sources, vocabulary, config.model.preprocess, config.cache_dir)
     annotated = sorted({name for s in sources for name in s.label_map.annotated}, key=lambda n: vocabulary.get(n).id)
     sampler = PatchSampler(
-        cases, config.model.preprocess.patch_size, foreground_prob=config.foreground_prob, seed=config.seed * 1000 + rank
+        cases, config.model.preprocess.patch_size, foreground_prob=config.foreground_prob, seed=config.seed * 1000 + rank,
+        dataset_weights=config.dataset_weights,
     )
     return TrainContext(config, vocabulary, device, sampler, tuple(annotated), rank, world)
 
