@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -23,17 +24,24 @@ from service.routes import health, jobs, segment, targets
 from service.settings import ServiceSettings
 from service.storage import Storage
 
+if TYPE_CHECKING:
+    from worker.runtime import WorkerRuntime
+
 __all__ = ["create_app", "create_app_from_env"]
 
 log = logging.getLogger(__name__)
 
 
-def _embedded_backend(settings: ServiceSettings) -> tuple[JobStore, JobQueue]:
+def _load_embedded_runtime(settings: ServiceSettings) -> WorkerRuntime:
+    """Runs in the embedded worker thread: the only place the API process imports torch."""
     from worker.runtime import load_runtime
 
+    return load_runtime(settings.bundle, settings.storage_dir, settings.device)
+
+
+def _embedded_backend(settings: ServiceSettings) -> tuple[JobStore, JobQueue]:
     store = MemoryJobStore()
-    runtime_factory = partial(load_runtime, settings.bundle, settings.storage_dir, settings.device)
-    return store, InProcessJobQueue(store.update, runtime_factory)
+    return store, InProcessJobQueue(store.update, partial(_load_embedded_runtime, settings))
 
 
 def _rq_backend(settings: ServiceSettings) -> tuple[JobStore, JobQueue]:

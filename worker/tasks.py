@@ -11,6 +11,7 @@ its own job failed too.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -30,11 +31,17 @@ __all__ = ["describe_failure", "run_segmentation"]
 log = logging.getLogger(__name__)
 
 
-def describe_failure(exc: BaseException) -> str:
-    """One line a user can read: input problems as they are, anything else with its type."""
+def describe_failure(exc: BaseException, storage_root: Path | None = None) -> str:
+    """One line a user can read: input problems as they are, anything else with its type.
+
+    Server paths under ``storage_root`` are replaced by their file name, so clients never learn
+    the storage layout.
+    """
     from model.errors import BundleError, InputError
 
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if storage_root is not None:
+        text = re.sub(re.escape(str(storage_root).rstrip("/")) + r"/\S*?([^/\s]+)(?=[\s:,)]|$)", r"\1", text)
     if isinstance(exc, InputError):
         return f"invalid input: {text}"
     if isinstance(exc, BundleError):
@@ -59,14 +66,16 @@ def run_segmentation(
         from worker.reporting import rq_reporter
 
         reporter = rq_reporter()
+    storage_root: Path | None = None
     try:
         request = SegmentationRequest.from_payload(payload)
         runtime = runtime if runtime is not None else current_runtime()
+        storage_root = runtime.storage_root
         reporter.started()
         log.info("job %s: started (%d targets)", request.job_id, len(request.targets))
         names = _segment_atomically(runtime, request, reporter)
     except Exception as exc:
-        reason = describe_failure(exc)
+        reason = describe_failure(exc, storage_root)
         log.warning("job %s failed: %s", payload.get("job_id"), reason)
         reporter.failed(reason)
         raise
