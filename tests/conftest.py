@@ -245,15 +245,18 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Process]]:
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Process]]:
-    """Start ``latentseg worker`` on a queue and wait until it is registered in Redis."""
+def start_worker(tmp_path: Path, redis_url: str, rq_queue_name: str) -> Iterator[Callable[..., Process]]:
+    """Start ``latentseg worker`` on a queue and wait until it is registered in Redis.
+
+    Depends on ``rq_queue_name`` so the workers stop before that namespace is purged.
+    """
     started: list[Process] = []
 
     def start(queue: str, storage_dir: Path, bundle: Path | None, timeout_s: float = 90.0) -> Process:
         import redis
         from rq import Queue, Worker
 
-        name = f"lstest-worker-{uuid.uuid4().hex[:8]}"
+        name = f"{queue}-worker-{uuid.uuid4().hex[:8]}"
         log_path = tmp_path / f"{name}.log"
         cmd = [
             LATENTSEG, "worker", "--redis-url", redis_url, "--queue", queue,
