@@ -313,6 +313,8 @@ class PatchSampler:
         self.patch_size = patch_size
         self.foreground_prob = foreground_prob
         self.rng = np.random.default_rng(seed)
+        self._present_cache: dict[int, tuple[int, ...]] = {}
+        self._voxel_cache: dict[tuple[int, int], np.ndarray] = {}
 
     def _patch(self, array: np.ndarray, z: int, cx: int, cy: int) -> np.ndarray:
         h, w = self.patch_size
@@ -324,14 +326,30 @@ class PatchSampler:
             out[xs - x0 : xe - x0, ys - y0 : ye - y0] = array[xs:xe, ys:ye, z]
         return out
 
+    def _present(self, case: PreparedCase) -> tuple[int, ...]:
+        key = id(case)
+        if key not in self._present_cache:
+            self._present_cache[key] = case.present()
+        return self._present_cache[key]
+
+    def _voxels(self, case: PreparedCase, target: int) -> np.ndarray:
+        """Up to 4096 voxel coordinates of ``target`` in ``case`` (computed once)."""
+        key = (id(case), target)
+        if key not in self._voxel_cache:
+            voxels = np.argwhere(case.mask(target))
+            if len(voxels) > 4096:
+                voxels = voxels[np.random.default_rng(target).choice(len(voxels), 4096, replace=False)]
+            self._voxel_cache[key] = voxels
+        return self._voxel_cache[key]
+
     def example(self) -> tuple[np.ndarray, np.ndarray, int]:
         rng = self.rng
         dataset = self.datasets[rng.choice(len(self.datasets), p=self.dataset_probs)]
         case = self.cases[dataset][rng.integers(len(self.cases[dataset]))]
-        present = case.present()
+        present = self._present(case)
         if present and rng.random() < self.foreground_prob:
             target = present[rng.integers(len(present))]
-            voxels = np.argwhere(case.mask(target))
+            voxels = self._voxels(case, target)
             cx, cy, z = voxels[rng.integers(len(voxels))]
             jitter = np.asarray(self.patch_size) // 4
             cx += int(rng.integers(-jitter[0], jitter[0] + 1))
@@ -342,7 +360,8 @@ class PatchSampler:
             cx = int(rng.integers(case.image.shape[0]))
             cy = int(rng.integers(case.image.shape[1]))
         image = self._patch(case.image, int(z), int(cx), int(cy))
-        mask = self._patch(case.mask(target), int(z), int(cx), int(cy)).astype(np.float32)
+        bits = self._patch(case.bits, int(z), int(cx), int(cy))
+        mask = ((bits >> np.uint64(target)) & np.uint64(1)).astype(np.float32)
         return image, mask, int(target)
 
     def batch(self, batch_size: int) -> Batch:
