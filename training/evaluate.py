@@ -1,0 +1,407 @@
+"""Evaluate a bundle on a labelled dataset folder: per-target Dice, HD95 and variance AUROC.
+
+The real inference pipeline (``model.pipeline.segment_volume``) runs on each case's NIfTI;
+ground truth comes from the same reader and label mapping as training
+(``training.data.read_dataset`` + ``target_masks``), on the input's own voxel grid.
+
+Metric conventions (also written into every report):
+
+* **Prediction** = ensemble mean > 0.5.
+* **Dice** (MONAI ``compute_dice``, ``ignore_empty=False``): both empty → 1, truth empty but
+  prediction not → 0. The per-target mean and sd are taken only over cases whose truth is
+  *non-empty*; cases where the target is absent are counted separately (``absent_cases``),
+  with the number of those where something was predicted anyway (``false_positive_cases``).
+* **HD95** in mm (MONAI ``compute_hausdorff_distance``, percentile 95, with the voxel
+  spacing): undefined (None, with a note) when the prediction or the truth is empty.
+* **Variance AUROC**: how well the ensemble variance flags misclassified voxels
+  ((mean > 0.5) != truth), as the rank-based (Mann-Whitney) AUROC with ties counted as
+  half. Restricted to voxels within ``margin_mm`` (default 10 mm) of the union of truth and
+  prediction, so the huge easy background does not inflate it. None when that region has
+  no error or nothing but errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from scipy import ndimage
+
+from model.bundle import LoadedBundle
+from model.pipeline import SegmentationOptions, segment_volume
+from model.preprocessing import load_nifti
+from training.data import read_dataset, target_masks
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MARGIN_MM = 10.0
+METHOD_NOTES = (
+    "prediction = ensemble mean > 0.5",
+    "Dice: MONAI compute_dice (ignore_empty=False); mean/sd over cases whose truth is non-empty; "
+    "absent_cases = cases without the target, false_positive_cases = those with a non-empty prediction",
+    "HD95: MONAI compute_hausdorff_distance, percentile 95, in mm using the voxel spacing; "
+    "undefined (null) when the prediction or the truth is empty",
+    f"variance AUROC: rank-based AUROC (ties = 1/2) of the ensemble variance for misclassified voxels, "
+    f"within {DEFAULT_MARGIN_MM:g} mm of the union of truth and prediction; mean over cases where defined",
+)
+
+
+# --------------------------------------------------------------------------- metrics on arrays
+def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean arrays of the same shape (both empty → 1, truth empty only → 0)."""
+    from monai.metrics import compute_dice
+
+    if pred.shape != truth.shape:
+        raise ValueError(f"shapes differ: {pred.shape} vs {truth.shape}")
+    p = torch.from_numpy(np.ascontiguousarray(pred, dtype=bool))[None, None].float()
+    t = torch.from_numpy(np.ascontiguousarray(truth, dtype=bool))[None, None].float()
+    return float(compute_dice(p, t, include_background=True, ignore_empty=False)[0, 0])
+
+
+def _bounding_box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
+    coords = np.argwhere(mask)
+    lo = np.maximum(coords.min(axis=0) - np.asarray(margin), 0)
+    hi = np.minimum(coords.max(axis=0) + np.asarray(margin) + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def hd95_mm(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float | None:
+    """95th-percentile symmetric Hausdorff distance in mm; None when either mask is empty.
+
+    Computed on the bounding box of the union plus one voxel (surface distances do not change).
+    """
+    from monai.metrics import compute_hausdorff_distance
+
+    if pred.shape != truth.shape:
+        raise ValueError(f"shapes differ: {pred.shape} vs {truth.shape}")
+    if not pred.any() or not truth.any():
+        return None
+    box = _bounding_box(pred | truth, [1] * pred.ndim)
+    p = torch.from_numpy(np.ascontiguousarray(pred[box], dtype=bool))[None, None].float()
+    t = torch.from_numpy(np.ascontiguousarray(truth[box], dtype=bool))[None, None].float()
+    value = float(
+        compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=[float(s) for s in spacing])[0, 0]
+    )
+    return value if math.isfinite(value) else None
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Rank-based AUROC (Mann-Whitney U / (n_pos·n_neg)) with average ranks for ties.
+
+    ``labels`` are booleans (True = positive). None when either class is empty.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=bool).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores and labels differ in size: {scores.size} vs {labels.size}")
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    # Average 1-based rank of each distinct value: ranks before it + (count + 1) / 2.
+    before = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    average_rank = before + (counts + 1) / 2.0
+    rank_sum = float(average_rank[inverse][labels].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def error_region(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], margin_mm: float) -> np.ndarray:
+    """Voxels within ``margin_mm`` of the union of prediction and truth (empty if both are empty)."""
+    union = pred | truth
+    region = np.zeros(union.shape, dtype=bool)
+    if not union.any():
+        return region
+    margin_vox = [int(math.ceil(margin_mm / s)) + 1 for s in spacing]
+    box = _bounding_box(union, margin_vox)
+    distance = ndimage.distance_transform_edt(~union[box], sampling=[float(s) for s in spacing])
+    region[box] = distance <= margin_mm
+    return region
+
+
+def variance_auroc(
+    mean: np.ndarray, variance: np.ndarray, truth: np.ndarray, spacing: Sequence[float], margin_mm: float = DEFAULT_MARGIN_MM
+) -> float | None:
+    """AUROC of ``variance`` for voxels where (mean > 0.5) != truth, inside :func:`error_region`."""
+    pred = mean > 0.5
+    region = error_region(pred, truth, spacing, margin_mm)
+    if not region.any():
+        return None
+    return auroc(variance[region], (pred != truth)[region])
+
+
+# --------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class CaseTargetResult:
+    case: str
+    target: str
+    dice: float
+    hd95_mm: float | None
+    auroc: float | None
+    truth_voxels: int
+    pred_voxels: int
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class TargetSummary:
+    target: str
+    cases: int  # cases whose truth is non-empty (Dice and HD95 are over these)
+    dice_mean: float | None
+    dice_sd: float | None
+    hd95_mean_mm: float | None
+    hd95_sd_mm: float | None
+    hd95_cases: int
+    auroc_mean: float | None
+    auroc_cases: int
+    absent_cases: int
+    false_positive_cases: int
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def summarise(results: Sequence[CaseTargetResult], targets: Sequence[str]) -> tuple[TargetSummary, ...]:
+    """Per-target aggregates, in the order of ``targets``."""
+    out = []
+    for target in targets:
+        rows = [r for r in results if r.target == target]
+        present = [r for r in rows if r.truth_voxels > 0]
+        dice_mean, dice_sd = _mean_sd([r.dice for r in present])
+        hd = [r.hd95_mm for r in present if r.hd95_mm is not None]
+        hd_mean, hd_sd = _mean_sd(hd)
+        au = [r.auroc for r in rows if r.auroc is not None]
+        out.append(
+            TargetSummary(
+                target=target,
+                cases=len(present),
+                dice_mean=dice_mean,
+                dice_sd=dice_sd,
+                hd95_mean_mm=hd_mean,
+                hd95_sd_mm=hd_sd,
+                hd95_cases=len(hd),
+                auroc_mean=float(np.mean(au)) if au else None,
+                auroc_cases=len(au),
+                absent_cases=len(rows) - len(present),
+                false_positive_cases=sum(1 for r in rows if r.truth_voxels == 0 and r.pred_voxels > 0),
+            )
+        )
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    bundle: str
+    bundle_name: str
+    data: str
+    dataset: str
+    steps: int
+    ensemble: int
+    seed: int
+    device: str
+    seconds: float
+    cases: tuple[str, ...]
+    results: tuple[CaseTargetResult, ...]
+    summary: tuple[TargetSummary, ...]
+    notes: tuple[str, ...] = field(default=METHOD_NOTES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationReport:
+        return cls(
+            **{
+                **data,
+                "cases": tuple(data["cases"]),
+                "results": tuple(CaseTargetResult(**r) for r in data["results"]),
+                "summary": tuple(TargetSummary(**s) for s in data["summary"]),
+                "notes": tuple(data.get("notes", METHOD_NOTES)),
+            }
+        )
+
+    def summary_for(self, target: str) -> TargetSummary | None:
+        return next((s for s in self.summary if s.target == target), None)
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"Bundle `{self.bundle_name}` on `{self.dataset}` ({len(self.cases)} cases; steps {self.steps}, "
+            f"ensemble {self.ensemble}, seed {self.seed}, {self.device}, {self.seconds:.0f} s)",
+            "",
+            markdown_table(self.summary),
+            "",
+            *(f"- {note}" for note in self.notes),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None, digits: int, sd: float | None = None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}" if sd is None else f"{value:.{digits}f} ± {sd:.{digits}f}"
+
+
+def markdown_table(summary: Sequence[TargetSummary]) -> str:
+    rows = [
+        "| target | cases | Dice mean ± sd | HD95 mm (n) | variance AUROC (n) | absent (false +) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in summary:
+        rows.append(
+            f"| {s.target} | {s.cases} | {_fmt(s.dice_mean, 3, s.dice_sd)} | "
+            f"{_fmt(s.hd95_mean_mm, 1, s.hd95_sd_mm)} ({s.hd95_cases}) | {_fmt(s.auroc_mean, 3)} ({s.auroc_cases}) | "
+            f"{s.absent_cases} ({s.false_positive_cases}) |"
+        )
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------- running a bundle
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along each array axis (column norms of the affine)."""
+    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def evaluate_case_targets(
+    case: str,
+    means: dict[str, np.ndarray],
+    variances: dict[str, np.ndarray],
+    truths: dict[str, np.ndarray],
+    spacing: Sequence[float],
+    margin_mm: float = DEFAULT_MARGIN_MM,
+) -> list[CaseTargetResult]:
+    """Metrics for each target in ``means`` against ``truths`` (same grid)."""
+    results = []
+    for target, mean in means.items():
+        truth = truths[target].astype(bool)
+        pred = mean > 0.5
+        hd = hd95_mm(pred, truth, spacing)
+        notes = []
+        if not truth.any():
+            notes.append("target absent from the truth")
+        if not pred.any():
+            notes.append("empty prediction")
+        if hd is None:
+            notes.append("HD95 undefined")
+        results.append(
+            CaseTargetResult(
+                case=case,
+                target=target,
+                dice=dice_score(pred, truth),
+                hd95_mm=hd,
+                auroc=variance_auroc(mean, variances[target], truth, spacing, margin_mm),
+                truth_voxels=int(truth.sum()),
+                pred_voxels=int(pred.sum()),
+                note="; ".join(notes) or None,
+            )
+        )
+    return results
+
+
+def evaluation_targets(bundle: LoadedBundle, annotated: Sequence[str], requested: Sequence[str] | None) -> tuple[str, ...]:
+    """Targets both annotated by the data and trained in the bundle (∩ requested), in vocabulary order."""
+    vocabulary = bundle.vocabulary
+    names = set(annotated) & set(bundle.trained_targets)
+    if requested:
+        wanted = {t.name for t in vocabulary.resolve(list(requested))}
+        names &= wanted
+    return tuple(sorted(names, key=lambda n: vocabulary.get(n).id))
+
+
+def evaluate_dataset(
+    bundle: LoadedBundle,
+    data: str | Path,
+    *,
+    steps: int | None = None,
+    ensemble: int | None = None,
+    seed: int = 0,
+    targets: Sequence[str] | None = None,
+    max_cases: int | None = None,
+    targets_per_pass: int = 4,
+    margin_mm: float = DEFAULT_MARGIN_MM,
+    on_case: Callable[[int, int, str, float], None] | None = None,
+) -> EvaluationReport:
+    """Segment every case of the dataset at ``data`` and score the annotated targets.
+
+    ``targets_per_pass`` bounds memory: mean and variance of that many targets are held on the
+    input grid at once (the image is re-encoded per pass, which is cheap).
+    ``on_case(index, total, case_name, seconds)`` is called after each case.
+    """
+    vocabulary = bundle.vocabulary
+    source = read_dataset(data, vocabulary)
+    names = evaluation_targets(bundle, sorted(source.label_map.annotated), targets)
+    if not names:
+        raise ValueError(
+            f"nothing to evaluate: dataset {source.name!r} annotates {sorted(source.label_map.annotated)}, "
+            f"bundle {bundle.name!r} was trained for {list(bundle.trained_targets)}"
+            + (f", requested {list(targets)}" if targets else "")
+        )
+    defaults = bundle.config.sampling
+    options = SegmentationOptions(
+        ensemble=ensemble if ensemble is not None else defaults.ensemble,
+        steps=steps if steps is not None else defaults.steps,
+        seed=seed,
+    )
+    options.check()
+    files = source.cases[:max_cases] if max_cases else source.cases
+    started = time.time()
+    results: list[CaseTargetResult] = []
+    case_names: list[str] = []
+    for index, case_files in enumerate(files):
+        case_started = time.time()
+        case = case_files.image.name.removesuffix(".gz").removesuffix(".nii")
+        volume = load_nifti(case_files.image)
+        label = np.asarray(nib.load(str(case_files.label)).dataobj).astype(np.int32).reshape(volume.shape)
+        truths = target_masks(label, volume.affine, source.label_map, vocabulary)
+        spacing = voxel_spacing(volume.affine)
+        for start in range(0, len(names), max(1, targets_per_pass)):
+            group = list(names[start : start + max(1, targets_per_pass)])
+            seg = segment_volume(bundle, volume, group, options)
+            results.extend(evaluate_case_targets(case, seg.mean, seg.variance, truths, spacing, margin_mm))
+            del seg
+        case_names.append(case)
+        seconds = time.time() - case_started
+        log.info("evaluated %s (%d/%d) in %.0f s", case, index + 1, len(files), seconds)
+        if on_case is not None:
+            on_case(index, len(files), case, seconds)
+    return EvaluationReport(
+        bundle=str(bundle.path),
+        bundle_name=bundle.name,
+        data=str(Path(data)),
+        dataset=source.name,
+        steps=options.steps,
+        ensemble=options.ensemble,
+        seed=seed,
+        device=str(bundle.device),
+        seconds=time.time() - started,
+        cases=tuple(case_names),
+        results=tuple(results),
+        summary=summarise(results, names),
+    )
+
+
+def write_report(report: EvaluationReport, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``evaluation.json`` and ``evaluation.md`` into ``out_dir``; returns both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "evaluation.json"
+    md_path = out / "evaluation.md"
+    json_path.write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
+    md_path.write_text(report.to_markdown())
+    return json_path, md_path
+
+
+def read_report(path: str | Path) -> EvaluationReport:
+    return EvaluationReport.from_dict(json.loads(Path(path).read_text()))
