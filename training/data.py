@@ -160,14 +160,27 @@ def read_dataset(root: str | Path, vocabulary: Vocabulary) -> DatasetSource:
 
 
 # --------------------------------------------------------------------------- masks
+def body_midline_x(body: np.ndarray, affine: np.ndarray) -> float | None:
+    """World x (mm) of the body's centre of mass, the patient's sagittal midline; None without body."""
+    ijk = np.argwhere(body)
+    if not len(ijk):
+        return None
+    return float(affine[0, :3] @ ijk.mean(axis=0) + affine[0, 3])
+
+
 def target_masks(
-    label: np.ndarray, affine: np.ndarray, label_map: DatasetLabelMap, vocabulary: Vocabulary
+    label: np.ndarray,
+    affine: np.ndarray,
+    label_map: DatasetLabelMap,
+    vocabulary: Vocabulary,
+    midline_x: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Binary mask per annotated target, on the label's own grid.
 
     Organs include the lesions that lie within them (on the same side); labels covering both
-    sides are split at the midline (the median world x of labelled voxels; RAS+: +x is the
-    patient's right, so the patient's left is x < midline).
+    sides are split at the midline ``midline_x`` (world x in mm; :func:`prepare_case` passes the
+    body's, see :func:`body_midline_x`), by default the centre of the labelled voxels' x extent.
+    RAS+: +x is the patient's right, so the patient's left is x < midline.
     """
     masks: dict[str, np.ndarray] = {}
     for value, name in label_map.labels:
@@ -176,9 +189,10 @@ def target_masks(
     if label_map.lateral_splits or any(len(vocabulary.get(n).within) > 1 for n in masks):
         ijk = np.indices(label.shape, dtype=np.float32).reshape(3, -1)
         world_x = (affine[0, :3] @ ijk + affine[0, 3]).reshape(label.shape)
-        labelled = label > 0
-        midline = float(np.median(world_x[labelled])) if labelled.any() else 0.0
-        sides = {"left": world_x < midline, "right": world_x >= midline}
+        if midline_x is None:
+            labelled = world_x[label > 0]
+            midline_x = float(labelled.min() + labelled.max()) / 2 if labelled.size else 0.0
+        sides = {"left": world_x < midline_x, "right": world_x >= midline_x}
     for value, left, right in label_map.lateral_splits:
         both = label == value
         masks[left] = masks.get(left, np.zeros(label.shape, bool)) | (both & sides["left"])
@@ -187,7 +201,7 @@ def target_masks(
         organs = [o for o in vocabulary.get(name).within if o in masks]
         for organ in organs:
             side = vocabulary.get(organ).side
-            lesion = masks[name] if len(organs) == 1 or side is None else masks[name] & sides[side]
+            lesion = masks[name] if side is None else masks[name] & sides[side]
             masks[organ] = masks[organ] | lesion
     return masks
 
@@ -219,7 +233,7 @@ def _cache_key(files: CaseFiles, config: PreprocessConfig, label_map: DatasetLab
     h.update(config.model_dump_json().encode())
     h.update(repr(label_map).encode())
     h.update(vocabulary.sha256().encode())
-    h.update(b"v2")
+    h.update(b"v3")
     return h.hexdigest()[:24]
 
 
@@ -244,12 +258,14 @@ def prepare_case(
     label_grid = to_model_grid(Volume(label.astype(np.float32), volume.affine), config, mode="nearest").hu.numpy()
     if label_grid.shape != tuple(grid.hu.shape):
         raise DatasetFormatError(f"{files.label}: label grid does not match image grid")
+    body = body_mask(grid.hu, config).numpy()
     bits = np.zeros(label_grid.shape, dtype=np.uint64)
-    masks = target_masks(np.rint(label_grid).astype(np.int32), grid.affine, label_map, vocabulary)
+    masks = target_masks(
+        np.rint(label_grid).astype(np.int32), grid.affine, label_map, vocabulary, body_midline_x(body, grid.affine)
+    )
     for name, mask in masks.items():
         bits |= mask.astype(np.uint64) << np.uint64(vocabulary.get(name).id)
     image = scale_intensity(grid.hu, config).numpy()
-    body = body_mask(grid.hu, config).numpy()
     if body.any():
         lo = np.argwhere(body).min(axis=0)
         hi = np.argwhere(body).max(axis=0) + 1
