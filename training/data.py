@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,20 @@ class DatasetSource:
 
 
 # --------------------------------------------------------------------------- readers
-def _label_map_from_names(name: str, labels: dict[int, str], vocabulary: Vocabulary) -> DatasetLabelMap:
-    """Known datasets use the mapping table; others resolve their label names through the vocabulary."""
+def _snake_case(name: str) -> str:
+    """A valid dataset name for a label map: "Dataset003_Liver" -> "dataset003_liver"."""
+    key = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    return key if key[:1].isalpha() else f"dataset_{key}".rstrip("_")
+
+
+def _label_map_from_names(
+    name: str, labels: dict[int, str], vocabulary: Vocabulary, folder: str | None = None
+) -> DatasetLabelMap:
+    """Known datasets use the mapping table; others resolve their label names through the vocabulary.
+
+    ``folder`` (the dataset folder's name, e.g. MSD's "Task03_Liver", whose dataset.json says only
+    "Liver" and labels "cancer") identifies a known dataset when the label names cannot be resolved.
+    """
     try:
         return vocabulary.dataset(name)
     except UnknownDatasetError:
@@ -78,12 +91,19 @@ def _label_map_from_names(name: str, labels: dict[int, str], vocabulary: Vocabul
             pairs.append((value, vocabulary.get(label_name).name))
         except ValueError:
             unknown.append(f"{value}={label_name!r}")
+    if unknown and folder:
+        try:
+            return vocabulary.dataset(folder)
+        except UnknownDatasetError:
+            pass
     if unknown:
         raise DatasetFormatError(
             f"dataset {name!r}: labels {', '.join(unknown)} are not vocabulary targets or synonyms; "
             f"use a known dataset name or rename them (valid: {', '.join(vocabulary.names())})"
         )
-    return DatasetLabelMap(name=name, labels=tuple(pairs))
+    if not pairs:
+        raise DatasetFormatError(f"dataset {name!r}: no labels besides background (0)")
+    return DatasetLabelMap(name=_snake_case(name), labels=tuple(pairs))
 
 
 def _read_json(path: Path) -> dict:
@@ -96,7 +116,7 @@ def _read_json(path: Path) -> dict:
 def read_msd(root: Path, vocabulary: Vocabulary) -> DatasetSource:
     meta = _read_json(root / "dataset.json")
     labels = {int(k): str(v) for k, v in meta.get("labels", {}).items()}
-    label_map = _label_map_from_names(str(meta.get("name", root.name)), labels, vocabulary)
+    label_map = _label_map_from_names(str(meta.get("name", root.name)), labels, vocabulary, root.name)
     cases = []
     for entry in meta.get("training", []):
         image = (root / entry["image"]).resolve()
@@ -114,7 +134,7 @@ def read_nnunet_v2(root: Path, vocabulary: Vocabulary) -> DatasetSource:
     labels = {int(v): str(k) for k, v in meta.get("labels", {}).items() if not isinstance(v, list)}
     ending = meta.get("file_ending", ".nii.gz")
     name = str(meta.get("name", root.name))
-    label_map = _label_map_from_names(name, labels, vocabulary)
+    label_map = _label_map_from_names(name, labels, vocabulary, root.name)
     cases = []
     for label in sorted((root / "labelsTr").glob(f"*{ending}")):
         case_id = label.name[: -len(ending)]
@@ -131,9 +151,14 @@ def read_plain(root: Path, vocabulary: Vocabulary) -> DatasetSource:
     mapfile = next((p for p in (root / "labelmap.json", root / "labelmap.yaml", root / "labelmap.yml") if p.is_file()), None)
     if mapfile is None:
         raise DatasetFormatError(f"{root}: a plain dataset needs labelmap.json or labelmap.yaml")
-    meta = yaml.safe_load(mapfile.read_text()) or {}
-    labels = {int(k): str(v) for k, v in (meta.get("labels") or {}).items()}
-    label_map = _label_map_from_names(str(meta.get("name", root.name)), labels, vocabulary)
+    try:
+        meta = yaml.safe_load(mapfile.read_text()) or {}
+        labels = {int(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as exc:
+        raise DatasetFormatError(
+            f"{mapfile}: expected {{name: ..., labels: {{1: liver, ...}}}} with integer label values ({exc})"
+        ) from exc
+    label_map = _label_map_from_names(str(meta.get("name", root.name)), labels, vocabulary, root.name)
     cases = []
     for image in sorted((root / "images").glob("*.nii*")):
         label = root / "labels" / image.name
@@ -253,6 +278,10 @@ def prepare_case(
             return PreparedCase(label_map.name, files.image.name, npz["image"], npz["bits"], annotated)
     volume = load_nifti(files.image)
     label_img = nib.load(str(files.label))
+    if int(np.prod(label_img.shape)) != int(np.prod(volume.shape)) or label_img.shape[:3] != volume.shape:
+        raise DatasetFormatError(
+            f"{files.label}: label shape {tuple(label_img.shape)} does not match image {files.image.name} {volume.shape}"
+        )
     label = np.asarray(label_img.dataobj).astype(np.int32).reshape(volume.shape)
     grid = to_model_grid(volume, config)
     label_grid = to_model_grid(Volume(label.astype(np.float32), volume.affine), config, mode="nearest").hu.numpy()
