@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -303,7 +304,7 @@ def prepare_case(
     case = PreparedCase(label_map.name, files.image.name, np.ascontiguousarray(image), np.ascontiguousarray(bits), annotated)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npz")
+        tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")  # one per process: DDP ranks race here
         np.savez_compressed(tmp, image=case.image, bits=case.bits)
         tmp.replace(cached)
     return case
