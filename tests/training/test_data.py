@@ -1,0 +1,432 @@
+"""training.data on real NIfTI folders: readers, label mapping, masks, partial labels, cache, sampling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from model.config import tiny_config
+from model.vocabulary import DatasetLabelMap, default_vocabulary
+from tests.training.conftest import msd_cases, write_msd_subset, write_nnunet_v2, write_plain
+from training.data import (
+    CaseFiles,
+    DatasetFormatError,
+    PatchSampler,
+    prepare_case,
+    prepare_sources,
+    read_dataset,
+    target_masks,
+)
+from training.phantoms import PHANTOM_LABELS
+
+VOCABULARY = default_vocabulary()
+PHANTOM = dict((name, value) for value, name in PHANTOM_LABELS)
+PREPROCESS = tiny_config().preprocess
+
+
+def ids(*names: str) -> tuple[int, ...]:
+    return tuple(sorted(VOCABULARY.get(n).id for n in names))
+
+
+def load_label(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    image = nib.load(str(path))
+    return np.asarray(image.dataobj).astype(np.int32), np.asarray(image.affine)
+
+
+# ---------------------------------------------------------------- readers
+
+
+def test_msd_reader_uses_the_phantom_mapping_table(msd_phantoms: Path) -> None:
+    source = read_dataset(msd_phantoms, VOCABULARY)
+    assert source.label_map == VOCABULARY.dataset("latentseg_phantoms")
+    assert [(c.image, c.label) for c in source.cases] == msd_cases(msd_phantoms)
+    assert source.label_map.annotated == {name for _, name in PHANTOM_LABELS}
+
+
+def test_nnunet_v2_reader_resolves_label_names_and_synonyms(tmp_path: Path, msd_phantoms: Path) -> None:
+    root = write_nnunet_v2(
+        msd_phantoms, tmp_path / "Dataset042_Abdomen",
+        labels={"background": 0, "liver": 1, "Spleen": 2, "left kidney": 3},
+        mapping={PHANTOM["liver"]: 1, PHANTOM["spleen"]: 2, PHANTOM["kidney_left"]: 3},
+    )
+    source = read_dataset(root, VOCABULARY)
+    assert source.label_map.labels == ((1, "liver"), (2, "spleen"), (3, "kidney_left"))
+    assert source.name == "dataset042_abdomen"  # a valid (snake_case) name from the folder
+    assert [c.image.name for c in source.cases] == ["case_000_0000.nii.gz", "case_001_0000.nii.gz", "case_002_0000.nii.gz"]
+    assert [c.label.name for c in source.cases] == ["case_000.nii.gz", "case_001.nii.gz", "case_002.nii.gz"]
+    case = prepare_case(source.cases[0], source.label_map, VOCABULARY, PREPROCESS)
+    assert case.annotated == ids("liver", "spleen", "kidney_left")
+    assert set(case.present()) == set(ids("liver", "spleen", "kidney_left"))
+
+
+def test_plain_folder_with_labelmap_yaml(tmp_path: Path, msd_phantoms: Path) -> None:
+    root = write_plain(
+        msd_phantoms, tmp_path / "plain",
+        labelmap={"name": "my_clinic", "labels": {1: "Liver", 2: "gall-bladder", 3: "Liver tumour"}},
+        mapping={PHANTOM["liver"]: 1, PHANTOM["gallbladder"]: 2, PHANTOM["liver_tumor"]: 3},
+    )
+    source = read_dataset(root, VOCABULARY)
+    assert source.name == "my_clinic"
+    assert source.label_map.labels == ((1, "liver"), (2, "gallbladder"), (3, "liver_tumor"))
+    assert len(source.cases) == 3
+    assert all(c.label == root / "labels" / c.image.name for c in source.cases)
+
+
+def test_known_dataset_name_uses_the_mapping_table(tmp_path: Path, msd_phantoms: Path) -> None:
+    # Label names that would not resolve on their own ("cancer"): the table decides.
+    root = write_msd_subset(
+        msd_phantoms, tmp_path / "liver", name="Task03_Liver",
+        labels={"0": "background", "1": "liver", "2": "cancer"},
+        mapping={PHANTOM["liver"]: 1, PHANTOM["liver_tumor"]: 2}, cases=1,
+    )
+    assert read_dataset(root, VOCABULARY).label_map == VOCABULARY.dataset("msd_task03_liver")
+    spleen = write_msd_subset(
+        msd_phantoms, tmp_path / "spleen", name="msd_task09_spleen",
+        labels={"0": "background", "1": "spleen"}, mapping={PHANTOM["spleen"]: 1}, cases=1,
+    )
+    assert read_dataset(spleen, VOCABULARY).label_map == VOCABULARY.dataset("Task09_Spleen")
+
+
+def test_real_msd_dataset_json_is_identified_by_its_folder_name(tmp_path: Path, msd_phantoms: Path) -> None:
+    # The Decathlon's own dataset.json says "name": "Liver" and labels "cancer"; the folder is Task03_Liver.
+    root = write_msd_subset(
+        msd_phantoms, tmp_path / "Task03_Liver", name="Liver",
+        labels={"0": "background", "1": "liver", "2": "cancer"},
+        mapping={PHANTOM["liver"]: 1, PHANTOM["liver_tumor"]: 2}, cases=1,
+    )
+    assert read_dataset(root, VOCABULARY).label_map == VOCABULARY.dataset("msd_task03_liver")
+    # ... and "name": "Spleen" with resolvable labels is a valid dataset, not a crash on the capital S.
+    spleen = write_msd_subset(
+        msd_phantoms, tmp_path / "some_spleens", name="Spleen",
+        labels={"0": "background", "1": "spleen"}, mapping={PHANTOM["spleen"]: 1}, cases=1,
+    )
+    label_map = read_dataset(spleen, VOCABULARY).label_map
+    assert label_map.labels == ((1, "spleen"),) and label_map.name == "spleen"
+
+
+def test_unknown_label_name_is_a_clear_error_naming_it(tmp_path: Path, msd_phantoms: Path) -> None:
+    root = write_msd_subset(
+        msd_phantoms, tmp_path / "odd", name="odd_clinic",
+        labels={"0": "background", "1": "liver", "2": "flux capacitor"},
+        mapping={PHANTOM["liver"]: 1, PHANTOM["spleen"]: 2}, cases=1,
+    )
+    with pytest.raises(DatasetFormatError, match="flux capacitor") as info:
+        read_dataset(root, VOCABULARY)
+    assert "liver'" not in str(info.value).split("valid:")[0]  # only the bad label is blamed
+
+
+def test_missing_files_are_clear_errors(tmp_path: Path, msd_phantoms: Path) -> None:
+    msd = tmp_path / "msd"
+    shutil.copytree(msd_phantoms, msd)
+    missing = sorted((msd / "imagesTr").iterdir())[1]
+    missing.unlink()
+    with pytest.raises(DatasetFormatError, match=missing.name):
+        read_dataset(msd, VOCABULARY)
+
+    nnunet = write_nnunet_v2(msd_phantoms, tmp_path / "nnunet", {"background": 0, "liver": 1}, {PHANTOM["liver"]: 1})
+    (nnunet / "imagesTr" / "case_002_0000.nii.gz").unlink()
+    with pytest.raises(DatasetFormatError, match="case_002_0000.nii.gz"):
+        read_dataset(nnunet, VOCABULARY)
+
+    plain = write_plain(msd_phantoms, tmp_path / "plain", {"labels": {1: "liver"}}, {PHANTOM["liver"]: 1})
+    orphan = sorted((plain / "labels").iterdir())[0]
+    orphan.unlink()
+    with pytest.raises(DatasetFormatError, match=orphan.name):
+        read_dataset(plain, VOCABULARY)
+    (plain / "labelmap.yaml").unlink()
+    with pytest.raises(DatasetFormatError, match="labelmap"):
+        read_dataset(plain, VOCABULARY)
+
+    with pytest.raises(DatasetFormatError, match="not a folder"):
+        read_dataset(tmp_path / "nowhere", VOCABULARY)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "dataset.json").write_text("{not json")
+    with pytest.raises(DatasetFormatError, match="dataset.json"):
+        read_dataset(broken, VOCABULARY)
+
+
+def test_malformed_labelmap_is_a_dataset_error(tmp_path: Path, msd_phantoms: Path) -> None:
+    plain = write_plain(msd_phantoms, tmp_path / "plain", {"labels": {1: "liver"}}, {PHANTOM["liver"]: 1})
+    (plain / "labelmap.yaml").write_text("labels: {liver: 1}\n")  # inverted: names as keys
+    with pytest.raises(DatasetFormatError, match="labelmap.yaml"):
+        read_dataset(plain, VOCABULARY)
+    (plain / "labelmap.yaml").write_text("labels: {0: background}\n")
+    with pytest.raises(DatasetFormatError, match="no labels"):
+        read_dataset(plain, VOCABULARY)
+
+
+# ---------------------------------------------------------------- masks
+
+
+def _phantom_case_with(msd_phantoms: Path, *values: int) -> tuple[np.ndarray, np.ndarray]:
+    for _, label_path in msd_cases(msd_phantoms):
+        label, affine = load_label(label_path)
+        if all((label == v).any() for v in values):
+            return label, affine
+    raise AssertionError(f"no phantom case contains all of {values}")
+
+
+@pytest.mark.parametrize("organ, lesion", [("liver", "liver_tumor"), ("pancreas", "pancreas_tumor")])
+def test_organ_mask_includes_the_lesions_inside_it(msd_phantoms: Path, organ: str, lesion: str) -> None:
+    label, affine = _phantom_case_with(msd_phantoms, PHANTOM[lesion])
+    masks = target_masks(label, affine, VOCABULARY.dataset("latentseg_phantoms"), VOCABULARY)
+    inside = label == PHANTOM[lesion]
+    assert inside.any()
+    np.testing.assert_array_equal(masks[lesion], inside)
+    np.testing.assert_array_equal(masks[organ], (label == PHANTOM[organ]) | inside)
+    np.testing.assert_array_equal(masks["spleen"], label == PHANTOM["spleen"])  # no lesion: unchanged
+
+
+def _true_kidneys(label: np.ndarray) -> dict[str, np.ndarray]:
+    """Each kidney with the tumour components that touch it (the phantom's ground truth)."""
+    tumour = label == PHANTOM["kidney_tumor"]
+    components, count = ndimage.label(tumour)
+    truth = {}
+    for name in ("kidney_left", "kidney_right"):
+        kidney = label == PHANTOM[name]
+        near = ndimage.binary_dilation(kidney, iterations=1)
+        touching = [i for i in range(1, count + 1) if (near & (components == i)).any()]
+        truth[name] = kidney | np.isin(components, touching)
+    return truth
+
+
+def test_kits_style_lateral_split_follows_the_patients_sides(msd_phantoms: Path) -> None:
+    kits = VOCABULARY.dataset("kits23")
+    checked_tumour = False
+    for _, label_path in msd_cases(msd_phantoms):
+        phantom, affine = load_label(label_path)
+        kits_label = np.zeros_like(phantom)
+        kits_label[(phantom == PHANTOM["kidney_left"]) | (phantom == PHANTOM["kidney_right"])] = 1
+        kits_label[phantom == PHANTOM["kidney_tumor"]] = 2
+        masks = target_masks(kits_label, affine, kits, VOCABULARY)
+        truth = _true_kidneys(phantom)
+        np.testing.assert_array_equal(masks["kidney_left"], truth["kidney_left"])
+        np.testing.assert_array_equal(masks["kidney_right"], truth["kidney_right"])
+        # RAS+: the patient's left kidney lies at smaller world x than the right one.
+        world_x = (affine[0, :3] @ np.indices(phantom.shape).reshape(3, -1) + affine[0, 3]).reshape(phantom.shape)
+        assert world_x[masks["kidney_left"]].max() < world_x[masks["kidney_right"]].min()
+        tumour = masks["kidney_tumor"]
+        if tumour.any():
+            checked_tumour = True
+            in_left, in_right = (tumour & masks["kidney_left"]).any(), (tumour & masks["kidney_right"]).any()
+            assert in_left != in_right  # joins one kidney, the one on its side
+    assert checked_tumour
+
+
+def test_lateral_split_with_unequal_sides_and_an_lps_affine() -> None:
+    # World x = 20 - 2i (the voxel axis runs to the patient's left, as in LPS data).
+    affine = np.diag([-2.0, 2.0, 2.0, 1.0])
+    affine[0, 3] = 20.0
+    label = np.zeros((20, 4, 4), np.int32)
+    label[1:4] = 1  # x 18..14: the patient's right, small
+    label[11:19] = 1  # x -2..-16: the patient's left, much larger (a median would split it)
+    label[16:18, 1:3, 1:3] = 2  # a tumour in the left kidney
+    masks = target_masks(label, affine, VOCABULARY.dataset("kits23"), VOCABULARY)
+    left = np.zeros(label.shape, bool)
+    left[11:19] = True
+    np.testing.assert_array_equal(masks["kidney_left"], left)
+    np.testing.assert_array_equal(masks["kidney_right"], (label > 0) & ~left)
+    # An explicit midline (the body's) is used as given.
+    shifted = target_masks(label, affine, VOCABULARY.dataset("kits23"), VOCABULARY, midline_x=-9.0)
+    assert shifted["kidney_right"][11:15].all() and not shifted["kidney_right"][15:19].any()
+
+
+def test_lesion_joins_only_the_organ_on_its_side_when_one_side_is_annotated() -> None:
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])  # RAS: world x = 2i
+    label = np.zeros((20, 4, 4), np.int32)
+    label[2:6] = 1  # left kidney (x 4..10)
+    label[14:18, 1:3, 1:3] = 2  # a tumour on the patient's right (x 28..34), whose kidney is not annotated
+    label_map = DatasetLabelMap("left_only", ((1, "kidney_left"), (2, "kidney_tumor")))
+    masks = target_masks(label, affine, label_map, VOCABULARY, midline_x=20.0)
+    np.testing.assert_array_equal(masks["kidney_left"], label == 1)
+    np.testing.assert_array_equal(masks["kidney_tumor"], label == 2)
+
+
+def test_prepared_kits_split_matches_explicit_kidney_labels(tmp_path: Path, msd_phantoms: Path) -> None:
+    """On the model grid, after resampling and cropping: KiTS-style kidneys == the phantom's own."""
+    kits = write_msd_subset(
+        msd_phantoms, tmp_path / "kits", name="KiTS",
+        labels={"0": "background", "1": "kidney", "2": "tumor"},
+        mapping={PHANTOM["kidney_left"]: 1, PHANTOM["kidney_right"]: 1, PHANTOM["kidney_tumor"]: 2},
+    )
+    kits_source = read_dataset(kits, VOCABULARY)
+    truth_source = read_dataset(msd_phantoms, VOCABULARY)
+    for kits_files, truth_files in zip(kits_source.cases, truth_source.cases, strict=True):
+        split = prepare_case(kits_files, kits_source.label_map, VOCABULARY, PREPROCESS)
+        truth = prepare_case(truth_files, truth_source.label_map, VOCABULARY, PREPROCESS)
+        for name in ("kidney_left", "kidney_right", "kidney_tumor"):
+            target = VOCABULARY.get(name).id
+            np.testing.assert_array_equal(split.mask(target), truth.mask(target), err_msg=name)
+        assert split.annotated == ids("kidney_left", "kidney_right", "kidney_tumor", "kidney_cyst")
+
+
+# ---------------------------------------------------------------- partial labels
+
+
+@pytest.fixture
+def spleen_only(tmp_path: Path, msd_phantoms: Path) -> Path:
+    """MSD Task09-style: the same phantoms (liver visible in every image) but only spleen annotated."""
+    return write_msd_subset(
+        msd_phantoms, tmp_path / "spleen", name="Task09_Spleen",
+        labels={"0": "background", "1": "spleen"}, mapping={PHANTOM["spleen"]: 1},
+    )
+
+
+def test_annotated_reflects_the_mapping_table(spleen_only: Path, msd_phantoms: Path) -> None:
+    spleen = read_dataset(spleen_only, VOCABULARY)
+    case = prepare_case(spleen.cases[0], spleen.label_map, VOCABULARY, PREPROCESS)
+    assert case.annotated == ids("spleen")
+    assert case.present() == ids("spleen")
+    liver = VOCABULARY.get("liver").id
+    assert not case.mask(liver).any()  # the liver is in the image but unknown here, not a mask
+    phantoms = read_dataset(msd_phantoms, VOCABULARY)
+    full = prepare_case(phantoms.cases[0], phantoms.label_map, VOCABULARY, PREPROCESS)
+    assert full.annotated == ids(*(name for _, name in PHANTOM_LABELS))
+
+
+def test_partially_labelled_dataset_yields_only_its_targets(spleen_only: Path) -> None:
+    source = read_dataset(spleen_only, VOCABULARY)
+    cases = prepare_sources([source], VOCABULARY, PREPROCESS, None)
+    sampler = PatchSampler(cases, PREPROCESS.patch_size, foreground_prob=0.3, seed=1)
+    batch = sampler.batch(200)
+    spleen = VOCABULARY.get("spleen").id
+    assert set(batch.target_ids.tolist()) == {spleen}
+    # Both kinds of spleen examples occur: with spleen, and empty (spleen annotated, absent here).
+    positives = batch.masks.flatten(1).amax(1) > 0
+    assert 0 < int(positives.sum()) < 200
+
+
+def test_mixed_datasets_never_sample_an_unannotated_target(tmp_path: Path, spleen_only: Path, msd_phantoms: Path) -> None:
+    liver_only = write_msd_subset(
+        msd_phantoms, tmp_path / "liver", name="Task03_Liver",
+        labels={"0": "background", "1": "liver", "2": "cancer"},
+        mapping={PHANTOM["liver"]: 1, PHANTOM["liver_tumor"]: 2},
+    )
+    sources = [read_dataset(p, VOCABULARY) for p in (spleen_only, liver_only)]
+    cases = prepare_sources(sources, VOCABULARY, PREPROCESS, None)
+    assert sorted(cases) == ["msd_task03_liver", "msd_task09_spleen"]
+    sampler = PatchSampler(cases, PREPROCESS.patch_size, foreground_prob=0.5, seed=2)
+    allowed = set(ids("spleen", "liver", "liver_tumor"))
+    seen: set[int] = set()
+    for _ in range(25):
+        seen |= set(sampler.batch(8).target_ids.tolist())
+    assert seen <= allowed
+    assert seen >= set(ids("spleen", "liver"))
+    # Only the spleen set drawn (the liver set's cases are loaded): only spleen examples.
+    spleen_set = PatchSampler(
+        cases, PREPROCESS.patch_size, foreground_prob=0.5, seed=2,
+        dataset_weights={"msd_task09_spleen": 1.0, "msd_task03_liver": 0.0},
+    )
+    assert set(spleen_set.batch(100).target_ids.tolist()) == set(ids("spleen"))
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_foreground_oversampling_raises_the_positive_rate(msd_phantoms: Path) -> None:
+    source = read_dataset(msd_phantoms, VOCABULARY)
+    cases = prepare_sources([source], VOCABULARY, PREPROCESS, None)
+
+    def positive_rate(foreground_prob: float) -> float:
+        sampler = PatchSampler(cases, PREPROCESS.patch_size, foreground_prob=foreground_prob, seed=5)
+        masks = sampler.batch(400).masks
+        return float((masks.flatten(1).amax(1) > 0).float().mean())
+
+    uniform, oversampled = positive_rate(0.0), positive_rate(0.9)
+    assert oversampled > 0.9 * 0.95  # every foreground draw has the target in the patch
+    assert oversampled > uniform + 0.25, (uniform, oversampled)
+
+
+def test_dataset_weights_change_the_mix(spleen_only: Path, msd_phantoms: Path) -> None:
+    sources = [read_dataset(p, VOCABULARY) for p in (spleen_only, msd_phantoms)]
+    cases = prepare_sources(sources, VOCABULARY, PREPROCESS, None)
+    spleen = VOCABULARY.get("spleen").id
+
+    def spleen_share(weights: dict[str, float] | None) -> float:
+        sampler = PatchSampler(cases, PREPROCESS.patch_size, seed=3, dataset_weights=weights)
+        return float((sampler.batch(300).target_ids == spleen).float().mean())
+
+    # Uniform: half the examples from the spleen set (all spleen) + ~1/12 of the rest.
+    assert 0.4 < spleen_share(None) < 0.7
+    assert spleen_share({"latentseg_phantoms": 1.0, "msd_task09_spleen": 0.0}) < 0.25
+    with pytest.raises(ValueError, match="unknown datasets"):
+        PatchSampler(cases, PREPROCESS.patch_size, dataset_weights={"nope": 1.0})
+
+
+def test_sampler_is_deterministic_per_seed_and_resumable(msd_phantoms: Path) -> None:
+    source = read_dataset(msd_phantoms, VOCABULARY)
+    cases = prepare_sources([source], VOCABULARY, PREPROCESS, None)
+    a = PatchSampler(cases, PREPROCESS.patch_size, seed=11)
+    b = PatchSampler(cases, PREPROCESS.patch_size, seed=11)
+    first = a.batch(4)
+    assert np.array_equal(first.images, b.batch(4).images)
+    state = a.state()
+    after = a.batch(4)
+    b.set_state(state)
+    replay = b.batch(4)
+    assert np.array_equal(after.images, replay.images) and np.array_equal(after.target_ids, replay.target_ids)
+    assert not np.array_equal(after.images, first.images)
+
+
+# ---------------------------------------------------------------- cache
+
+
+def test_prepare_case_cache_round_trip(tmp_path: Path, msd_phantoms: Path) -> None:
+    source = read_dataset(msd_phantoms, VOCABULARY)
+    cache = tmp_path / "cache"
+    fresh = prepare_case(source.cases[0], source.label_map, VOCABULARY, PREPROCESS, cache)
+    files = sorted(cache.glob("*.npz"))
+    assert len(files) == 1 and not list(cache.glob("*.tmp*"))
+    with np.load(files[0]) as npz:
+        np.testing.assert_array_equal(npz["image"], fresh.image)
+        np.testing.assert_array_equal(npz["bits"], fresh.bits)
+    again = prepare_case(source.cases[0], source.label_map, VOCABULARY, PREPROCESS, cache)
+    np.testing.assert_array_equal(again.image, fresh.image)
+    np.testing.assert_array_equal(again.bits, fresh.bits)
+    assert again.annotated == fresh.annotated and again.dataset == fresh.dataset
+    # The reload really comes from the cache: tamper with it and the tampering shows.
+    with np.load(files[0]) as npz:
+        np.savez_compressed(files[0], image=np.zeros_like(npz["image"]), bits=npz["bits"])
+    assert not prepare_case(source.cases[0], source.label_map, VOCABULARY, PREPROCESS, cache).image.any()
+    # A different config is a different key, so it never reads the stale entry.
+    other = PREPROCESS.model_copy(update={"intensity_max": 300.0})
+    prepare_case(source.cases[0], source.label_map, VOCABULARY, other, cache)
+    assert len(list(cache.glob("*.npz"))) == 2
+
+
+def test_prepare_case_is_on_the_model_grid_and_cropped_to_the_body(msd_phantoms: Path) -> None:
+    source = read_dataset(msd_phantoms, VOCABULARY)
+    case = prepare_case(source.cases[0], source.label_map, VOCABULARY, PREPROCESS)
+    assert case.image.dtype == np.float32 and case.bits.dtype == np.uint64
+    assert case.image.shape == case.bits.shape
+    assert 0.0 <= case.image.min() and case.image.max() <= 1.0
+    # 64x64x16 at 6x6x8 mm is 384x384x128 mm; at 4 mm and cropped to the body it is smaller.
+    assert all(n <= m for n, m in zip(case.image.shape, (96, 96, 32), strict=True))
+    # Liver (patient's right) at larger x than the spleen: the grid is RAS.
+    liver = np.argwhere(case.mask(VOCABULARY.get("liver").id))[:, 0].mean()
+    spleen = np.argwhere(case.mask(VOCABULARY.get("spleen").id))[:, 0].mean()
+    assert liver > spleen
+
+
+def test_label_volume_of_another_shape_is_a_clear_error(tmp_path: Path, msd_phantoms: Path) -> None:
+    image, label = msd_cases(msd_phantoms)[0]
+    bad_label = tmp_path / "label.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.uint8), np.eye(4)), str(bad_label))
+    with pytest.raises(DatasetFormatError, match="label.nii.gz"):
+        prepare_case(CaseFiles(image, bad_label), VOCABULARY.dataset("phantoms"), VOCABULARY, PREPROCESS)
+
+
+def test_msd_json_paths_may_be_written_with_or_without_dot(tmp_path: Path, msd_phantoms: Path) -> None:
+    root = tmp_path / "msd"
+    shutil.copytree(msd_phantoms, root)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"] = [{k: v.removeprefix("./") for k, v in c.items()} for c in meta["training"]]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert len(read_dataset(root, VOCABULARY).cases) == 3
