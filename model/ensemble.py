@@ -16,8 +16,12 @@ import numpy as np
 import torch
 
 from model.bundle import LoadedBundle
+from model.config import ModelConfig
 from model.diffusion.process import GaussianDiffusion
 from model.diffusion.samplers import SamplerKind, sample
+
+
+DECODE_BUDGET_BYTES = 1 << 26  # activations of one mask-decoder call (64 MiB)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ def sample_window_probabilities(
     pairs = [(w, k, m) for w in range(n) for k in range(num_targets) for m in range(ensemble)]
     out = torch.empty((len(pairs), height, width), dtype=torch.float32)
     gen_device = device if device.type == "cuda" else torch.device("cpu")
+    decode_batch = decode_batch_size(bundle.config, max_batch)
     for start in range(0, len(pairs), max_batch):
         chunk = pairs[start : start + max_batch]
         window_idx = torch.tensor([w for w, _, _ in chunk], device=device)
@@ -81,8 +86,36 @@ def sample_window_probabilities(
             eta=eta,
             device=device,
         )
-        out[start : start + len(chunk)] = torch.sigmoid(bundle.decode_mask(z0)).squeeze(1).float().cpu()
+        for d in range(0, len(chunk), decode_batch):
+            logits = bundle.decode_mask(z0[d : d + decode_batch])
+            out[start + d : start + d + logits.shape[0]] = torch.sigmoid(logits).squeeze(1).float().cpu()
     return out.view(n, num_targets, ensemble, height, width)
+
+
+def decode_batch_size(config: ModelConfig, max_batch: int, budget_bytes: int = DECODE_BUDGET_BYTES) -> int:
+    """How many masks to decode at once: the mask decoder works at full window resolution, so
+    its activations (about four live (B, base_channels, H, W) float32 tensors) bound the batch."""
+    height, width = config.preprocess.patch_size
+    per_sample = 4 * config.mask_ae.base_channels * height * width * 4
+    return max(1, min(max_batch, budget_bytes // per_sample))
+
+
+def denoiser_batch_size(config: ModelConfig, requested: int, budget_bytes: int) -> int:
+    """``requested`` capped so the denoiser's activations stay within ``budget_bytes``.
+
+    A rough upper estimate per sample: the U-Net keeps (num_res_blocks + 1) skip tensors per
+    level plus a few working tensors at full latent resolution, and an attention matrix per
+    head at attention levels, all float32.
+    """
+    channels, height, width = config.latent_shape
+    unet = config.denoiser
+    floats = 4 * max(unet.channels[0], 2 * channels) * height * width
+    for level, width_l in enumerate(unet.channels):
+        tokens = (height >> level) * (width >> level)
+        floats += (unet.num_res_blocks + 1) * width_l * tokens
+        if unet.attention_levels[level]:
+            floats += (width_l // unet.num_head_channels) * tokens * tokens
+    return max(1, min(requested, budget_bytes // (4 * floats)))
 
 
 def ensemble_statistics(probabilities: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
