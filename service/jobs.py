@@ -142,7 +142,7 @@ class JobService:
     def get_many(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """Records with live queue positions; reconciled with the queue where still running."""
         records = self.store.get_many(job_ids)
-        pending = [r["job_id"] for r in records if r is not None and not JobState(r["status"]).is_terminal]
+        pending = [r for r in records if r is not None and not JobState(r["status"]).is_terminal]
         if not pending:
             return records
         failures = self.queue.lost_or_failed(pending)

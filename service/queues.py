@@ -45,8 +45,8 @@ class JobQueue(Protocol):
 
     def positions(self, job_ids: Sequence[str]) -> dict[str, int | None]: ...
 
-    def lost_or_failed(self, job_ids: Sequence[str]) -> dict[str, str]:
-        """For jobs our records think are queued/started: id -> reason, where the queue knows better."""
+    def lost_or_failed(self, records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+        """For records still queued/started: job id -> reason, where the queue knows the job is dead."""
         ...
 
     def cancel(self, job_id: str) -> bool:
@@ -106,7 +106,7 @@ class InProcessJobQueue:
             order = {r.job_id: i for i, r in enumerate(self._pending)}
         return {job_id: order.get(job_id) for job_id in job_ids}
 
-    def lost_or_failed(self, job_ids: Sequence[str]) -> dict[str, str]:
+    def lost_or_failed(self, records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         return {}  # the thread itself writes every outcome into the same in-memory records
 
     def cancel(self, job_id: str) -> bool:

@@ -8,7 +8,7 @@ our job id.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rq import Queue, Worker
@@ -17,7 +17,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from service.queues import Readiness
-from worker.contracts import TASK_PATH, SegmentationRequest, bundle_info_key
+from worker.contracts import TASK_PATH, JobState, SegmentationRequest, alive_key, bundle_info_key
 
 __all__ = ["RqJobQueue", "connect_redis"]
 
@@ -83,10 +83,20 @@ class RqJobQueue:
     def positions(self, job_ids: Sequence[str]) -> dict[str, int | None]:
         return {job_id: self._queue.get_job_position(job_id) for job_id in job_ids}
 
-    def lost_or_failed(self, job_ids: Sequence[str]) -> dict[str, str]:
-        jobs = Job.fetch_many(list(job_ids), connection=self._redis, serializer=JSONSerializer)
+    def lost_or_failed(self, records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+        job_ids = [str(r["job_id"]) for r in records]
+        jobs = Job.fetch_many(job_ids, connection=self._redis, serializer=JSONSerializer)
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.exists(alive_key(self._queue_name, job_id))
+        alive = pipe.execute()
         reasons: dict[str, str] = {}
-        for job_id, job in zip(job_ids, jobs, strict=True):
+        for record, job, beating in zip(records, jobs, alive, strict=True):
+            job_id = str(record["job_id"])
+            if record["status"] == JobState.STARTED.value and not beating:
+                # The worker sets the key before it writes "started" and refreshes it while it runs.
+                reasons[job_id] = "the worker running this job stopped (killed or crashed) before it finished"
+                continue
             if job is None:
                 reasons[job_id] = "the queue lost this job (its RQ data expired or Redis lost it)"
                 continue

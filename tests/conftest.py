@@ -252,7 +252,9 @@ def start_worker(tmp_path: Path, redis_url: str, rq_queue_name: str) -> Iterator
     """
     started: list[Process] = []
 
-    def start(queue: str, storage_dir: Path, bundle: Path | None, timeout_s: float = 90.0) -> Process:
+    def start(
+        queue: str, storage_dir: Path, bundle: Path | None, env: dict[str, str] | None = None, timeout_s: float = 90.0
+    ) -> Process:
         import redis
         from rq import Queue, Worker
 
@@ -264,7 +266,7 @@ def start_worker(tmp_path: Path, redis_url: str, rq_queue_name: str) -> Iterator
         ]
         if bundle is not None:
             cmd += ["--bundle", str(bundle)]
-        process = Process(_spawn(cmd, clean_env(), log_path), log_path, extra={"name": name})
+        process = Process(_spawn(cmd, clean_env(**(env or {})), log_path), log_path, extra={"name": name})
         started.append(process)
         connection = redis.Redis.from_url(redis_url)
         rq_queue = Queue(queue, connection=connection)

@@ -31,6 +31,7 @@ __all__ = [
     "JOBS_DIRNAME",
     "RESULTS_DIRNAME",
     "TASK_PATH",
+    "alive_key",
     "JobReporter",
     "JobState",
     "PayloadError",
@@ -105,6 +106,11 @@ def results_dir(storage_root: Path, job_id: str) -> Path:
 def record_key(queue_name: str, job_id: str) -> str:
     """Redis key of a job's durable record. Namespaced by queue so one Redis can host many deployments."""
     return f"latentseg:{queue_name}:job:{job_id}"
+
+
+def alive_key(queue_name: str, job_id: str) -> str:
+    """Redis key a worker refreshes (with a short TTL) while it runs the job: gone = the worker died."""
+    return f"latentseg:{queue_name}:alive:{job_id}"
 
 
 def bundle_info_key(queue_name: str) -> str:

@@ -11,10 +11,12 @@ Consequences, written down:
 
 - Job timeouts still hold: ``SimpleWorker`` enforces ``job_timeout`` with SIGALRM in the main
   thread, which raises inside the job; the job function records the failure in words.
-- A job that crashes the interpreter (segfault, OOM kill) takes the worker with it; RQ then marks
-  the job abandoned/failed once the worker's heartbeat expires, and the API reconciles our
-  durable record from RQ's state when it is read. Run workers under a supervisor (compose
-  ``restart: unless-stopped``) so a new one takes over.
+- A job that crashes the interpreter (segfault, OOM kill) takes the worker with it. While a job
+  runs, a heartbeat thread refreshes ``latentseg:<queue>:alive:<job_id>`` (TTL three
+  ``heartbeat_s``); when the API reads a ``started`` record whose key is gone, it marks the job
+  ``failed`` ("the worker running this job stopped"), so nothing stays ``started``. (RQ's own
+  abandoned-job detection is slower for a SimpleWorker: its heartbeat TTL is the job timeout.)
+  Run workers under a supervisor (compose ``restart: unless-stopped``).
 - SIGTERM is a warm shutdown: the running job finishes, then the worker exits (compose gives it
   ``stop_grace_period`` longer than ``job_timeout``). A second SIGTERM/SIGINT stops it at once.
 - Parallelism is one job per process; scale out with more worker processes or hosts on the same
@@ -73,7 +75,7 @@ def run_worker(settings: WorkerSettings, *, burst: bool = False, max_jobs: int |
         raise ValueError("a worker needs Redis: set REDIS_URL or pass --redis-url")
     connection = connect(settings.redis_url)
     connection.ping()
-    runtime = load_runtime(settings.bundle, settings.storage_dir, settings.device)
+    runtime = load_runtime(settings.bundle, settings.storage_dir, settings.device, settings.heartbeat_s)
     name = _worker_name(settings)
     connection.hset(bundle_info_key(settings.queue), mapping={**runtime.bundle_info, "worker": name})
     queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)

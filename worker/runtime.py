@@ -34,6 +34,8 @@ class WorkerRuntime:
 
     bundle: LoadedBundle
     storage_root: Path
+    # RQ mode: how often a running job refreshes its liveness key (TTL = 3 intervals).
+    heartbeat_s: float = 10.0
 
     @property
     def bundle_info(self) -> dict[str, str]:
@@ -49,7 +51,9 @@ def pick_device(requested: str | None) -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_runtime(bundle_path: Path | str | None, storage_root: Path, device: str | None = None) -> WorkerRuntime:
+def load_runtime(
+    bundle_path: Path | str | None, storage_root: Path, device: str | None = None, heartbeat_s: float = 10.0
+) -> WorkerRuntime:
     """Load the bundle (``None`` = the demo bundle shipped in the package) onto ``device``."""
     from model.bundle import load_bundle
 
@@ -58,7 +62,7 @@ def load_runtime(bundle_path: Path | str | None, storage_root: Path, device: str
     storage_root = Path(storage_root)
     storage_root.mkdir(parents=True, exist_ok=True)
     log.info("loaded bundle %s %s on %s", bundle.name, bundle.version, bundle.device)
-    return WorkerRuntime(bundle=bundle, storage_root=storage_root)
+    return WorkerRuntime(bundle=bundle, storage_root=storage_root, heartbeat_s=heartbeat_s)
 
 
 @contextmanager

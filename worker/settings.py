@@ -25,3 +25,6 @@ class WorkerSettings(BaseSettings):
     # None = CUDA when present, else CPU.
     device: str | None = None
     name: str | None = None
+    # A running job refreshes its liveness key this often; the API fails a started job whose key
+    # has been gone for three intervals (its worker was killed).
+    heartbeat_s: float = Field(default=10.0, gt=0)

@@ -65,7 +65,11 @@ def run_segmentation(
     if reporter is None:
         from worker.reporting import rq_reporter
 
-        reporter = rq_reporter()
+        try:
+            heartbeat_s = (runtime if runtime is not None else current_runtime()).heartbeat_s
+        except RuntimeError:
+            heartbeat_s = 10.0  # the missing runtime is reported as the job's failure below
+        reporter = rq_reporter(heartbeat_s)
     storage_root: Path | None = None
     try:
         request = SegmentationRequest.from_payload(payload)

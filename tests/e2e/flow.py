@@ -24,7 +24,7 @@ def submit(http: httpx.Client, path: Path, targets: str, **params: Any) -> str:
     return str(response.json()["job_id"])
 
 
-def poll(http: httpx.Client, job_ids: list[str], timeout_s: float = 180.0) -> dict[str, dict[str, Any]]:
+def poll(http: httpx.Client, job_ids: list[str], timeout_s: float = 300.0) -> dict[str, dict[str, Any]]:
     """Batch-poll ``GET /jobs?ids=`` until every job is terminal; checks progress never goes back."""
     deadline = time.monotonic() + timeout_s
     last_progress = {job_id: 0 for job_id in job_ids}
