@@ -21,24 +21,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
     p.add_argument("--bundle", type=Path, default=None, help="model bundle folder (default: $LATENTSEG_BUNDLE or the demo bundle)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="run the networks in torch (default) or ONNX Runtime (needs `latentseg export-onnx` first)")
+    p.add_argument("--onnx-dir", type=Path, default=None, help="ONNX export folder (default: BUNDLE/onnx)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for torch and ONNX Runtime (default: torch's, the physical cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
     from cli.main import CliError
-    from model.bundle import load_bundle
     from model.errors import BundleError, InputError
-    from model.pipeline import SegmentationOptions, resolve_targets, segment_volume, write_segmentation
-    from model.preprocessing import load_nifti
+    from model.onnx_backend import load_backend
+    from model.pipeline import SegmentationOptions, resolve_targets, segment_file
     from model.vocabulary import UnknownTargetError
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CliError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.backend == "onnx" and args.device is not None:
+        raise CliError("--device applies to the torch backend; onnx uses CUDA when onnxruntime-gpu finds it, else CPU")
     try:
-        bundle = load_bundle(args.bundle, device=args.device)
+        bundle = load_backend(args.bundle, args.backend, device=args.device, onnx_dir=args.onnx_dir,
+                              threads=args.threads)
         resolve_targets(bundle, args.targets)  # fail fast, before reading the volume
-        volume = load_nifti(args.input)
         defaults = bundle.config.sampling
         options = SegmentationOptions(
             ensemble=args.ensemble if args.ensemble is not None else defaults.ensemble,
@@ -50,10 +61,11 @@ def run(args: argparse.Namespace) -> int:
             def progress(fraction: float) -> None:
                 bar.update(round(100 * fraction) - bar.n)
 
-            result = segment_volume(bundle, volume, args.targets, options, progress)
-        written = write_segmentation(result, args.out)
+            written = segment_file(bundle, args.input, args.out, args.targets, progress=progress, options=options)
     except (UnknownTargetError, InputError, BundleError, ValueError) as exc:
         raise CliError(str(exc)) from exc
+    except ImportError as exc:
+        raise CliError(f"the onnx backend needs the onnx extra (pip install 'latentseg[onnx]'): {exc}") from exc
     for path in written:
         print(path)
     return 0

@@ -52,10 +52,13 @@ def sample_window_probabilities(
     sampler: SamplerKind | str,
     eta: float = 0.0,
     max_batch: int = 256,
+    decode_batch: int | None = None,
 ) -> torch.Tensor:
     """Per-member mask probabilities for each window and target.
 
-    images: (n, 1, H, W) in [0, 1] on the bundle's device.
+    images: (n, 1, H, W) in [0, 1] on the bundle's device. ``max_batch`` caps the denoiser's
+    batch, ``decode_batch`` the mask decoder's (None: :func:`decode_batch_size`); neither
+    changes the result.
     Returns (n, T, E, H, W) float32 probabilities (sigmoid of the decoded logits).
     """
     n, _, height, width = images.shape
@@ -67,7 +70,7 @@ def sample_window_probabilities(
     pairs = [(w, k, m) for w in range(n) for k in range(num_targets) for m in range(ensemble)]
     out = torch.empty((len(pairs), height, width), dtype=torch.float32)
     gen_device = device if device.type == "cuda" else torch.device("cpu")
-    decode_batch = decode_batch_size(bundle.config, max_batch)
+    decode_batch = decode_batch or decode_batch_size(bundle.config, max_batch)
     for start in range(0, len(pairs), max_batch):
         chunk = pairs[start : start + max_batch]
         window_idx = torch.tensor([w for w, _, _ in chunk], device=device)

@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -142,6 +143,20 @@ def _export_graph(module: nn.Module, name: str, example: tuple[torch.Tensor, ...
     dynamic_axes = {n: {0: "batch"} for n in inputs + outputs}
     # The TorchScript exporter (dynamo=False) handles MONAI's SDPA attention and gives one
     # self-contained file; the dynamo exporter needs onnxscript and writes external data.
+    with warnings.catch_warnings():  # tracer and deprecation chatter about MONAI internals, not actionable
+        warnings.simplefilter("ignore")
+        _torch_onnx_export(module, example, path, inputs, outputs, dynamic_axes, opset)
+
+
+def _torch_onnx_export(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int,
+) -> None:
     torch.onnx.export(
         module,
         example,
