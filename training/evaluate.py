@@ -62,8 +62,11 @@ def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
 
     if pred.shape != truth.shape:
         raise ValueError(f"shapes differ: {pred.shape} vs {truth.shape}")
-    p = torch.from_numpy(np.ascontiguousarray(pred, dtype=bool))[None, None].float()
-    t = torch.from_numpy(np.ascontiguousarray(truth, dtype=bool))[None, None].float()
+    union = pred | truth
+    box = _bounding_box(union, [0] * union.ndim) if union.any() else tuple(slice(0, 1) for _ in union.shape)
+    # Cropping to the union's bounding box changes no overlap count and saves time on big volumes.
+    p = torch.from_numpy(np.ascontiguousarray(pred[box], dtype=bool))[None, None].float()
+    t = torch.from_numpy(np.ascontiguousarray(truth[box], dtype=bool))[None, None].float()
     return float(compute_dice(p, t, include_background=True, ignore_empty=False)[0, 0])
 
 
