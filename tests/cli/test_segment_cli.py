@@ -1,0 +1,116 @@
+"""`latentseg segment` end to end, as a user runs it (subprocess), with a random tiny bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from model.bundle import write_random_bundle
+
+LATENTSEG = Path(sys.executable).with_name("latentseg")
+SPLEEN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "msd-spleen8" / "spleen_8_image.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_random_bundle(tmp_path_factory.mktemp("cli") / "bundle", seed=0)
+
+
+def latentseg(*args: str, bundle: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    extra = ["--bundle", str(bundle), "--device", "cpu"] if bundle is not None else []
+    return subprocess.run([str(LATENTSEG), *args, *extra], capture_output=True, text=True, timeout=300, env=env)
+
+
+def check_outputs(out: Path, source: Path, targets: list[str]) -> None:
+    src = nib.load(str(source))
+    expected = {f"{t}_{k}.nii.gz" for t in targets for k in ("mean", "variance")} | {"labels.nii.gz", "labels.json"}
+    assert {p.name for p in out.iterdir()} == expected
+    for name in expected - {"labels.json"}:
+        img = nib.load(str(out / name))
+        assert img.shape == src.shape[:3]
+        assert np.array_equal(img.affine, src.affine)
+    for t in targets:
+        mean = np.asarray(nib.load(str(out / f"{t}_mean.nii.gz")).dataobj)
+        var = np.asarray(nib.load(str(out / f"{t}_variance.nii.gz")).dataobj)
+        assert mean.min() >= 0 and mean.max() <= 1 and var.min() >= 0
+    assert nib.load(str(out / "labels.nii.gz")).get_data_dtype() == np.uint8
+    assert sorted(json.loads((out / "labels.json").read_text()).values()) == sorted(targets)
+
+
+def test_segment_generated_volume(bundle: Path, tmp_path: Path) -> None:
+    data = np.full((40, 36, 10), -1000, np.int16)
+    data[6:-6, 6:-6, :] = 50
+    affine = np.array([[-3.0, 0, 0, 60], [0, -3.5, 0, 70], [0, 0, 5.0, -20], [0, 0, 0, 1]])
+    source = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), str(source))
+    out = tmp_path / "out"
+    proc = latentseg("segment", str(source), "--targets", "liver,ivc", "--out", str(out),
+                     "--steps", "2", "--ensemble", "2", "--seed", "3", "--quiet", bundle=bundle)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 6  # one written path per line
+    check_outputs(out, source, ["liver", "inferior_vena_cava"])
+
+
+def test_segment_real_spleen_case(bundle: Path, tmp_path: Path) -> None:
+    if not SPLEEN.is_file():
+        pytest.skip(f"real data not available: {SPLEEN} is absent (shared data lives beside the repo)")
+    out = tmp_path / "out"
+    proc = latentseg("segment", str(SPLEEN), "--targets", "spleen", "--out", str(out),
+                     "--steps", "2", "--ensemble", "2", "--quiet", bundle=bundle)
+    assert proc.returncode == 0, proc.stderr
+    check_outputs(out, SPLEEN, ["spleen"])
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def test_missing_file(bundle: Path, tmp_path: Path) -> None:
+    proc = latentseg("segment", str(tmp_path / "nope.nii.gz"), "--targets", "liver", "--out", str(tmp_path / "o"),
+                     bundle=bundle)
+    assert_one_line_error(proc, "nope.nii.gz", "no such file")
+    assert not (tmp_path / "o").exists()
+
+
+def test_not_nifti(bundle: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "scan.nii.gz"
+    bad.write_text("this is not an image\n")
+    proc = latentseg("segment", str(bad), "--targets", "liver", "--out", str(tmp_path / "o"), bundle=bundle)
+    assert_one_line_error(proc, "scan.nii.gz", "not a NIfTI")
+
+
+def test_unknown_target_names_the_valid_ones(bundle: Path, tmp_path: Path) -> None:
+    src = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), str(src))
+    proc = latentseg("segment", str(src), "--targets", "liver,livr", "--out", str(tmp_path / "o"), bundle=bundle)
+    line = assert_one_line_error(proc, "'livr'", "Valid targets", "spleen", "kidney_cyst")
+    assert "liver" in line
+
+
+def test_2d_image(bundle: Path, tmp_path: Path) -> None:
+    src = tmp_path / "slice.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32), np.int16), np.eye(4)), str(src))
+    proc = latentseg("segment", str(src), "--targets", "liver", "--out", str(tmp_path / "o"), bundle=bundle)
+    assert_one_line_error(proc, "3-D")
+
+
+def test_bad_bundle_is_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), str(src))
+    proc = latentseg("segment", str(src), "--targets", "liver", "--out", str(tmp_path / "o"),
+                     bundle=tmp_path / "no-bundle")
+    assert_one_line_error(proc, "no-bundle")
