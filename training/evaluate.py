@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -91,9 +92,11 @@ def hd95_mm(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> fl
     box = _bounding_box(pred | truth, [1] * pred.ndim)
     p = torch.from_numpy(np.ascontiguousarray(pred[box], dtype=bool))[None, None].float()
     t = torch.from_numpy(np.ascontiguousarray(truth[box], dtype=bool))[None, None].float()
-    value = float(
-        compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=[float(s) for s in spacing])[0, 0]
-    )
+    with warnings.catch_warnings():  # MONAI 1.6 warns about its own internal use of a deprecated argument
+        warnings.simplefilter("ignore", FutureWarning)
+        value = float(
+            compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=[float(s) for s in spacing])[0, 0]
+        )
     return value if math.isfinite(value) else None
 
 
