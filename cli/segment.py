@@ -1,20 +1,35 @@
-"""`latentseg segment INPUT --targets liver,pancreas --out DIR`: the whole pipeline on one volume."""
+"""`latentseg segment INPUT --targets liver,pancreas --out DIR`: the whole pipeline on one volume.
+
+INPUT is a NIfTI file, a folder holding one DICOM series, or a .zip of one series. Targets may
+be names, synonyms or plain words ("left kidney", "pancreatic tumour"; see model.prompts).
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from model.bundle import LoadedBundle
+    from model.onnx_backend import OnnxBundle
+    from model.pipeline import Progress, SegmentationOptions
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "segment",
-        help="segment a CT volume (NIfTI) and write mean and variance masks per target",
+        help="segment a CT volume (NIfTI or DICOM) and write mean and variance masks per target",
         description="Segment a CT volume: for each target, write {target}_mean.nii.gz (probability), "
-        "{target}_variance.nii.gz (ensemble variance), plus labels.nii.gz and labels.json.",
+        "{target}_variance.nii.gz (ensemble variance), plus labels.nii.gz and labels.json. "
+        "Optionally a DICOM-SEG (segmentation.dcm) and a picture (preview.png).",
     )
-    p.add_argument("input", type=Path, help="CT volume (.nii or .nii.gz)")
-    p.add_argument("--targets", required=True, help="comma-separated target names or synonyms, e.g. liver,pancreas")
+    p.add_argument("input", type=Path, help="CT volume (.nii or .nii.gz), a DICOM series folder, or a .zip of one series")
+    p.add_argument(
+        "--targets",
+        required=True,
+        help="comma-separated target names, synonyms or plain words, e.g. 'liver, left kidney, pancreatic tumour'",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     p.add_argument("--ensemble", type=int, default=None, help="ensemble members per target (default: the bundle's)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps, 1-1000 (default: the bundle's)")
@@ -27,6 +42,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for torch and ONNX Runtime (default: torch's, the physical cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="also write segmentation.dcm, a BINARY DICOM-SEG of labels.nii.gz (NIfTI input: plus the derived CT "
+        "series it references, in dicom_ct/)",
+    )
+    p.add_argument(
+        "--fractional", action="store_true", help="make segmentation.dcm a FRACTIONAL SEG of the mean probability"
+    )
+    p.add_argument("--preview", action="store_true", help="also write preview.png (axial slices, contours, variance)")
     p.set_defaults(func=run)
 
 
@@ -38,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from model.errors import BundleError, InputError
     from model.onnx_backend import load_backend
     from model.pipeline import SegmentationOptions, resolve_targets, segment_file
+    from model.prompts import PromptResolver, packaged_embedder
     from model.vocabulary import UnknownTargetError
 
     if args.threads is not None:
@@ -49,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         bundle = load_backend(args.bundle, args.backend, device=args.device, onnx_dir=args.onnx_dir,
                               threads=args.threads)
-        resolve_targets(bundle, args.targets)  # fail fast, before reading the volume
+        # Names, synonyms or plain words ("left kidney") -> vocabulary names (model.prompts).
+        targets = [t.name for t in PromptResolver(bundle.vocabulary, packaged_embedder).resolve(args.targets)]
+        resolve_targets(bundle, targets)  # fail fast, before reading the volume
         defaults = bundle.config.sampling
         options = SegmentationOptions(
             ensemble=args.ensemble if args.ensemble is not None else defaults.ensemble,
@@ -61,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
             def progress(fraction: float) -> None:
                 bar.update(round(100 * fraction) - bar.n)
 
-            written = segment_file(bundle, args.input, args.out, args.targets, progress=progress, options=options)
+            if _plain_nifti_run(args):
+                written = segment_file(bundle, args.input, args.out, targets, progress=progress, options=options)
+            else:
+                written = _segment_with_extras(args, bundle, targets, options, progress)
     except (UnknownTargetError, InputError, BundleError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     except ImportError as exc:
@@ -69,3 +100,43 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _plain_nifti_run(args: argparse.Namespace) -> bool:
+    """NIfTI in, NIfTI out only: the streamed path (one full-resolution map in memory at a time)."""
+    from model.dicom_io import is_dicom_input
+
+    return not (args.dicom_seg or args.fractional or args.preview or is_dicom_input(args.input))
+
+
+def _segment_with_extras(
+    args: argparse.Namespace,
+    bundle: LoadedBundle | OnnxBundle,
+    targets: list[str],
+    options: SegmentationOptions,
+    progress: Progress,
+) -> list[Path]:
+    """DICOM input and/or DICOM-SEG and preview output. Extras need every map in memory at once."""
+    from model.dicom_io import is_dicom_input, read_dicom_series
+    from model.pipeline import predict_model_grid, segment_volume, write_prediction, write_segmentation
+    from model.preprocessing import load_nifti
+
+    dicom = read_dicom_series(args.input) if is_dicom_input(args.input) else None
+    volume = dicom.volume if dicom is not None else load_nifti(args.input)
+    if not (args.dicom_seg or args.fractional or args.preview):
+        return write_prediction(predict_model_grid(bundle, volume, targets, options, progress), args.out, progress)
+    result = segment_volume(bundle, volume, targets, options, progress)
+    written = write_segmentation(result, args.out)
+    if args.dicom_seg or args.fractional:
+        from model.dicom_seg import write_dicom_seg
+
+        written += write_dicom_seg(
+            result, args.out, volume=volume, source_images=dicom.headers if dicom is not None else None,
+            bundle_name=bundle.name, bundle_version=bundle.version, fractional=args.fractional,
+            parameters={"ensemble": str(options.ensemble), "steps": str(options.steps), "seed": str(options.seed)},
+        )
+    if args.preview:
+        from model.preview import write_preview
+
+        written.append(write_preview(args.out / "preview.png", volume, result))
+    return written

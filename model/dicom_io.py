@@ -1,0 +1,464 @@
+"""Reading one DICOM CT series (a folder or a .zip) into a :class:`~model.preprocessing.Volume`.
+
+Geometry
+    Slices are sorted by geometry, never by file name or InstanceNumber: each slice's
+    ImagePositionPatient is projected on the slice normal ``n = row_cosines x column_cosines``
+    and the series is ordered by that distance (ascending, so the third voxel axis points along
+    ``n``). Voxel ``(i, j, k)`` is column ``i``, row ``j`` of the ``k``-th slice, and the
+    affine maps it to RAS+ millimetres (nibabel's convention: +x is the patient's *right*...
+    of the origin, i.e. x grows towards the patient's left in LPS and is negated here)::
+
+        lps = P_0 + i * dc * X + j * dr * Y + k * (P_last - P_0) / (K - 1)
+        ras = diag(-1, -1, 1) @ lps
+
+    with ``X``/``Y`` the row/column direction cosines (ImageOrientationPatient), ``dc``/``dr``
+    the column/row spacing (PixelSpacing is ``[row spacing, column spacing]``). This matches
+    what dcm2niix and SimpleITK produce.
+
+Intensities
+    Stored values times RescaleSlope plus RescaleIntercept (per slice) give HU as float32;
+    non-finite values follow :func:`model.preprocessing.sanitize_hu`.
+
+What is refused (:class:`~model.errors.InputError`, one clear sentence each)
+    no DICOM file; a single slice; several series (their SeriesInstanceUIDs are named);
+    images without pixel data; multi-frame (enhanced) objects; slices of different size,
+    pixel spacing or orientation; non-orthogonal direction cosines; gantry tilt (slice
+    positions not stacked along the slice normal); two slices at one position; uneven slice
+    spacing (missing slices); compressed pixel data this install cannot decode.
+    Non-image objects that often travel with a series (SEG, RTSTRUCT, SR, presentation states,
+    DICOMDIR) and non-DICOM files (README, .DS_Store) are skipped with a log line.
+
+Zip uploads
+    :func:`extract_zip` never uses a member's path: members are written as
+    ``000000_<base name>`` under the destination, the base name reduced to ``[A-Za-z0-9._-]``
+    (it only makes error messages readable), so "zip slip" (``../``, absolute paths) cannot
+    escape it; symbolic-link members are skipped. Member count and uncompressed bytes are capped by counting the
+    bytes actually inflated (not the sizes the archive declares), which defeats zip bombs.
+
+Only pydicom and numpy are imported at module level (no torch): :func:`inspect_dicom_series`
+can run in the API process. :func:`read_dicom_series` imports ``model.preprocessing``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+import tempfile
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from model.errors import InputError
+
+if TYPE_CHECKING:
+    from model.preprocessing import Volume
+
+__all__ = [
+    "DicomLimits",
+    "DicomSeries",
+    "DicomSeriesInfo",
+    "extract_zip",
+    "find_dicom_files",
+    "inspect_dicom_series",
+    "is_dicom_input",
+    "read_dicom_series",
+    "scan_series",
+]
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+# Objects that often sit next to a series but are not slices of it.
+_NON_IMAGE_MODALITIES = frozenset(
+    {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "PR", "KO", "DOC", "REG", "FID", "PLAN"}
+)
+# Tolerances (documented in the error messages they trigger).
+_ORTHOGONALITY_TOL = 1e-3  # |row . col| and | |cosine| - 1 |
+_TILT_TOL = 1e-3  # sine of the angle between a slice step and the slice normal (~0.06 degrees)
+_SPACING_REL_TOL = 0.01  # slice steps may differ from the median by 1 % ...
+_SPACING_ABS_TOL = 0.01  # ... or 0.01 mm, whichever is larger
+_ZIP_CHUNK = MiB
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class DicomLimits:
+    """Caps on what one series may cost to read (zip members, inflated bytes, voxels)."""
+
+    max_files: int = 10_000
+    max_total_bytes: int = 4096 * MiB
+    max_voxels: int = 1024 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_files", "max_total_bytes", "max_voxels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DicomLimits.{name} must be positive")
+
+
+@dataclass(frozen=True)
+class DicomSeriesInfo:
+    """What the headers say about one series, slices in geometric order (torch-free)."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    frame_of_reference_uid: str
+    modality: str
+    shape: tuple[int, int, int]  # (columns, rows, slices) = (I, J, K)
+    affine: np.ndarray  # 4x4 voxel -> RAS+ mm
+    file_names: tuple[str, ...]  # sorted by position along the slice normal (zip: 000003_<member name>)
+    sop_instance_uids: tuple[str, ...]  # same order as ``file_names``
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """A series read into HU, plus its headers (pixel data dropped) for DICOM-SEG references."""
+
+    volume: Volume
+    info: DicomSeriesInfo
+    headers: tuple[Dataset, ...]  # same order as info.file_names; no PixelData
+
+
+# ---------------------------------------------------------------- input kinds and files
+
+
+def is_dicom_input(path: str | Path) -> bool:
+    """True for a folder, a .zip archive or a ``.dcm`` file: inputs :func:`read_dicom_series` takes."""
+    path = Path(path)
+    if path.is_dir():
+        return True
+    if not path.is_file():
+        return False
+    if path.suffix.lower() in (".dcm", ".dicom") or zipfile.is_zipfile(path):
+        return True
+    with path.open("rb") as fh:
+        head = fh.read(132)
+    return head[128:132] == b"DICM"
+
+
+def find_dicom_files(folder: Path, limits: DicomLimits = DicomLimits()) -> list[Path]:
+    """Every regular file under ``folder`` (recursively, symlinks not followed), capped in count."""
+    files: list[Path] = []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(root) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            files.append(path)
+            if len(files) > limits.max_files:
+                raise InputError(f"{folder}: more than {limits.max_files} files; send one series")
+    return files
+
+
+def extract_zip(zip_path: Path, dest: Path, limits: DicomLimits = DicomLimits()) -> list[Path]:
+    """Inflate the regular-file members of ``zip_path`` into ``dest`` under generated names.
+
+    See the module docstring: member names are never used as paths, symlinks and encrypted
+    members are refused, and the inflated bytes are counted against ``limits.max_total_bytes``.
+    """
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(f"{Path(zip_path).name}: not a readable zip archive ({exc})") from exc
+    written: list[Path] = []
+    total = 0
+    with archive:
+        members = [info for info in archive.infolist() if not info.is_dir()]
+        if len(members) > limits.max_files:
+            raise InputError(f"the zip holds {len(members)} files; at most {limits.max_files} are accepted")
+        declared = sum(info.file_size for info in members)
+        if declared > limits.max_total_bytes:
+            raise InputError(
+                f"the zip inflates to {declared} bytes; at most {limits.max_total_bytes} are accepted"
+            )
+        for index, info in enumerate(members):
+            if stat.S_ISLNK(info.external_attr >> 16):
+                log.info("zip: skipping symbolic link member %r", info.filename)
+                continue
+            if info.flag_bits & 0x1:
+                raise InputError(f"the zip member {info.filename!r} is encrypted; send an unencrypted zip")
+            target = dest / f"{index:06d}_{_safe_base_name(info.filename)}"
+            try:
+                with archive.open(info) as src, target.open("wb") as dst:
+                    while chunk := src.read(_ZIP_CHUNK):
+                        total += len(chunk)
+                        if total > limits.max_total_bytes:
+                            raise InputError(
+                                f"the zip inflates to more than {limits.max_total_bytes} bytes; "
+                                "that is over this reader's limit"
+                            )
+                        dst.write(chunk)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as exc:
+                raise InputError(f"the zip member {info.filename!r} cannot be read ({exc})") from exc
+            written.append(target)
+    return written
+
+
+def _safe_base_name(member: str) -> str:
+    base = PurePosixPath(member.replace("\\", "/")).name
+    return _UNSAFE_NAME_CHARS.sub("_", base)[:64] or "member"
+
+
+# ---------------------------------------------------------------- header scan
+
+
+def _read_header(path: Path) -> Dataset | None:
+    """The dataset with pixel data deferred, or None when the file is not DICOM."""
+    try:
+        return pydicom.dcmread(path, defer_size="64 KB")
+    except InvalidDicomError:
+        pass
+    except Exception as exc:  # pydicom raises many types on truncated or odd files
+        log.info("skipping %s: not readable as DICOM (%s)", path.name, exc)
+        return None
+    try:  # files without the 128-byte preamble: accept only if they look like an instance
+        ds = pydicom.dcmread(path, defer_size="64 KB", force=True)
+    except Exception:
+        return None
+    return ds if "SOPClassUID" in ds and "Rows" in ds else None
+
+
+def _is_image(ds: Dataset) -> bool:
+    if str(getattr(ds, "Modality", "")).upper() in _NON_IMAGE_MODALITIES:
+        return False
+    if "DirectoryRecordSequence" in ds:  # DICOMDIR
+        return False
+    return "Rows" in ds and "Columns" in ds
+
+
+def _floats(ds: Dataset, keyword: str, count: int, where: str) -> np.ndarray:
+    value = ds.get(keyword)
+    try:
+        array = np.asarray([float(v) for v in value], dtype=np.float64)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        array = np.zeros(0)
+    if array.shape != (count,) or not np.isfinite(array).all():
+        raise InputError(f"{where}: {keyword} is missing or malformed ({value!r})")
+    return array
+
+
+def _describe_series(uid: str, members: Sequence[tuple[Path, Dataset]]) -> str:
+    description = str(members[0][1].get("SeriesDescription", "") or "").strip()
+    label = f" ({description})" if description else ""
+    return f"{uid}{label}: {len(members)} files"
+
+
+def scan_series(files: Iterable[Path], where: str) -> tuple[DicomSeriesInfo, list[tuple[Path, Dataset]]]:
+    """Validate the headers of one series and sort it by geometry (pixel data not decoded).
+
+    Returns the series' :class:`DicomSeriesInfo` and its ``(file, header)`` pairs in geometric
+    order, pixel data still deferred so :func:`read_dicom_series` can decode it. ``where``
+    names the input in error messages.
+    """
+    images: list[tuple[Path, Dataset]] = []
+    skipped: list[str] = []
+    for path in files:
+        ds = _read_header(path)
+        if ds is None:
+            skipped.append(path.name)
+            continue
+        if not _is_image(ds):
+            log.info("skipping %s: a %s object, not an image slice", path.name, ds.get("Modality", "non-image"))
+            continue
+        images.append((path, ds))
+    if skipped:
+        log.info("%s: %d non-DICOM files skipped", where, len(skipped))
+    if not images:
+        raise InputError(f"{where}: no DICOM image files found")
+
+    by_series: dict[str, list[tuple[Path, Dataset]]] = {}
+    for path, ds in images:
+        by_series.setdefault(str(ds.get("SeriesInstanceUID", "") or "<no SeriesInstanceUID>"), []).append((path, ds))
+    if len(by_series) > 1:
+        listing = "; ".join(_describe_series(uid, members) for uid, members in sorted(by_series.items()))
+        raise InputError(
+            f"{where}: holds {len(by_series)} series, send exactly one (SeriesInstanceUIDs: {listing})"
+        )
+    (series_uid, members), = by_series.items()
+
+    frames = [int(ds.get("NumberOfFrames", 1) or 1) for _, ds in members]
+    if max(frames) > 1:
+        raise InputError(
+            f"{where}: multi-frame (enhanced) DICOM images are not supported; export the series as "
+            "classic single-frame images"
+        )
+    if len(members) == 1:
+        raise InputError(
+            f"{where}: a single slice ({members[0][0].name}); a 3-D series needs at least 2 slices "
+            "(send the folder or zip holding the whole series)"
+        )
+    no_pixels = [path.name for path, ds in members if "PixelData" not in ds]
+    if no_pixels:
+        shown = ", ".join(no_pixels[:5]) + (" ..." if len(no_pixels) > 5 else "")
+        raise InputError(f"{where}: {len(no_pixels)} image file(s) have no pixel data: {shown}")
+
+    first_path, first = members[0]
+    ref_where = f"{where} ({first_path.name})"
+    rows, cols = int(first.Rows), int(first.Columns)
+    orientation = _floats(first, "ImageOrientationPatient", 6, ref_where)
+    pixel_spacing = _floats(first, "PixelSpacing", 2, ref_where)
+    if (pixel_spacing <= 0).any():
+        raise InputError(f"{ref_where}: PixelSpacing must be positive, got {pixel_spacing.tolist()}")
+    positions = []
+    for path, ds in members:
+        here = f"{where} ({path.name})"
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            raise InputError(f"{here}: colour images (SamplesPerPixel > 1) are not CT slices")
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise InputError(
+                f"{where}: slices differ in size ({first_path.name} is {rows}x{cols}, "
+                f"{path.name} is {int(ds.Rows)}x{int(ds.Columns)})"
+            )
+        if not np.allclose(_floats(ds, "ImageOrientationPatient", 6, here), orientation, atol=1e-4):
+            raise InputError(
+                f"{where}: slices differ in orientation (ImageOrientationPatient of {path.name} differs "
+                f"from {first_path.name}); send one series with one orientation"
+            )
+        if not np.allclose(_floats(ds, "PixelSpacing", 2, here), pixel_spacing, rtol=1e-4, atol=1e-5):
+            raise InputError(f"{where}: slices differ in PixelSpacing ({path.name} vs {first_path.name})")
+        positions.append(_floats(ds, "ImagePositionPatient", 3, here))
+
+    row_cos, col_cos = orientation[:3], orientation[3:]
+    if (
+        abs(np.linalg.norm(row_cos) - 1) > _ORTHOGONALITY_TOL
+        or abs(np.linalg.norm(col_cos) - 1) > _ORTHOGONALITY_TOL
+        or abs(float(row_cos @ col_cos)) > _ORTHOGONALITY_TOL
+    ):
+        raise InputError(
+            f"{where}: ImageOrientationPatient {orientation.tolist()} is not two orthogonal unit vectors "
+            "(non-orthogonal or skewed slices cannot be represented)"
+        )
+    row_cos = row_cos / np.linalg.norm(row_cos)
+    col_cos = col_cos / np.linalg.norm(col_cos)
+    normal = np.cross(row_cos, col_cos)
+    pos = np.stack(positions)
+    distance = pos @ normal
+    order = np.argsort(distance, kind="stable")
+    pos, distance = pos[order], distance[order]
+    members = [members[i] for i in order]
+
+    steps = np.diff(distance)
+    if (steps < _SPACING_ABS_TOL).any():
+        k = int(np.argmin(steps))
+        raise InputError(
+            f"{where}: {members[k][0].name} and {members[k + 1][0].name} lie at the same position "
+            f"({distance[k]:.3f} mm along the slice normal); the folder mixes acquisitions or repeats slices"
+        )
+    deltas = np.diff(pos, axis=0)
+    sines = np.linalg.norm(np.cross(deltas, normal), axis=1) / np.linalg.norm(deltas, axis=1)
+    if (sines > _TILT_TOL).any():
+        angle = float(np.degrees(np.arcsin(min(1.0, float(sines.max())))))
+        tilt = first.get("GantryDetectorTilt")
+        stated = f"; GantryDetectorTilt {tilt}" if tilt not in (None, "") else ""
+        raise InputError(
+            f"{where}: gantry tilt or sheared stack: slice positions deviate {angle:.2f} degrees from the "
+            f"slice normal{stated}. Resample the series to an orthogonal grid first (e.g. dcm2niix, which "
+            "corrects gantry tilt)"
+        )
+    median = float(np.median(steps))
+    tolerance = max(_SPACING_ABS_TOL, _SPACING_REL_TOL * median)
+    if (np.abs(steps - median) > tolerance).any():
+        raise InputError(
+            f"{where}: inconsistent slice spacing ({steps.min():.3f} to {steps.max():.3f} mm between "
+            f"neighbouring slices, median {median:.3f} mm); slices may be missing"
+        )
+
+    step = (pos[-1] - pos[0]) / (len(pos) - 1)
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row_cos * pixel_spacing[1]
+    affine_lps[:3, 1] = col_cos * pixel_spacing[0]
+    affine_lps[:3, 2] = step
+    affine_lps[:3, 3] = pos[0]
+    info = DicomSeriesInfo(
+        series_instance_uid=series_uid,
+        study_instance_uid=str(first.get("StudyInstanceUID", "")),
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
+        modality=str(first.get("Modality", "")),
+        shape=(cols, rows, len(members)),
+        affine=LPS_TO_RAS @ affine_lps,
+        file_names=tuple(path.name for path, _ in members),
+        sop_instance_uids=tuple(str(ds.get("SOPInstanceUID", "")) for _, ds in members),
+    )
+    return info, members
+
+
+# ---------------------------------------------------------------- public readers
+
+
+def _check_voxels(info: DicomSeriesInfo, where: str, limits: DicomLimits) -> None:
+    voxels = info.shape[0] * info.shape[1] * info.shape[2]
+    if voxels > limits.max_voxels:
+        raise InputError(f"{where}: the series has {voxels} voxels; at most {limits.max_voxels} are accepted")
+
+
+def _with_files(path: Path, limits: DicomLimits, scratch: Path) -> tuple[list[Path], str]:
+    if path.is_dir():
+        return find_dicom_files(path, limits), str(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file or folder")
+    if zipfile.is_zipfile(path):
+        return extract_zip(path, scratch, limits), path.name
+    return [path], str(path)
+
+
+def inspect_dicom_series(path: str | Path, limits: DicomLimits = DicomLimits()) -> DicomSeriesInfo:
+    """Validate a series' headers (folder, .zip or file) without decoding pixels; torch-free."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="latentseg-dicom-") as scratch:
+        files, where = _with_files(path, limits, Path(scratch))
+        info, _ = scan_series(files, where)
+        _check_voxels(info, where, limits)
+        return info
+
+
+def _slice_hu(ds: Dataset, path: Path) -> np.ndarray:
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # missing decoders (JPEG 2000, JPEG-LS) and damaged data
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        raise InputError(f"{path.name}: pixel data cannot be decoded (transfer syntax {name}: {exc})") from exc
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def read_dicom_series(path: str | Path, limits: DicomLimits = DicomLimits()) -> DicomSeries:
+    """Read one series (a folder, a .zip of one series, or a file) into HU on its own grid.
+
+    Errors are :class:`InputError`; see the module docstring for what is refused.
+    """
+    from model.preprocessing import Volume, check_affine, sanitize_hu
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="latentseg-dicom-") as scratch:
+        files, where = _with_files(path, limits, Path(scratch))
+        info, members = scan_series(files, where)
+        _check_voxels(info, where, limits)
+        check_affine(info.affine, where)
+        data = np.empty(info.shape, dtype=np.float32)
+        kept: list[Dataset] = []
+        for k, (file, ds) in enumerate(members):
+            hu = _slice_hu(ds, file)
+            if hu.shape != (info.shape[1], info.shape[0]):
+                raise InputError(f"{file.name}: pixel data has shape {hu.shape}, the header says "
+                                 f"{info.shape[1]}x{info.shape[0]}")
+            data[:, :, k] = hu.T
+            del ds.PixelData  # keep only the header (the SEG writer needs no pixels)
+            kept.append(ds)
+    return DicomSeries(volume=Volume(data=sanitize_hu(data), affine=info.affine), info=info, headers=tuple(kept))
