@@ -60,25 +60,57 @@ class ConfigError(ValueError):
     pass
 
 
+def _one_line(exc: Exception) -> str:
+    """YAML/TOML errors as one line: the problem and where it is."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "config"
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
-    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file; relative data paths are
-    resolved against the config file's folder."""
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file; relative paths (data, out,
+    cache_dir, text_embeddings, image_vae.perceptual_weights) are resolved against the config
+    file's folder. Every problem is a :class:`ConfigError` with a one-line message."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from exc
+    kind = "TOML" if path.suffix == ".toml" else "YAML"
     try:
         raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
-    raw = dict(raw or {})
-    raw.update(overrides or {})
+        raise ConfigError(f"{path}: not valid {kind}: {_one_line(exc)}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a {kind} mapping of settings (data: [...], out: ...), got {type(raw).__name__}")
+    raw = {**raw, **(overrides or {})}
     for key in ("cache_dir", "out", "text_embeddings"):
         if raw.get(key) and not Path(raw[key]).is_absolute():
             raw[key] = str((path.parent / raw[key]).resolve())
-    raw["data"] = [str(d if Path(d).is_absolute() else (path.parent / d).resolve()) for d in raw.get("data", [])]
+    image_vae = raw.get("image_vae")
+    if isinstance(image_vae, dict) and image_vae.get("perceptual_weights"):
+        weights = Path(image_vae["perceptual_weights"])
+        raw["image_vae"] = {**image_vae, "perceptual_weights": str(weights if weights.is_absolute() else (path.parent / weights).resolve())}
+    data = raw.get("data", [])
+    if isinstance(data, (str, Path)):
+        data = [data]
+    if not isinstance(data, (list, tuple)):
+        raise ConfigError(f"{path}: data: expected a list of dataset folders")
+    raw["data"] = [str(d if Path(d).is_absolute() else (path.parent / d).resolve()) for d in data]
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {_validation_message(exc)}") from exc
