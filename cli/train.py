@@ -16,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train from a YAML/TOML config. Stages resume from out/checkpoints/. Multi-GPU or multi-node: "
         "launch the same command with `torchrun --nproc_per_node N -m cli.main train ...`.",
     )
-    p.add_argument("stage", choices=STAGE_CHOICES)
+    p.add_argument("stage", metavar="STAGE", help=f"one of {', '.join(STAGE_CHOICES)}")
     p.add_argument("--config", type=Path, required=True, help="training config (.yaml/.yml/.toml)")
     p.add_argument("--out", type=Path, default=None, help="override the config's output folder")
     p.add_argument("--data", type=Path, action="append", default=None, help="override the dataset folders (repeatable)")
@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from training.data import DatasetFormatError
     from training.loops import STAGES, train
 
+    if args.stage not in STAGE_CHOICES:  # checked here, not by argparse, so the error is one line
+        raise CliError(f"unknown stage {args.stage!r}; stages are {', '.join(STAGE_CHOICES)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict = {}
     if args.out is not None:
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         stages = STAGES if args.stage == "all" else (args.stage,)
         results = train(config, stages)
     except (ConfigError, DatasetFormatError, FileNotFoundError, ValueError) as exc:
-        raise CliError(str(exc)) from exc
+        raise CliError(" ".join(str(exc).split())) from exc
     for stage, result in results.items():
         terms = ", ".join(f"{k}={v:.4g}" for k, v in result.final.items())
         print(f"{stage}: {result.steps} steps in {result.seconds:.0f} s ({terms})")
