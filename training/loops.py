@@ -142,7 +142,11 @@ class StageResult:
     final: dict[str, float]
 
 
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int | None = None) -> None:
+    """EMA with warm-up: the effective decay is min(decay, (1+step)/(10+step)), so short runs
+    are not dominated by the initial weights."""
+    if step is not None:
+        decay = min(decay, (1 + step) / (10 + step))
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters(), strict=True):
             e.mul_(decay).add_(p.detach(), alpha=1 - decay)
@@ -169,6 +173,7 @@ def run_stage(
         [p for p in model.parameters() if p.requires_grad], lr=stage.lr, weight_decay=stage.weight_decay
     )
     start_step = 0
+    elapsed_before = 0.0
     ckpt_path = ctx.checkpoint_path(name)
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -177,6 +182,7 @@ def run_stage(
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         start_step = int(state["step"])
+        elapsed_before = float(state.get("seconds", 0.0))
         ctx.sampler.set_state(state["sampler"])
         if load_extra_state is not None and state.get("extra") is not None:
             load_extra_state(state["extra"])
@@ -204,6 +210,7 @@ def run_stage(
                 "sampler": ctx.sampler.state(),
                 "extra": None if extra_state is None else extra_state(),
                 "final": {k: float(np.mean(v)) for k, v in recent.items()},
+                "seconds": elapsed_before + time.time() - started,
             },
             tmp,
         )
@@ -221,7 +228,7 @@ def run_stage(
             terms["loss"].backward()
             optimizer.step()
             if ema is not None and ema_decay is not None:
-                update_ema(ema, model, ema_decay)
+                update_ema(ema, model, ema_decay, step)
             step += 1
             values = {k: float(v.detach()) for k, v in terms.items()}
             for k, v in values.items():
@@ -330,7 +337,7 @@ def load_text_embeddings(ctx: TrainContext) -> torch.Tensor | None:
     path = ctx.config.text_embeddings
     if path is None or not Path(path).is_file():
         raise FileNotFoundError(
-            "conditioning='text' needs text_embeddings: a .npy table made by `latentseg train text-embeddings`"
+            "conditioning='text' needs text_embeddings: a .npy table made by `latentseg text-embeddings --out FILE.npy`"
         )
     return torch.from_numpy(np.load(path)).float()
 
@@ -402,11 +409,24 @@ def train_diffusion(ctx: TrainContext) -> tuple[Path, StageResult]:
                 "world_size": ctx.world_size,
                 "device": str(ctx.device),
                 "host": platform.node(),
+                "cpu": _cpu_model(),
+                "cpu_count": os.cpu_count(),
+                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                 "torch": torch.__version__,
                 "stages": _stage_summaries(ctx),
             },
         )
     return bundle_path, result
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _stage_summaries(ctx: TrainContext) -> dict[str, Any]:
@@ -415,7 +435,11 @@ def _stage_summaries(ctx: TrainContext) -> dict[str, Any]:
         path = ctx.checkpoint_path(stage)
         if path.is_file():
             state = torch.load(path, map_location="cpu", weights_only=False)
-            summary[stage] = {"steps": int(state["step"]), "final": state.get("final", {})}
+            summary[stage] = {
+                "steps": int(state["step"]),
+                "seconds": round(float(state.get("seconds", 0.0)), 1),
+                "final": state.get("final", {}),
+            }
     return summary
 
 

@@ -36,14 +36,18 @@ class MaskAutoencoder(nn.Module):
         super().__init__()
         b = config.base_channels
         widths = [b * min(2**i, 4) for i in range(config.downsample_levels + 1)]
+        # Residual blocks only below full resolution: full-resolution convolutions with few
+        # channels dominate CPU time and add little for binary masks.
         down: list[nn.Module] = [nn.Conv2d(1, widths[0], 3, padding=1)]
         for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
-            down += [_ResBlock(c_in), nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)]
-        down += [_ResBlock(widths[-1]), _norm(widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], config.latent_channels, 1)]
+            down += [nn.SiLU(), nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), _ResBlock(c_out)]
+        down += [_norm(widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], config.latent_channels, 1)]
         self.encoder = nn.Sequential(*down)
         up: list[nn.Module] = [nn.Conv2d(config.latent_channels, widths[-1], 3, padding=1), _ResBlock(widths[-1])]
-        for c_in, c_out in zip(widths[:0:-1], widths[-2::-1], strict=True):
-            up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1), _ResBlock(c_out)]
+        for level, (c_in, c_out) in enumerate(zip(widths[:0:-1], widths[-2::-1], strict=True)):
+            up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1)]
+            if level < config.downsample_levels - 1:
+                up.append(_ResBlock(c_out))
         up += [_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], 1, 3, padding=1)]
         self.decoder = nn.Sequential(*up)
 
