@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from cli.main import CliError
     from model.errors import BundleError, InputError
     from model.onnx_backend import load_backend
-    from model.pipeline import SegmentationOptions, resolve_targets, segment_file
+    from model.pipeline import SegmentationOptions, predict_model_grid, resolve_targets, write_prediction
+    from model.preprocessing import load_nifti
     from model.prompts import PromptResolver, packaged_embedder
     from model.vocabulary import UnknownTargetError
 
@@ -84,13 +85,18 @@ def run(args: argparse.Namespace) -> int:
             steps=args.steps if args.steps is not None else defaults.steps,
             seed=args.seed,
         )
+        # Read a NIfTI before the progress bar opens, so an unreadable input fails with one line.
+        volume = load_nifti(args.input) if _plain_nifti_run(args) else None
         with tqdm(total=100, desc="segment", unit="%", disable=args.quiet, leave=False) as bar:
 
             def progress(fraction: float) -> None:
                 bar.update(round(100 * fraction) - bar.n)
 
-            if _plain_nifti_run(args):
-                written = segment_file(bundle, args.input, args.out, targets, progress=progress, options=options)
+            if volume is not None:
+                # Streamed outputs, one full-resolution map in memory at a time (as segment_file).
+                prediction = predict_model_grid(bundle, volume, targets, options, progress)
+                del volume
+                written = write_prediction(prediction, args.out, progress)
             else:
                 written = _segment_with_extras(args, bundle, targets, options, progress)
     except (UnknownTargetError, InputError, BundleError, ValueError) as exc:
