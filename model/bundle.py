@@ -221,7 +221,10 @@ def load_bundle(path: str | Path | None = None, device: str | torch.device | Non
     if file_sha256(weights) != manifest.weights_sha256:
         raise BundleError(f"{weights} does not match the sha256 in {MANIFEST_NAME} (corrupted or replaced)")
     tensors = load_file(str(weights))
-    networks = build_networks(config, manifest.vocabulary, tensors.get("denoiser.unet.class_embedding.table"))
+    try:
+        networks = build_networks(config, manifest.vocabulary, tensors.get("denoiser.unet.class_embedding.table"))
+    except ValueError as exc:
+        raise BundleError(f"{folder}: cannot build the networks its config describes: {exc}") from exc
     networks.load_state_dict(tensors)
     dev = torch.device(device) if device is not None else default_device()
     for module in (networks.mask_ae, networks.image_vae, networks.denoiser):

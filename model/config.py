@@ -39,9 +39,9 @@ class PreprocessConfig(FrozenConfig):
 class MaskAEConfig(FrozenConfig):
     """Vanilla (non-variational) mask auto-encoder; weight decay regularises its latent."""
 
-    base_channels: int = 8
-    latent_channels: int = 4
-    downsample_levels: int = 3
+    base_channels: int = Field(8, ge=1)
+    latent_channels: int = Field(4, ge=1)
+    downsample_levels: int = Field(3, ge=1, le=6)
 
     @property
     def factor(self) -> int:
@@ -55,6 +55,14 @@ class ImageVAEConfig(FrozenConfig):
     latent_channels: int = 4
     num_res_blocks: int = 1
     norm_num_groups: int = 8
+
+    @model_validator(mode="after")
+    def _check(self) -> "ImageVAEConfig":
+        if len(self.channels) < 2:
+            raise ValueError("image_vae.channels needs at least two levels")
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError("every image_vae channel count must be divisible by norm_num_groups")
+        return self
 
     @property
     def factor(self) -> int:
@@ -82,12 +90,12 @@ class DenoiserConfig(FrozenConfig):
 
 
 class DiffusionConfig(FrozenConfig):
-    num_timesteps: int = 1000
+    num_timesteps: int = Field(1000, ge=2)
     schedule: ScheduleKind = ScheduleKind.LINEAR
     mean_type: MeanType = MeanType.START_X
     var_type: VarType = VarType.LEARNED_RANGE
     loss_type: LossType = LossType.HYBRID
-    vlb_weight: float = 1e-3
+    vlb_weight: float = Field(1e-3, ge=0)
 
 
 class SamplingConfig(FrozenConfig):

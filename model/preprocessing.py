@@ -67,6 +67,8 @@ def load_nifti(path: str | Path) -> Volume:
         raise InputError(f"{path}: expected a 3-D volume, got shape {tuple(img.shape)}")
     if min(shape) < 1:
         raise InputError(f"{path}: empty volume {tuple(shape)}")
+    if min(shape) < 2:
+        raise InputError(f"{path}: expected a 3-D volume, got a single slice {tuple(shape)} (a 2-D image)")
     affine = np.asarray(img.affine, dtype=np.float64)
     check_affine(affine, str(path))
     try:
@@ -77,7 +79,7 @@ def load_nifti(path: str | Path) -> Volume:
 
 
 def sanitize_hu(data: np.ndarray) -> np.ndarray:
-    """Documented policy for non-finite voxels: NaN -> -1024 HU (air), +Inf/-Inf -> clipped to ±4095."""
+    """Documented policy for non-finite voxels: NaN and -Inf -> -1024 HU (air), +Inf -> 4095 HU."""
     if not np.isfinite(data).all():
         data = np.nan_to_num(data, nan=-1024.0, posinf=4095.0, neginf=-1024.0)
     return data.astype(np.float32, copy=False)
