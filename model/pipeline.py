@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,8 +239,9 @@ def predict_model_grid(
     windows_per_slice = _windows_along(rows.stop - rows.start, pre.patch_size[0], cfg.sampling.overlap) * _windows_along(
         cols.stop - cols.start, pre.patch_size[1], cfg.sampling.overlap
     )
-    chunk_slices = options.slices_per_chunk or max(1, math.ceil(max_batch / (pairs_per_window * windows_per_slice)))
-    windows_per_call = max(1, math.ceil(max_batch / pairs_per_window))
+    # Whole denoiser batches: a chunk holds as many slices as fit in one batch (never a 256 + 4 split).
+    chunk_slices = options.slices_per_chunk or max(1, max_batch // (pairs_per_window * windows_per_slice))
+    windows_per_call = max(1, max_batch // pairs_per_window)
 
     for chunk_start in range(0, num_slices, chunk_slices):
         chunk = slice(chunk_start, min(chunk_start + chunk_slices, num_slices))
@@ -440,20 +443,29 @@ def write_prediction(
     affine = prediction.source_affine
     labels = _LabelAccumulator(prediction.source_shape)
     written: list[Path] = []
-    for index, target in enumerate(prediction.targets):
-        mean = prediction.mean_on_source(index)
-        labels.add(target.id, mean)
-        path = out_dir / f"{target.name}_mean.nii.gz"
-        _save_nifti(mean, affine, path)
-        written.append(path)
-        del mean
-        path = out_dir / f"{target.name}_variance.nii.gz"
-        _save_nifti(prediction.variance_on_source(index), affine, path)
-        written.append(path)
-        _report(progress, SAMPLING_SHARE + (1 - SAMPLING_SHARE) * (index + 1) / len(prediction.targets))
-    labels_path = out_dir / "labels.nii.gz"
-    _save_nifti(labels.result(threshold), affine, labels_path)
-    written.append(labels_path)
+    # gzip is single-threaded and releases the GIL: compress files on writer threads while the
+    # next map is resampled, with at most ``writers`` maps waiting to be written.
+    writers = max(1, torch.get_num_threads())
+    pending: deque[Future[None]] = deque()
+    with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="nifti-writer") as pool:
+
+        def save(array: np.ndarray, path: Path) -> None:
+            while len(pending) >= writers:
+                pending.popleft().result()
+            pending.append(pool.submit(_save_nifti, array, affine, path))
+            written.append(path)
+
+        for index, target in enumerate(prediction.targets):
+            mean = prediction.mean_on_source(index)
+            labels.add(target.id, mean)
+            save(mean, out_dir / f"{target.name}_mean.nii.gz")
+            del mean
+            save(prediction.variance_on_source(index), out_dir / f"{target.name}_variance.nii.gz")
+            _report(progress, SAMPLING_SHARE + (1 - SAMPLING_SHARE) * (index + 1) / len(prediction.targets))
+        save(labels.result(threshold), out_dir / "labels.nii.gz")
+        del labels
+        while pending:
+            pending.popleft().result()
     written.append(_write_legend(prediction.targets, out_dir))
     _report(progress, 1.0)
     return written

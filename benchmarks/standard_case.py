@@ -1,0 +1,154 @@
+"""The standard case, end to end through the CLI and per phase in process.
+
+A phantom of 512×512×100 at 0.8×0.8×2.5 mm (seed 9000, held out), the demo bundle, targets
+liver and pancreas, ensemble 5, 10 steps. ``--targets liver --ensemble 1 --name preview`` is
+the 1-target 1-sample preview.
+
+    python -m benchmarks.standard_case [--backend torch|onnx] [--targets ...] [--ensemble E] [--steps S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    LATENTSEG,
+    STANDARD_SHAPE,
+    STANDARD_SPACING,
+    STANDARD_TARGETS,
+    Table,
+    TimedBundle,
+    benchmark_bundle,
+    ensure_onnx_export,
+    load_average,
+    patched,
+    publish,
+    run_measured,
+    set_threads,
+    standard_phantom,
+    summary,
+)
+
+PHASES = (
+    ("load", "read NIfTI"),
+    ("model_grid", "reorient + resample to the model grid"),
+    ("encode_image", "encode (image VAE)"),
+    ("denoiser", "denoise (U-Net)"),
+    ("decode_mask", "decode (mask decoder)"),
+    ("sampling_other", "noise, DDPM updates, crop, blending"),
+    ("resample", "resample to the input grid"),
+    ("write", "write NIfTI (gzip)"),
+)
+
+
+def load(bundle_path: Path, backend: str) -> Any:
+    from model.onnx_backend import load_backend
+
+    onnx_dir = ensure_onnx_export(bundle_path) if backend == "onnx" else None
+    return load_backend(bundle_path, backend, device="cpu" if backend == "torch" else None, onnx_dir=onnx_dir)
+
+
+def in_process(bundle: Any, image: Path, targets: str, ensemble: int, steps: int, seed: int = 0) -> dict[str, Any]:
+    """One segment_file run with every phase timed; returns seconds per phase and counts."""
+    import model.pipeline as pipeline
+
+    timed = TimedBundle(bundle)
+    seconds: dict[str, float] = {}
+    out = Path(tempfile.mkdtemp(prefix="bench-"))
+    options = pipeline.SegmentationOptions(ensemble=ensemble, steps=steps, seed=seed)
+    try:
+        with (
+            patched(pipeline, "load_nifti", seconds, "load"),
+            patched(pipeline, "to_model_grid", seconds, "model_grid"),
+            patched(pipeline, "resample_to_source", seconds, "resample"),
+            patched(pipeline, "_save_nifti", seconds, "write"),
+        ):
+            start = time.perf_counter()
+            pipeline.segment_file(timed, image, out, targets, options=options)
+            total = time.perf_counter() - start
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    seconds.update(timed.seconds)
+    seconds["sampling_other"] = total - sum(seconds.values())
+    seconds["total"] = total
+    return {"seconds": seconds, "calls": timed.calls}
+
+
+def through_cli(bundle_path: Path, backend: str, image: Path, targets: str, ensemble: int, steps: int,
+                threads: int) -> dict[str, Any]:
+    out = Path(tempfile.mkdtemp(prefix="bench-cli-"))
+    args = [LATENTSEG, "segment", str(image), "--targets", targets, "--out", str(out / "out"), "--ensemble",
+            str(ensemble), "--steps", str(steps), "--bundle", str(bundle_path), "--backend", backend, "--quiet",
+            "--threads", str(threads)]
+    if backend == "onnx":
+        args += ["--onnx-dir", str(ensure_onnx_export(bundle_path))]
+    try:
+        run = run_measured(args)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"latentseg segment failed ({run.returncode}): {run.stderr}")
+    return {"seconds": run.seconds, "max_rss_mib": run.max_rss_mib}
+
+
+def measure(backend: str, targets: str, ensemble: int, steps: int, repeats: int, threads: int,
+            cli: bool = True) -> dict[str, Any]:
+    bundle_path, trained = benchmark_bundle()
+    image = standard_phantom()
+    bundle = load(bundle_path, backend)
+    in_proc = [in_process(bundle, image, targets, ensemble, steps) for _ in range(repeats)]
+    cli_runs = [through_cli(bundle_path, backend, image, targets, ensemble, steps, threads) for _ in range(repeats)] if cli else []
+    return {"bundle": str(bundle_path), "trained": trained, "backend": backend, "targets": targets,
+            "ensemble": ensemble, "steps": steps, "in_process": in_proc, "cli": cli_runs}
+
+
+def phase_table(title: str, results: dict[str, Any]) -> Table:
+    runs = results["in_process"]
+    table = Table(title, ["phase", "seconds: median (min–max)", "share"])
+    total = statistics.median(r["seconds"]["total"] for r in runs)
+    for key, label in PHASES:
+        values = [r["seconds"].get(key, 0.0) for r in runs]
+        table.rows.append([label, summary(values), f"{100 * statistics.median(values) / total:.0f} %"])
+    table.rows.append(["**in process, bundle loaded**", f"**{summary([r['seconds']['total'] for r in runs])}**", ""])
+    if results["cli"]:
+        table.rows.append(["**end to end: `latentseg segment`** (process start, imports, bundle load included)",
+                           f"**{summary([r['seconds'] for r in results['cli']])}**", ""])
+        table.rows.append(["peak RSS of the CLI process", f"{max(r['max_rss_mib'] for r in results['cli']):.0f} MiB", ""])
+    calls = runs[0]["calls"]
+    table.notes.append(
+        f"{results['targets']}, ensemble {results['ensemble']}, {results['steps']} steps, backend {results['backend']}; "
+        f"network calls per run: encode {calls['encode_image']}, denoise {calls['denoiser']}, decode {calls['decode_mask']}"
+    )
+    if not results["trained"]:
+        table.notes.append("bundle: random weights with the demo configuration (the trained demo bundle was absent)")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--name", default="standard_case")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument("--targets", default=STANDARD_TARGETS)
+    parser.add_argument("--ensemble", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch/ORT intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    threads = set_threads(args.threads)
+    load_before = load_average()
+    results = measure(args.backend, args.targets, args.ensemble, args.steps, args.repeats, threads)
+    shape = "×".join(map(str, STANDARD_SHAPE))
+    spacing = "×".join(map(str, STANDARD_SPACING))
+    title = (f"{args.name.replace('_', ' ').capitalize()}: phantom {shape} at {spacing} mm, {args.targets}, "
+             f"ensemble {args.ensemble}, {args.steps} steps ({args.backend}, {threads} threads)")
+    publish(args.name, [phase_table(title, results)], {"results": results, "threads": threads}, load_before)
+
+
+if __name__ == "__main__":
+    main()
