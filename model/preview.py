@@ -99,6 +99,7 @@ class Preview:
     mosaic_box: tuple[int, int, int, int]
     legend_box: tuple[int, int, int, int]
     slices: tuple[int, ...]  # indices along the RAS S axis (after reorientation to RAS)
+    tiles: tuple[tuple[int, int, int, int], ...]  # one box per slice, same order
     colours: Mapping[str, tuple[int, int, int]]
 
 
@@ -200,6 +201,7 @@ def render_preview(
 
     lo, hi = options.window
     s_axis_mm = _slice_positions(affine, nz)
+    tiles: list[tuple[int, int, int, int]] = []
     for n, z in enumerate(slices):
         size = (tile_w, tile_h)
         gray = np.clip((_resize(_display(ct[:, :, z]), size, Image.Resampling.BILINEAR) - lo) / (hi - lo), 0, 1)
@@ -216,6 +218,7 @@ def render_preview(
         left = gap + (n % columns) * (tile_w + gap)
         top = gap + (n // columns) * (tile_h + gap)
         picture.paste(Image.fromarray(tile, mode="RGB"), (left, top))
+        tiles.append((left, top, left + tile_w, top + tile_h))
         draw.text((left + 3, top + 2), f"S {s_axis_mm[z]:+.1f} mm", fill=TEXT, font=small)
 
     legend_top = mosaic_h
@@ -238,6 +241,7 @@ def render_preview(
         mosaic_box=(0, 0, picture.width, mosaic_h),
         legend_box=(0, legend_top, picture.width, picture.height),
         slices=slices,
+        tiles=tuple(tiles),
         colours=colours,
     )
 

