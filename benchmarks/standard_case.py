@@ -54,13 +54,15 @@ def load(bundle_path: Path, backend: str) -> Any:
     return load_backend(bundle_path, backend, device="cpu" if backend == "torch" else None, onnx_dir=onnx_dir)
 
 
-def in_process(bundle: Any, image: Path, targets: str, ensemble: int, steps: int, seed: int = 0) -> dict[str, Any]:
-    """One segment_file run with every phase timed; returns seconds per phase and counts."""
+def in_process(bundle: Any, image: Path, targets: str, ensemble: int, steps: int, seed: int = 0,
+               keep: Path | None = None) -> dict[str, Any]:
+    """One segment_file run with every phase timed; returns seconds per phase and counts.
+    The output files are deleted unless ``keep`` names a folder for them."""
     import model.pipeline as pipeline
 
     timed = TimedBundle(bundle)
     seconds: dict[str, float] = {}
-    out = Path(tempfile.mkdtemp(prefix="bench-"))
+    out = keep or Path(tempfile.mkdtemp(prefix="bench-"))
     options = pipeline.SegmentationOptions(ensemble=ensemble, steps=steps, seed=seed)
     try:
         with (
@@ -73,7 +75,8 @@ def in_process(bundle: Any, image: Path, targets: str, ensemble: int, steps: int
             pipeline.segment_file(timed, image, out, targets, options=options)
             total = time.perf_counter() - start
     finally:
-        shutil.rmtree(out, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(out, ignore_errors=True)
     seconds.update(timed.seconds)
     seconds["sampling_other"] = total - sum(seconds.values())
     seconds["total"] = total
@@ -98,11 +101,12 @@ def through_cli(bundle_path: Path, backend: str, image: Path, targets: str, ense
 
 
 def measure(backend: str, targets: str, ensemble: int, steps: int, repeats: int, threads: int,
-            cli: bool = True) -> dict[str, Any]:
+            cli: bool = True, keep: Path | None = None) -> dict[str, Any]:
+    """``repeats`` in-process runs (the first one's files kept in ``keep`` if given) and CLI runs."""
     bundle_path, trained = benchmark_bundle()
     image = standard_phantom()
     bundle = load(bundle_path, backend)
-    in_proc = [in_process(bundle, image, targets, ensemble, steps) for _ in range(repeats)]
+    in_proc = [in_process(bundle, image, targets, ensemble, steps, keep=keep if i == 0 else None) for i in range(repeats)]
     cli_runs = [through_cli(bundle_path, backend, image, targets, ensemble, steps, threads) for _ in range(repeats)] if cli else []
     return {"bundle": str(bundle_path), "trained": trained, "backend": backend, "targets": targets,
             "ensemble": ensemble, "steps": steps, "in_process": in_proc, "cli": cli_runs}

@@ -1,0 +1,105 @@
+"""ONNX Runtime vs torch: the standard case end to end (CLI and in process, per phase), each
+network on its own, and how far the mean masks of the two backends are apart.
+
+    python -m benchmarks.onnx_vs_torch [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from benchmarks.common import STANDARD_TARGETS, Table, benchmark_bundle, load_average, publish, set_threads
+from benchmarks.standard_case import PHASES, load, measure
+
+NETWORK_BATCHES = {"encode_image": 25, "denoiser": 250, "decode_mask": 32}
+
+
+def network_inputs(config: Any, name: str, batch: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    c, h, w = config.latent_shape
+    if name == "encode_image":
+        return (torch.rand(batch, 1, *config.preprocess.patch_size, generator=g),)
+    if name == "decode_mask":
+        return (torch.randn(batch, c, h, w, generator=g),)
+    return (torch.randn(batch, c, h, w, generator=g), torch.full((batch,), 500), torch.randn(batch, c, h, w, generator=g),
+            torch.full((batch,), 5))
+
+
+def per_sample_ms(bundle: Any, name: str, batch: int, repeats: int) -> float:
+    x = network_inputs(bundle.config, name, batch)
+    fn = getattr(bundle, name)
+    with torch.inference_mode():
+        fn(*x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(*x)
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times) / batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    threads = set_threads(args.threads)
+    load_before = load_average()
+    bundle_path, trained = benchmark_bundle()
+    outputs = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
+    try:
+        results = {b: measure(b, STANDARD_TARGETS, 5, 10, args.repeats, threads, keep=outputs / b) for b in ("torch", "onnx")}
+        difference = {}
+        for target in STANDARD_TARGETS.split(","):
+            for kind in ("mean", "variance"):
+                a, b = (np.asarray(nib.load(str(outputs / backend / f"{target}_{kind}.nii.gz")).dataobj)
+                        for backend in ("torch", "onnx"))
+                difference[f"{target}_{kind}"] = float(np.abs(a - b).max())
+    finally:
+        shutil.rmtree(outputs, ignore_errors=True)
+
+    def median(backend: str, key: str) -> float:
+        return statistics.median(r["seconds"][key] for r in results[backend]["in_process"])
+
+    phases = Table(
+        f"ONNX Runtime vs torch, standard case ({STANDARD_TARGETS}, ensemble 5, 10 steps), seconds",
+        ["phase", "torch", "onnx", "torch / onnx"],
+    )
+    for key, label in PHASES:
+        t, o = median("torch", key), median("onnx", key)
+        phases.rows.append([label, f"{t:.2f}", f"{o:.2f}", f"{t / o:.2f}×" if o > 0 else "—"])
+    t, o = median("torch", "total"), median("onnx", "total")
+    phases.rows.append(["**in process, bundle loaded**", f"**{t:.2f}**", f"**{o:.2f}**", f"**{t / o:.2f}×**"])
+    cli = {b: statistics.median(r["seconds"] for r in results[b]["cli"]) for b in results}
+    phases.rows.append(["**end to end: `latentseg segment`**", f"**{cli['torch']:.2f}**", f"**{cli['onnx']:.2f}**",
+                        f"**{cli['torch'] / cli['onnx']:.2f}×**"])
+    phases.notes.append("max |onnx − torch| over the written maps: "
+                        + ", ".join(f"{k} {v:.1e}" for k, v in difference.items()))
+    phases.notes.append(f"{threads} threads for torch and for ONNX Runtime (intra-op; no spinning); median of "
+                        f"{args.repeats}" + ("" if trained else "; random weights with the demo configuration"))
+
+    bundles = {b: load(bundle_path, b) for b in ("torch", "onnx")}
+    networks = Table("Each network alone, ms per sample", ["network", "batch", "torch", "onnx", "torch / onnx"])
+    micro: dict[str, Any] = {}
+    for name, batch in NETWORK_BATCHES.items():
+        for b in (batch, 1):
+            t_ms = per_sample_ms(bundles["torch"], name, b, 3)
+            o_ms = per_sample_ms(bundles["onnx"], name, b, 3)
+            micro[f"{name}@{b}"] = {"torch": t_ms, "onnx": o_ms}
+            networks.rows.append([name, b, f"{t_ms:.2f}", f"{o_ms:.2f}", f"{t_ms / o_ms:.2f}×"])
+    publish("onnx_vs_torch", [phases, networks], {"results": results, "max_abs_difference": difference,
+                                                  "networks": micro, "cli_seconds": cli}, load_before)
+
+
+if __name__ == "__main__":
+    main()
