@@ -5,15 +5,27 @@ enqueues and that the job function updates as it runs; it outlives RQ's result T
 (``record_ttl_s``). :class:`RedisJobStore` keeps it as a Redis hash; :class:`MemoryJobStore`
 keeps it in this process for embedded mode.
 
-Reads reconcile: a record still ``queued``/``started`` whose queue job has failed (a worker that
-died, a timeout outside the job function) or vanished is marked ``failed`` with the reason, so
-no job stays ``started`` forever.
+Every record has an ``owner`` (the API key's name): the service answers only its owner.
+
+Reads reconcile, so nothing stays ``queued``/``started`` forever and nothing accepted is lost:
+
+- ``started`` whose worker stopped beating (killed, OOM) -> ``failed`` with the reason, and the
+  worker's temp result directory is removed;
+- ``queued`` whose queue job vanished (Redis lost it) -> enqueued again from the job's
+  manifest on storage;
+- no record at all, but a manifest on storage (Redis lost the record) -> the record is rebuilt
+  from the manifest (``queued`` and enqueued again, or ``finished`` if results exist).
+
+:meth:`JobService.reconcile_storage` applies the same to every stored job (at start-up and
+periodically).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,9 +34,28 @@ from typing import Any, Protocol
 from service.nifti import VolumeInfo
 from service.queues import JobQueue
 from service.storage import Storage
-from worker.contracts import JobState, SegmentationRequest, decode_fields, encode_fields, record_key, utc_now
+from worker.contracts import (
+    TRANSITION_LUA,
+    JobState,
+    SegmentationRequest,
+    decode_fields,
+    encode_fields,
+    record_key,
+    utc_now,
+)
 
-__all__ = ["DeleteOutcome", "JobService", "JobStore", "MemoryJobStore", "RedisJobStore"]
+__all__ = [
+    "AdmissionRefused",
+    "DeleteOutcome",
+    "JobService",
+    "JobStore",
+    "MemoryJobStore",
+    "RedisJobStore",
+    "SubmitOutcome",
+]
+
+log = logging.getLogger(__name__)
+ORPHAN_UPLOAD_AGE_S = 3600.0
 
 
 class JobStore(Protocol):
@@ -34,15 +65,39 @@ class JobStore(Protocol):
 
     def update(self, job_id: str, fields: Mapping[str, Any]) -> bool: ...
 
+    def transition(self, job_id: str, expected: JobState, fields: Mapping[str, Any]) -> bool:
+        """Apply ``fields`` only if the record's status is ``expected`` (atomic)."""
+        ...
+
     def delete(self, job_id: str) -> None: ...
+
+    def claim_digest(self, digest: str, job_id: str, ttl_s: int) -> str | None:
+        """Register ``job_id`` for ``digest``; returns the job id already registered, if any."""
+        ...
+
+    def lookup_digest(self, digest: str) -> str | None: ...
+
+    def replace_digest(self, digest: str, old_job_id: str, job_id: str, ttl_s: int) -> bool: ...
+
+    def release_digest(self, digest: str, job_id: str) -> None: ...
+
+    def active_add(self, owner: str, job_id: str) -> int:
+        """Add to the owner's active set; returns its size afterwards."""
+        ...
+
+    def active_remove(self, owner: str, job_ids: Sequence[str]) -> None: ...
+
+    def active_members(self, owner: str) -> list[str]: ...
 
 
 class MemoryJobStore:
-    """Embedded mode: records in this process (lost on restart, like the in-process queue)."""
+    """Embedded mode: records in this process (rebuilt from storage manifests on restart)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._records: dict[str, dict[str, Any]] = {}
+        self._digests: dict[str, str] = {}
+        self._active: dict[str, set[str]] = {}
 
     def create(self, job_id: str, fields: Mapping[str, Any]) -> None:
         with self._lock:
@@ -60,9 +115,52 @@ class MemoryJobStore:
             record.update(copy.deepcopy(dict(fields)))
             return True
 
+    def transition(self, job_id: str, expected: JobState, fields: Mapping[str, Any]) -> bool:
+        with self._lock:
+            record = self._records.get(job_id)
+            if record is None or record.get("status") != expected.value:
+                return False
+            record.update(copy.deepcopy(dict(fields)))
+            return True
+
     def delete(self, job_id: str) -> None:
         with self._lock:
             self._records.pop(job_id, None)
+
+    def claim_digest(self, digest: str, job_id: str, ttl_s: int) -> str | None:
+        with self._lock:
+            existing = self._digests.setdefault(digest, job_id)
+            return None if existing == job_id else existing
+
+    def lookup_digest(self, digest: str) -> str | None:
+        with self._lock:
+            return self._digests.get(digest)
+
+    def replace_digest(self, digest: str, old_job_id: str, job_id: str, ttl_s: int) -> bool:
+        with self._lock:
+            if self._digests.get(digest) != old_job_id:
+                return False
+            self._digests[digest] = job_id
+            return True
+
+    def release_digest(self, digest: str, job_id: str) -> None:
+        with self._lock:
+            if self._digests.get(digest) == job_id:
+                del self._digests[digest]
+
+    def active_add(self, owner: str, job_id: str) -> int:
+        with self._lock:
+            members = self._active.setdefault(owner, set())
+            members.add(job_id)
+            return len(members)
+
+    def active_remove(self, owner: str, job_ids: Sequence[str]) -> None:
+        with self._lock:
+            self._active.get(owner, set()).difference_update(job_ids)
+
+    def active_members(self, owner: str) -> list[str]:
+        with self._lock:
+            return sorted(self._active.get(owner, set()))
 
 
 class RedisJobStore:
@@ -72,9 +170,16 @@ class RedisJobStore:
         self._redis = connection
         self._queue_name = queue_name
         self._ttl_s = ttl_s
+        self._transition = connection.register_script(TRANSITION_LUA)
 
     def _key(self, job_id: str) -> str:
         return record_key(self._queue_name, job_id)
+
+    def _digest_key(self, digest: str) -> str:
+        return f"latentseg:{self._queue_name}:digest:{digest}"
+
+    def _active_key(self, owner: str) -> str:
+        return f"latentseg:{self._queue_name}:active:{owner}"
 
     def create(self, job_id: str, fields: Mapping[str, Any]) -> None:
         pipe = self._redis.pipeline(transaction=True)
@@ -96,15 +201,82 @@ class RedisJobStore:
         self._redis.hset(key, mapping=encode_fields(fields))
         return True
 
+    def transition(self, job_id: str, expected: JobState, fields: Mapping[str, Any]) -> bool:
+        args: list[str] = [encode_fields({"status": expected.value})["status"]]
+        for name, value in encode_fields(fields).items():
+            args += [name, value]
+        return bool(self._transition(keys=[self._key(job_id)], args=args))
+
     def delete(self, job_id: str) -> None:
         self._redis.delete(self._key(job_id))
+
+    def claim_digest(self, digest: str, job_id: str, ttl_s: int) -> str | None:
+        key = self._digest_key(digest)
+        if self._redis.set(key, job_id, nx=True, ex=ttl_s):
+            return None
+        existing = self._redis.get(key)
+        if existing is None:  # expired in between: try once more
+            return None if self._redis.set(key, job_id, nx=True, ex=ttl_s) else job_id
+        return str(existing.decode())
+
+    def lookup_digest(self, digest: str) -> str | None:
+        value = self._redis.get(self._digest_key(digest))
+        return None if value is None else str(value.decode())
+
+    def replace_digest(self, digest: str, old_job_id: str, job_id: str, ttl_s: int) -> bool:
+        key = self._digest_key(digest)
+        with self._redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                current = pipe.get(key)
+                if current is not None and current.decode() != old_job_id:
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.set(key, job_id, ex=ttl_s)
+                pipe.execute()
+                return True
+            except Exception as exc:
+                if type(exc).__name__ == "WatchError":
+                    return False
+                raise
+
+    def release_digest(self, digest: str, job_id: str) -> None:
+        key = self._digest_key(digest)
+        current = self._redis.get(key)
+        if current is not None and current.decode() == job_id:
+            self._redis.delete(key)
+
+    def active_add(self, owner: str, job_id: str) -> int:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.sadd(self._active_key(owner), job_id)
+        pipe.expire(self._active_key(owner), self._ttl_s)
+        pipe.scard(self._active_key(owner))
+        return int(pipe.execute()[-1])
+
+    def active_remove(self, owner: str, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            self._redis.srem(self._active_key(owner), *job_ids)
+
+    def active_members(self, owner: str) -> list[str]:
+        return sorted(m.decode() for m in self._redis.smembers(self._active_key(owner)))
 
 
 class DeleteOutcome(StrEnum):
     CANCELED = "canceled"  # was queued: removed from the queue, the upload deleted, record kept
+    CANCEL_REQUESTED = "cancel_requested"  # running: the worker stops it at its next heartbeat
     DELETED = "deleted"  # was terminal: data and record deleted
-    RUNNING = "running"  # started: cannot be cancelled
     MISSING = "missing"
+
+
+class AdmissionRefused(Exception):
+    """Too many active jobs for this key, or the queue is full: HTTP 429 with Retry-After."""
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    record: dict[str, Any]
+    duplicate: bool
 
 
 @dataclass(frozen=True)
@@ -112,11 +284,44 @@ class JobService:
     store: JobStore
     queue: JobQueue
     storage: Storage
+    max_active_per_owner: int = 16
+    max_queued: int = 1000
+    dedup_ttl_s: int = 24 * 3600
 
-    def submit(self, request: SegmentationRequest, volume: VolumeInfo) -> dict[str, Any]:
-        """Create the durable record, then enqueue. The upload is already stored and checked."""
+    # ------------------------------------------------------------ admission and submission
+
+    def check_admission(self, owner: str) -> None:
+        """Cheap checks before an upload streams in (the authoritative ones run in :meth:`submit`)."""
+        if self.queue.count() >= self.max_queued:
+            raise AdmissionRefused(f"the queue is full ({self.max_queued} jobs); retry later")
+        if len(self._active_ids(owner)) >= self.max_active_per_owner:
+            raise AdmissionRefused(
+                f"this API key already has {self.max_active_per_owner} queued or running jobs; retry when one has ended"
+            )
+
+    def find_duplicate(self, owner: str, digest: str) -> dict[str, Any] | None:
+        """The live (not failed/canceled) job of ``owner`` already registered for ``digest``."""
+        job_id = self.store.lookup_digest(digest)
+        if job_id is None:
+            return None
+        record = self.get(job_id)
+        if record is None or record.get("owner") != owner:
+            return None
+        if record["status"] in (JobState.FAILED.value, JobState.CANCELED.value):
+            return None
+        return record
+
+    def submit(
+        self, request: SegmentationRequest, volume: VolumeInfo, owner: str, digest: str
+    ) -> SubmitOutcome:
+        """Create the durable record and the manifest, then enqueue. The upload is already checked.
+
+        A live job of the same owner with the same ``digest`` (upload bytes and parameters) is
+        returned instead (``duplicate``), and this upload is discarded.
+        """
         record: dict[str, Any] = {
             "job_id": request.job_id,
+            "owner": owner,
             "status": JobState.QUEUED.value,
             "progress": 0,
             "targets": list(request.targets),
@@ -125,35 +330,94 @@ class JobService:
             "seed": request.seed,
             "input_shape": list(volume.shape),
             "input_spacing": list(volume.spacing),
+            "nonfinite_voxels": volume.nonfinite_voxels,
             "created_at": utc_now(),
             "started_at": None,
             "finished_at": None,
             "error": None,
             "results": [],
+            "cancel_requested": False,
         }
-        self.store.create(request.job_id, record)
+        previous = self.store.claim_digest(digest, request.job_id, self.dedup_ttl_s)
+        if previous is not None:
+            live = self.find_duplicate(owner, digest)
+            if live is not None:
+                self.storage.delete_job(request.job_id)
+                return SubmitOutcome(record=live, duplicate=True)
+            if not self.store.replace_digest(digest, previous, request.job_id, self.dedup_ttl_s):
+                live = self.find_duplicate(owner, digest)
+                if live is not None:
+                    self.storage.delete_job(request.job_id)
+                    return SubmitOutcome(record=live, duplicate=True)
         try:
+            self._admit(owner, request.job_id)
+            self.store.create(request.job_id, record)
+            self.storage.write_manifest(
+                request.job_id, {"payload": request.to_payload(), "record": record, "digest": digest}
+            )
             self.queue.enqueue(request)
         except BaseException:
             self.store.delete(request.job_id)
+            self.store.active_remove(owner, [request.job_id])
+            self.store.release_digest(digest, request.job_id)
+            self.storage.delete_job(request.job_id)
             raise
-        return record
+        return SubmitOutcome(record=record, duplicate=False)
+
+    def _admit(self, owner: str, job_id: str) -> None:
+        """Add-then-check, so concurrent submissions never exceed the per-key limit."""
+        if self.queue.count() >= self.max_queued:
+            raise AdmissionRefused(f"the queue is full ({self.max_queued} jobs); retry later")
+        if self.store.active_add(owner, job_id) > self.max_active_per_owner:
+            self._prune_active(owner)
+            if len(self.store.active_members(owner)) > self.max_active_per_owner:
+                self.store.active_remove(owner, [job_id])
+                raise AdmissionRefused(
+                    f"this API key already has {self.max_active_per_owner} queued or running jobs; "
+                    "retry when one has ended"
+                )
+
+    def _prune_active(self, owner: str) -> None:
+        members = self.store.active_members(owner)
+        if not members:
+            return
+        records = self.store.get_many(members)
+        ended = [
+            job_id
+            for job_id, record in zip(members, records, strict=True)
+            if record is not None and JobState(record["status"]).is_terminal
+        ]
+        # A member without a record is either being created right now or lost: keep new ones.
+        self.store.active_remove(owner, ended)
+
+    def _active_ids(self, owner: str) -> list[str]:
+        self._prune_active(owner)
+        members = self.store.active_members(owner)
+        records = self.get_many(members) if members else []
+        return [r["job_id"] for r in records if r is not None and not JobState(r["status"]).is_terminal]
+
+    # ------------------------------------------------------------ reads with reconciliation
 
     def get_many(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
-        """Records with live queue positions; reconciled with the queue where still running."""
+        """Records with live queue positions; reconciled with the queue and storage (module docstring)."""
         records = self.store.get_many(job_ids)
-        pending = [r for r in records if r is not None and not JobState(r["status"]).is_terminal]
-        if not pending:
-            return records
-        failures = self.queue.lost_or_failed(pending)
-        for record in records:
+        for index, (job_id, record) in enumerate(zip(job_ids, records, strict=True)):
             if record is None:
-                continue
-            reason = failures.get(record["job_id"])
-            if reason is not None:
+                records[index] = self._recover(job_id)
+        pending = [r for r in records if r is not None and not JobState(r["status"]).is_terminal]
+        if pending:
+            failures = self.queue.lost_or_failed(pending)
+            for record in records:
+                if record is None or record["job_id"] not in failures:
+                    continue
+                reason = failures[record["job_id"]]
+                if record["status"] == JobState.QUEUED.value and reason.startswith("the queue lost"):
+                    if self._requeue(record["job_id"]):
+                        continue
                 fields = {"status": JobState.FAILED.value, "error": reason, "finished_at": utc_now()}
                 self.store.update(record["job_id"], fields)
                 record.update(fields)
+                self.storage.remove_temp_results(record["job_id"])
         queued = [r["job_id"] for r in records if r is not None and r["status"] == JobState.QUEUED.value]
         positions = self.queue.positions(queued) if queued else {}
         for record in records:
@@ -164,20 +428,86 @@ class JobService:
     def get(self, job_id: str) -> dict[str, Any] | None:
         return self.get_many([job_id])[0]
 
-    def delete(self, job_id: str) -> DeleteOutcome:
+    def get_owned(self, job_id: str, owner: str) -> dict[str, Any] | None:
+        """The record if ``owner`` owns it; None otherwise (callers answer 404 either way)."""
         record = self.get(job_id)
+        return record if record is not None and record.get("owner") == owner else None
+
+    def _recover(self, job_id: str) -> dict[str, Any] | None:
+        """Rebuild a lost record from the job's manifest on storage (and enqueue it again)."""
+        manifest = self.storage.read_manifest(job_id)
+        if manifest is None:
+            return None
+        try:
+            record = dict(manifest["record"])
+            request = SegmentationRequest.from_payload(manifest["payload"])
+        except (KeyError, TypeError, ValueError):
+            log.warning("job %s: unreadable manifest; not recovered", job_id)
+            return None
+        results = self.storage.results(job_id)
+        if results:
+            record.update(status=JobState.FINISHED.value, progress=100, results=[f.name for f in results])
+            self.store.create(job_id, record)
+            log.warning("job %s: record lost; rebuilt from storage as finished", job_id)
+            return record
+        if self.storage.input_path(job_id) is None:
+            return None
+        record.update(status=JobState.QUEUED.value, progress=0, started_at=None, error=None)
+        self.store.create(job_id, record)
+        self.store.active_add(str(record.get("owner", "")), job_id)
+        if manifest.get("digest"):
+            self.store.claim_digest(str(manifest["digest"]), job_id, self.dedup_ttl_s)
+        self.queue.enqueue(request)
+        log.warning("job %s: record lost; rebuilt from storage and enqueued again", job_id)
+        return record
+
+    def _requeue(self, job_id: str) -> bool:
+        manifest = self.storage.read_manifest(job_id)
+        if manifest is None or self.storage.input_path(job_id) is None:
+            return False
+        try:
+            request = SegmentationRequest.from_payload(manifest["payload"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        self.queue.enqueue(request)
+        log.warning("job %s: the queue lost it; enqueued again", job_id)
+        return True
+
+    def reconcile_storage(self, batch: int = 100) -> int:
+        """Reconcile every stored job (records, queue, temp dirs, orphan uploads); returns how many were read."""
+        job_ids = self.storage.job_ids()
+        now = time.time()
+        for start in range(0, len(job_ids), batch):
+            chunk = job_ids[start : start + batch]
+            for job_id, record in zip(chunk, self.get_many(chunk), strict=True):
+                if record is None:
+                    if self.storage.age_s(job_id, now) > ORPHAN_UPLOAD_AGE_S:
+                        self.storage.delete_job(job_id)  # an upload that never became a job
+                elif JobState(record["status"]).is_terminal:
+                    self.storage.remove_temp_results(job_id)
+        return len(job_ids)
+
+    # ------------------------------------------------------------ cancel and delete
+
+    def delete(self, job_id: str, owner: str) -> DeleteOutcome:
+        record = self.get_owned(job_id, owner)
         if record is None:
             return DeleteOutcome.MISSING
-        state = JobState(record["status"])
-        if state is JobState.QUEUED:
-            if self.queue.cancel(job_id):
-                self.store.update(job_id, {"status": JobState.CANCELED.value, "finished_at": utc_now()})
-                self.storage.delete_job(job_id)
-                return DeleteOutcome.CANCELED
-            state = JobState(self.get(job_id)["status"])  # type: ignore[index]  # a worker took it meanwhile
-        if not state.is_terminal:
-            return DeleteOutcome.RUNNING
+        fields = {"status": JobState.CANCELED.value, "finished_at": utc_now(), "error": "canceled by the client"}
+        if record["status"] == JobState.QUEUED.value and self.store.transition(job_id, JobState.QUEUED, fields):
+            # The record now says canceled: a worker that already popped the job will skip it.
+            self.queue.cancel(job_id)
+            self.storage.delete_job(job_id)
+            self.store.active_remove(owner, [job_id])
+            return DeleteOutcome.CANCELED
+        record = self.get_owned(job_id, owner)
+        if record is None:
+            return DeleteOutcome.MISSING
+        if not JobState(record["status"]).is_terminal:
+            self.store.update(job_id, {"cancel_requested": True})
+            return DeleteOutcome.CANCEL_REQUESTED
         self.storage.delete_job(job_id)
         self.store.delete(job_id)
+        self.store.active_remove(owner, [job_id])
         self.queue.forget(job_id)
         return DeleteOutcome.DELETED

@@ -8,15 +8,17 @@ never imports torch; in embedded mode the worker thread imports it when the app 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from model.vocabulary import default_vocabulary
+from service.auth import Keyring, check_open_mode
 from service.deps import Services
 from service.jobs import JobService, JobStore, MemoryJobStore, RedisJobStore
 from service.queues import InProcessJobQueue, JobQueue
@@ -39,12 +41,15 @@ def _load_embedded_runtime(settings: ServiceSettings) -> WorkerRuntime:
     return load_runtime(settings.bundle, settings.storage_dir, settings.device)
 
 
-def _embedded_backend(settings: ServiceSettings) -> tuple[JobStore, JobQueue]:
+def _embedded_backend(settings: ServiceSettings) -> tuple[JobStore, JobQueue, Any]:
     store = MemoryJobStore()
-    return store, InProcessJobQueue(store.update, partial(_load_embedded_runtime, settings))
+    queue = InProcessJobQueue(
+        store, partial(_load_embedded_runtime, settings), job_timeout_s=float(settings.job_timeout_s)
+    )
+    return store, queue, None
 
 
-def _rq_backend(settings: ServiceSettings) -> tuple[JobStore, JobQueue]:
+def _rq_backend(settings: ServiceSettings) -> tuple[JobStore, JobQueue, Any]:
     from service.rq_queue import RqJobQueue, connect_redis
 
     assert settings.redis_url is not None
@@ -57,7 +62,47 @@ def _rq_backend(settings: ServiceSettings) -> tuple[JobStore, JobQueue]:
         result_ttl_s=settings.result_ttl_s,
         failure_ttl_s=settings.failure_ttl_s,
     )
-    return store, queue
+    return store, queue, connection
+
+
+class Reconciler:
+    """Reconciles storage with records and the queue: once at start-up, then every ``interval_s``.
+
+    In RQ mode several API replicas share one Redis; a short Redis lock lets one of them do a
+    round. Errors (Redis down) are logged and retried next round: the API recovers by itself.
+    """
+
+    def __init__(self, jobs: JobService, interval_s: float, lock: object | None) -> None:
+        self._jobs = jobs
+        self._interval_s = interval_s
+        self._lock = lock  # (redis connection, key) or None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> None:
+        try:
+            if self._lock is not None:
+                connection, key = self._lock  # type: ignore[misc]
+                if not connection.set(key, "1", nx=True, ex=max(1, int(self._interval_s * 0.8))):
+                    return
+            count = self._jobs.reconcile_storage()
+            log.debug("reconciled %d stored jobs", count)
+        except Exception as exc:
+            log.warning("reconciliation skipped: %s", type(exc).__name__)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="latentseg-reconciler", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        self.run_once()
+        while not self._stop.wait(self._interval_s):
+            self.run_once()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
 
 
 def _add_redis_error_handler(app: FastAPI) -> None:
@@ -65,7 +110,7 @@ def _add_redis_error_handler(app: FastAPI) -> None:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("redis unavailable: %s", exc)
+        log.warning("redis unavailable: %s", type(exc).__name__)
         return JSONResponse(
             {"detail": "the job queue (Redis) is unavailable; retry shortly"},
             status_code=503,
@@ -78,15 +123,23 @@ def _add_redis_error_handler(app: FastAPI) -> None:
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings if settings is not None else ServiceSettings()
+    keyring = Keyring(settings.key_digests())
+    check_open_mode(settings, keyring)
     storage = Storage(settings.storage_dir)
-    store, queue = _embedded_backend(settings) if settings.embedded else _rq_backend(settings)
-    services = Services(
-        settings=settings,
-        vocabulary=default_vocabulary(),
-        storage=storage,
+    store, queue, connection = _embedded_backend(settings) if settings.embedded else _rq_backend(settings)
+    jobs_service = JobService(
+        store=store,
         queue=queue,
-        jobs=JobService(store=store, queue=queue, storage=storage),
+        storage=storage,
+        max_active_per_owner=settings.max_active_jobs_per_key,
+        max_queued=settings.max_queued_jobs,
+        dedup_ttl_s=settings.record_ttl_s,
     )
+    services = Services(
+        settings=settings, vocabulary=default_vocabulary(), storage=storage, queue=queue, jobs=jobs_service
+    )
+    lock = None if connection is None else (connection, f"latentseg:{settings.queue}:reconcile-lock")
+    reconciler = Reconciler(jobs_service, settings.reconcile_interval_s, lock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,14 +147,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if settings.embedded:
             log.warning(
                 "embedded mode (no REDIS_URL): jobs run in a worker thread of this process; "
-                "job state is lost on restart and there is no job timeout"
+                "accepted jobs are rebuilt from storage on restart"
             )
         else:
             log.info("RQ mode: queue %r", settings.queue)
         queue.start()
+        reconciler.start()
         try:
             yield
         finally:
+            reconciler.stop()
             queue.stop()
 
     app = FastAPI(
@@ -111,6 +166,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.keyring = keyring
     if not settings.embedded:
         _add_redis_error_handler(app)
     for module in (segment, jobs, targets, health):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from worker.contracts import SegmentationRequest
+from worker.contracts import JobCanceled, JobInterrupted, JobState, JobTimedOut, SegmentationRequest
 
 if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
@@ -32,6 +32,7 @@ class Readiness:
     workers: int
     bundle: dict[str, str] | None
     problems: list[str] = field(default_factory=list)
+    bundles: list[dict[str, str]] = field(default_factory=list)
 
 
 class JobQueue(Protocol):
@@ -42,6 +43,10 @@ class JobQueue(Protocol):
     def stop(self) -> None: ...
 
     def enqueue(self, request: SegmentationRequest) -> None: ...
+
+    def count(self) -> int:
+        """Jobs waiting in the queue (for the global queue cap)."""
+        ...
 
     def positions(self, job_ids: Sequence[str]) -> dict[str, int | None]: ...
 
@@ -60,22 +65,39 @@ class JobQueue(Protocol):
     def readiness(self) -> Readiness: ...
 
 
-RecordUpdate = Callable[[str, Mapping[str, Any]], bool]
+class RecordAccess(Protocol):
+    """The part of :class:`service.jobs.JobStore` the embedded worker needs."""
+
+    def update(self, job_id: str, fields: Mapping[str, Any]) -> bool: ...
+
+    def transition(self, job_id: str, expected: JobState, fields: Mapping[str, Any]) -> bool: ...
+
+    def get_many(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]: ...
 
 
 class InProcessJobQueue:
     """Embedded mode: a worker thread in the API process, running the same job function.
 
-    ``update_record(job_id, fields)`` writes our record (the :class:`~service.jobs.MemoryJobStore`);
-    ``runtime_factory()`` loads the bundle once, in the thread. There is no job timeout here:
-    a thread cannot be interrupted safely; use RQ workers for that.
+    ``records`` is the :class:`~service.jobs.MemoryJobStore`; ``runtime_factory()`` loads the
+    bundle once, in the thread. The job timeout and cancellation of a running job work as in
+    RQ mode's :mod:`worker.reporting`: a watchdog raises inside the job thread at its next
+    Python bytecode (so a long native call finishes first).
     """
 
     mode = "embedded"
 
-    def __init__(self, update_record: RecordUpdate, runtime_factory: Callable[[], WorkerRuntime]) -> None:
-        self._update_record = update_record
+    def __init__(
+        self,
+        records: RecordAccess,
+        runtime_factory: Callable[[], WorkerRuntime],
+        *,
+        job_timeout_s: float,
+        watchdog_s: float = 0.5,
+    ) -> None:
+        self._records = records
         self._runtime_factory = runtime_factory
+        self._job_timeout_s = job_timeout_s
+        self._watchdog_s = watchdog_s
         self._pending: deque[SegmentationRequest] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -100,6 +122,10 @@ class InProcessJobQueue:
         with self._cond:
             self._pending.append(request)
             self._cond.notify_all()
+
+    def count(self) -> int:
+        with self._cond:
+            return len(self._pending)
 
     def positions(self, job_ids: Sequence[str]) -> dict[str, int | None]:
         with self._cond:
@@ -130,7 +156,10 @@ class InProcessJobQueue:
         elif self._bundle is None:
             problems.append("the bundle is still loading")
         ready = not problems
-        return Readiness(ready=ready, mode=self.mode, workers=1 if alive else 0, bundle=self._bundle, problems=problems)
+        return Readiness(
+            ready=ready, mode=self.mode, workers=1 if alive else 0, bundle=self._bundle, problems=problems,
+            bundles=[self._bundle] if self._bundle else [],
+        )
 
     def _next(self) -> SegmentationRequest | None:
         with self._cond:
@@ -140,8 +169,28 @@ class InProcessJobQueue:
                 return None
             return self._pending.popleft()
 
+    def _reporter(self, job_id: str) -> Any:
+        import time
+
+        from worker.reporting import Heartbeat, Interrupter, RecordReporter
+
+        deadline = time.monotonic() + self._job_timeout_s
+
+        def check() -> type[JobInterrupted] | None:
+            if time.monotonic() > deadline:
+                return JobTimedOut
+            record = self._records.get_many([job_id])[0]
+            return JobCanceled if record is not None and record.get("cancel_requested") else None
+
+        interrupter = Interrupter()
+        return RecordReporter(
+            lambda fields: self._records.update(job_id, fields),  # type: ignore[arg-type, return-value]
+            heartbeat=Heartbeat(lambda: None, self._watchdog_s, check, interrupter),
+            claim=lambda fields: self._records.transition(job_id, JobState.QUEUED, fields),
+            interrupter=interrupter,
+        )
+
     def _run(self) -> None:
-        from worker.reporting import RecordReporter
         from worker.tasks import run_segmentation
 
         runtime: WorkerRuntime | None = None
@@ -153,9 +202,10 @@ class InProcessJobQueue:
             log.exception("embedded worker: the bundle could not be loaded")
         while (request := self._next()) is not None:
             job_id = request.job_id
-            reporter = RecordReporter(lambda fields, job_id=job_id: self._update_record(job_id, fields))
+            reporter = self._reporter(job_id)
             if runtime is None:
-                reporter.failed(f"the bundle could not be loaded: {self._load_error}")
+                if reporter.started():
+                    reporter.failed(f"the bundle could not be loaded: {self._load_error}")
                 continue
             try:
                 run_segmentation(request.to_payload(), runtime=runtime, reporter=reporter)

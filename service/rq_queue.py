@@ -7,6 +7,7 @@ our job id.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -80,6 +81,9 @@ class RqJobQueue:
             meta={"progress": 0},
         )
 
+    def count(self) -> int:
+        return int(self._queue.count)
+
     def positions(self, job_ids: Sequence[str]) -> dict[str, int | None]:
         return {job_id: self._queue.get_job_position(job_id) for job_id in job_ids}
 
@@ -127,17 +131,31 @@ class RqJobQueue:
             pass
 
     def readiness(self) -> Readiness:
+        """Live workers (RQ's registry) and the bundle *they* serve; mixed bundles are a problem."""
         problems: list[str] = []
+        bundles: list[dict[str, str]] = []
         workers = 0
-        bundle: dict[str, str] | None = None
         try:
             self._redis.ping()
-            workers = Worker.count(connection=self._redis, queue=self._queue)
+            live = Worker.all(connection=self._redis, queue=self._queue)
+            workers = len(live)
             raw = self._redis.hgetall(bundle_info_key(self._queue_name))
-            bundle = {k.decode(): v.decode() for k, v in raw.items()} or None
+            published = {k.decode(): v.decode() for k, v in raw.items()}
+            for worker in live:
+                entry = published.get(worker.name)
+                if entry is not None:
+                    info = json.loads(entry)
+                    if info not in bundles:
+                        bundles.append(info)
         except Exception as exc:  # Redis down: not ready, with the reason
-            problems.append(f"redis unreachable: {exc}")
+            problems.append(f"redis unreachable: {type(exc).__name__}")
         else:
             if workers < 1:
                 problems.append(f"no live worker on queue {self._queue_name!r}")
-        return Readiness(ready=not problems, mode=self.mode, workers=workers, bundle=bundle, problems=problems)
+            distinct = {(b.get("name"), b.get("version")) for b in bundles}
+            if len(distinct) > 1:
+                problems.append(f"live workers serve different bundles: {sorted(distinct)}")
+        bundle = bundles[0] if len({(b.get("name"), b.get("version")) for b in bundles}) == 1 else None
+        return Readiness(
+            ready=not problems, mode=self.mode, workers=workers, bundle=bundle, problems=problems, bundles=bundles
+        )

@@ -26,6 +26,7 @@ class SubmitResponse(BaseModel):
     status: JobState
     status_url: str
     targets: list[str]
+    duplicate: bool = Field(False, description="the same upload and parameters were already submitted by this key")
 
 
 class JobStatus(BaseModel):
@@ -39,6 +40,8 @@ class JobStatus(BaseModel):
     seed: int
     input_shape: list[int]
     input_spacing: list[float]
+    nonfinite_voxels: int = Field(0, description="NaN/Inf voxels in the upload (mapped: NaN -> -1024 HU, +Inf -> 4095, -Inf -> -1024)")
+    cancel_requested: bool = False
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
@@ -47,7 +50,7 @@ class JobStatus(BaseModel):
 
     @classmethod
     def from_record(cls, record: dict[str, Any], results_url: str | None) -> JobStatus:
-        fields = {name: record.get(name) for name in cls.model_fields if name != "results_url"}
+        fields = {name: record[name] for name in cls.model_fields if name != "results_url" and name in record}
         fields["results_url"] = results_url if record.get("status") == JobState.FINISHED.value else None
         return cls.model_validate(fields)
 
@@ -88,5 +91,6 @@ class ReadyStatus(BaseModel):
     ready: bool
     mode: str
     workers: int
-    bundle: dict[str, str] | None
+    bundle: dict[str, str] | None = Field(None, description="the bundle every live worker serves (None if mixed)")
+    bundles: list[dict[str, str]] = Field(default_factory=list, description="distinct bundles of the live workers")
     problems: list[str]

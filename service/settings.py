@@ -7,9 +7,11 @@ API with an in-process worker thread. Settings are runtime environment, never st
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.contracts import default_storage_dir
@@ -17,6 +19,16 @@ from worker.contracts import default_storage_dir
 __all__ = ["ServiceSettings"]
 
 MiB = 1024 * 1024
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ServiceSettings(BaseSettings):
@@ -32,9 +44,34 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
-    # Upload limits: compressed bytes are counted while streaming; voxels come from the header.
+    # Upload limits. Compressed bytes are counted while streaming (Content-Length or not);
+    # decompressed bytes and voxels come from the header and are enforced while inflating.
     max_upload_bytes: int = Field(default=1024 * MiB, ge=1)
-    max_voxels: int = Field(default=1024 * 1024 * 1024, ge=1)
+    max_decompressed_bytes: int = Field(default=2048 * MiB, ge=1024)
+    max_voxels: int = Field(default=512 * 512 * 2048, ge=1)
+    # NaN/Inf voxels: kept and mapped by the model (NaN -> -1024 HU, +Inf -> 4095, -Inf -> -1024)
+    # unless this is true, which refuses such uploads with 422.
+    reject_nonfinite: bool = False
+    # The validator subprocess (see service.upload_sandbox).
+    upload_check_timeout_s: float = Field(default=120.0, gt=0)
+    upload_check_memory_bytes: int = Field(default=1024 * MiB, ge=64 * MiB)
+    upload_check_cpu_s: int = Field(default=120, ge=1)
+
+    # Access. api_keys maps a key's name (its tenant) to the SHA-256 hex digest of the key
+    # (``latentseg serve --hash-key``); api_keys_file holds "name digest" lines. Any key
+    # configured makes a bearer key mandatory. With none the API is open, which is allowed only
+    # on a loopback host unless allow_open is set.
+    api_keys: dict[str, str] = Field(default_factory=dict)
+    api_keys_file: Path | None = None
+    allow_open: bool = False
+
+    # Admission: a key's queued + running jobs, and the whole queue; over either -> 429.
+    max_active_jobs_per_key: int = Field(default=16, ge=1)
+    max_queued_jobs: int = Field(default=1000, ge=1)
+    retry_after_s: int = Field(default=30, ge=1)
+
+    # How often the API reconciles stored uploads with records and the queue (RQ mode).
+    reconcile_interval_s: float = Field(default=60.0, gt=0)
 
     # Request limits.
     max_ensemble: int = Field(default=32, ge=1)
@@ -48,6 +85,29 @@ class ServiceSettings(BaseSettings):
     failure_ttl_s: int = Field(default=7 * 24 * 3600, ge=0)
     record_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
 
+    @field_validator("api_keys")
+    @classmethod
+    def _digests_only(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, digest in value.items():
+            if not name or not _SHA256_HEX.fullmatch(digest):
+                raise ValueError(
+                    f"api key {name!r}: store the SHA-256 hex digest of the key (latentseg serve --hash-key), not the key"
+                )
+        return value
+
     @property
     def embedded(self) -> bool:
         return not self.redis_url
+
+    def key_digests(self) -> dict[str, str]:
+        """Every configured key: name -> SHA-256 hex digest (``api_keys`` plus ``api_keys_file``)."""
+        keys = dict(self.api_keys)
+        if self.api_keys_file is not None:
+            for number, line in enumerate(self.api_keys_file.read_text().splitlines(), 1):
+                parts = line.split("#", 1)[0].split()
+                if not parts:
+                    continue
+                if len(parts) != 2 or not _SHA256_HEX.fullmatch(parts[1]):
+                    raise ValueError(f"{self.api_keys_file}:{number}: expected 'name sha256-hex-digest'")
+                keys[parts[0]] = parts[1]
+        return keys

@@ -1,32 +1,42 @@
 """The storage directory shared with workers: uploads and results under server-generated names.
 
-A client's filename never reaches the filesystem: an upload is stored as
-``jobs/<job_id>/input.nii`` or ``input.nii.gz`` (chosen from the gzip magic bytes), and result
-names are only ever served when they are listed in the job's ``results/`` directory.
+A client's filename never reaches the filesystem: the raw upload streams into
+``jobs/<job_id>/.upload.raw`` (counted and hashed on the way), the validator writes the
+canonical ``input.nii`` from it and the raw bytes are deleted. ``job.json`` (the manifest) lets
+the API rebuild a job Redis lost. Result names are only ever served when they are listed in the
+job's ``results/`` directory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.contracts import job_dir, results_dir
+from worker.contracts import JOBS_DIRNAME, MANIFEST_NAME, RESULTS_TMP_PREFIX, is_job_id, job_dir, results_dir
 
-__all__ = ["ResultFile", "Storage", "UploadTooLarge"]
+__all__ = ["RawUpload", "ResultFile", "Storage", "UploadTooLarge"]
 
 log = logging.getLogger(__name__)
-
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 class UploadTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"upload exceeds the limit of {limit} bytes")
         self.limit = limit
+
+
+@dataclass(frozen=True)
+class RawUpload:
+    path: Path
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -46,39 +56,70 @@ class Storage:
     def job_dir(self, job_id: str) -> Path:
         return job_dir(self.root, job_id)
 
-    async def save_upload(self, job_id: str, chunks: AsyncIterator[bytes], max_bytes: int) -> Path:
-        """Stream ``chunks`` into the job's directory, counting bytes; over ``max_bytes`` -> :class:`UploadTooLarge`.
+    async def save_upload(self, job_id: str, chunks: AsyncIterator[bytes], max_bytes: int) -> RawUpload:
+        """Stream ``chunks`` into the job's directory, counting and hashing; over ``max_bytes`` -> :class:`UploadTooLarge`.
 
-        Returns the stored path (``input.nii`` or ``input.nii.gz``). On any error the job's
-        directory is removed.
+        On any error the job's directory is removed.
         """
         directory = self.job_dir(job_id)
         directory.mkdir(parents=True, exist_ok=False)
-        partial = directory / ".upload.part"
+        raw = directory / ".upload.raw"
         total = 0
-        head = b""
+        digest = hashlib.sha256()
         try:
-            with partial.open("wb") as fh:
+            with raw.open("wb") as fh:
                 async for chunk in chunks:
                     if not chunk:
                         continue
                     total += len(chunk)
                     if total > max_bytes:
                         raise UploadTooLarge(max_bytes)
-                    if len(head) < 2:
-                        head += chunk[: 2 - len(head)]
+                    digest.update(chunk)
                     fh.write(chunk)
-            name = "input.nii.gz" if head.startswith(GZIP_MAGIC) else "input.nii"
-            final = directory / name
-            os.replace(partial, final)
         except BaseException:
             self.delete_job(job_id)
             raise
-        return final
+        return RawUpload(path=raw, size=total, sha256=digest.hexdigest())
+
+    def canonical_input(self, job_id: str) -> Path:
+        """Where the validator writes the checked, privacy-clean copy of the upload."""
+        return self.job_dir(job_id) / "input.nii"
+
+    def write_manifest(self, job_id: str, manifest: dict[str, object]) -> None:
+        path = self.job_dir(job_id) / MANIFEST_NAME
+        partial = path.with_name(f".{MANIFEST_NAME}.part")
+        partial.write_text(json.dumps(manifest))
+        os.replace(partial, path)
+
+    def read_manifest(self, job_id: str) -> dict[str, object] | None:
+        try:
+            value = json.loads((self.job_dir(job_id) / MANIFEST_NAME).read_text())
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def job_ids(self) -> list[str]:
+        root = self.root / JOBS_DIRNAME
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and is_job_id(p.name))
+
+    def age_s(self, job_id: str, now: float | None = None) -> float:
+        try:
+            return (time.time() if now is None else now) - self.job_dir(job_id).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def remove_temp_results(self, job_id: str) -> None:
+        """A dead worker's private temp result directories (never visible as results)."""
+        directory = self.job_dir(job_id)
+        if directory.is_dir():
+            for path in directory.glob(f"{RESULTS_TMP_PREFIX}*"):
+                shutil.rmtree(path, ignore_errors=True)
 
     def input_path(self, job_id: str) -> Path | None:
         directory = self.job_dir(job_id)
-        for name in ("input.nii.gz", "input.nii"):
+        for name in ("input.nii", "input.nii.gz"):
             if (directory / name).is_file():
                 return directory / name
         return None

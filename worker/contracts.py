@@ -29,6 +29,11 @@ from typing import Any, Protocol
 
 __all__ = [
     "JOBS_DIRNAME",
+    "MANIFEST_NAME",
+    "TRANSITION_LUA",
+    "JobCanceled",
+    "JobInterrupted",
+    "JobTimedOut",
     "RESULTS_DIRNAME",
     "TASK_PATH",
     "alive_key",
@@ -53,9 +58,40 @@ TASK_PATH = "worker.tasks.run_segmentation"
 JOBS_DIRNAME = "jobs"
 RESULTS_DIRNAME = "results"
 RESULTS_TMP_PREFIX = ".results-"
+# The job's request as the API accepted it (payload, owner, record): lets the API rebuild a
+# record and re-enqueue the job if Redis lost them.
+MANIFEST_NAME = "job.json"
+
+# Compare-and-set on a record hash: KEYS[1] = record key, ARGV[1] = the JSON-encoded status it
+# must have, ARGV[2:] = field, value pairs (JSON-encoded). Returns 1 when applied, else 0. Used
+# by the worker to claim a queued job and by the API to cancel one, so exactly one side wins.
+TRANSITION_LUA = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if current ~= ARGV[1] then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _INPUT_NAMES = frozenset({"input.nii", "input.nii.gz"})
+
+
+class JobInterrupted(BaseException):
+    """Raised asynchronously inside a running job (see :mod:`worker.reporting`); a BaseException so
+    that no ``except Exception`` in the pipeline swallows it."""
+
+    state = "failed"
+    reason = "interrupted"
+
+
+class JobCanceled(JobInterrupted):
+    state = "canceled"
+    reason = "canceled by the client while running"
+
+
+class JobTimedOut(JobInterrupted):
+    state = "failed"
+    reason = "timed out: the job ran longer than the server's job timeout"
 
 
 class PayloadError(ValueError):
@@ -114,8 +150,9 @@ def alive_key(queue_name: str, job_id: str) -> str:
 
 
 def bundle_info_key(queue_name: str) -> str:
-    """Redis hash where workers on ``queue_name`` publish the bundle they serve (name, version)."""
-    return f"latentseg:{queue_name}:bundle"
+    """Redis hash where each worker on ``queue_name`` publishes the bundle it serves: field = the
+    worker's name, value = JSON ``{name, version, device}``; removed when the worker exits."""
+    return f"latentseg:{queue_name}:bundles"
 
 
 def encode_fields(fields: Mapping[str, Any]) -> dict[str, str]:
@@ -188,7 +225,15 @@ class SegmentationRequest:
 class JobReporter(Protocol):
     """Where the job function reports its life: RQ mode writes Redis, embedded mode memory."""
 
-    def started(self) -> None: ...
+    def started(self) -> bool:
+        """Claim the job (queued -> started); False when it was canceled or taken meanwhile."""
+        ...
+
+    def interruptible(self) -> Any:
+        """A context manager: inside it the job may be interrupted (cancel request, deadline)."""
+        ...
+
+    def canceled(self, reason: str) -> None: ...
 
     def progress(self, fraction: float) -> None: ...
 

@@ -25,6 +25,7 @@ Consequences, written down:
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from typing import Any
@@ -77,13 +78,19 @@ def run_worker(settings: WorkerSettings, *, burst: bool = False, max_jobs: int |
     connection.ping()
     runtime = load_runtime(settings.bundle, settings.storage_dir, settings.device, settings.heartbeat_s)
     name = _worker_name(settings)
-    connection.hset(bundle_info_key(settings.queue), mapping={**runtime.bundle_info, "worker": name})
+    connection.hset(bundle_info_key(settings.queue), name, json.dumps(runtime.bundle_info))
     queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
     worker = SegmentationWorker(
         [queue], connection=connection, serializer=JSONSerializer, name=name, runtime=runtime
     )
     log.info("worker %s listening on queue %r (storage %s)", name, settings.queue, runtime.storage_root)
-    return worker.work(burst=burst, max_jobs=max_jobs, logging_level="INFO", with_scheduler=False)
+    try:
+        return worker.work(burst=burst, max_jobs=max_jobs, logging_level="INFO", with_scheduler=False)
+    finally:
+        try:
+            connection.hdel(bundle_info_key(settings.queue), name)
+        except Exception:  # Redis down at exit: readiness ignores entries of workers that are gone
+            log.warning("could not withdraw the bundle entry of worker %s", name)
 
 
 def check_worker(settings: WorkerSettings) -> tuple[bool, str]:

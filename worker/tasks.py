@@ -19,7 +19,9 @@ from typing import Any
 
 from worker.contracts import (
     RESULTS_TMP_PREFIX,
+    JobInterrupted,
     JobReporter,
+    JobState,
     SegmentationRequest,
     job_dir,
     results_dir,
@@ -48,6 +50,8 @@ def describe_failure(exc: BaseException, storage_root: Path | None = None) -> st
         return f"bundle problem: {text}"
     if type(exc).__name__ == "JobTimeoutException":
         return f"timed out: {text}"
+    if isinstance(exc, TimeoutError) and text.startswith("timed out"):
+        return text
     return f"{type(exc).__name__}: {text}"
 
 
@@ -75,9 +79,21 @@ def run_segmentation(
         request = SegmentationRequest.from_payload(payload)
         runtime = runtime if runtime is not None else current_runtime()
         storage_root = runtime.storage_root
-        reporter.started()
+        if not reporter.started():
+            log.info("job %s: not claimed (canceled or taken before it started); skipped", request.job_id)
+            return {"job_id": request.job_id, "results": [], "skipped": True}
         log.info("job %s: started (%d targets)", request.job_id, len(request.targets))
-        names = _segment_atomically(runtime, request, reporter)
+        try:
+            with reporter.interruptible():
+                names = _segment_atomically(runtime, request, reporter)
+        except JobInterrupted as exc:
+            # The rename may have happened just before the interrupt landed: no result stays visible.
+            shutil.rmtree(results_dir(runtime.storage_root, request.job_id), ignore_errors=True)
+            log.info("job %s: %s", request.job_id, exc.reason)
+            if exc.state == JobState.CANCELED.value:
+                reporter.canceled(exc.reason)
+                return {"job_id": request.job_id, "results": [], "canceled": True}
+            raise TimeoutError(exc.reason) from None
     except Exception as exc:
         reason = describe_failure(exc, storage_root)
         log.warning("job %s failed: %s", payload.get("job_id"), reason)

@@ -23,6 +23,7 @@ def readyz(services: ServicesDep) -> JSONResponse:
     """Ready when the queue backend is reachable, a worker is live, and a bundle is known."""
     state = services.queue.readiness()
     body = ReadyStatus(
-        ready=state.ready, mode=state.mode, workers=state.workers, bundle=state.bundle, problems=state.problems
+        ready=state.ready, mode=state.mode, workers=state.workers, bundle=state.bundle, bundles=state.bundles,
+        problems=state.problems
     )
     return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)

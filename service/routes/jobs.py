@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
+from service.auth import CallerDep
 from service.deps import ServicesDep
 from service.jobs import DeleteOutcome
 from service.schemas import JobList, JobStatus, ResultFileOut, ResultManifest
@@ -30,8 +31,9 @@ def _status(request: Request, record: dict[str, Any]) -> JobStatus:
     return JobStatus.from_record(record, results_url)
 
 
-def _record(services: ServicesDep, job_id: str) -> dict[str, Any]:
-    record = services.jobs.get(job_id) if is_job_id(job_id) else None
+def _record(services: ServicesDep, job_id: str, owner: str) -> dict[str, Any]:
+    """The caller's job, else 404 (another key's job is indistinguishable from a missing one)."""
+    record = services.jobs.get_owned(job_id, owner) if is_job_id(job_id) else None
     if record is None:
         raise _not_found(job_id)
     return record
@@ -41,6 +43,7 @@ def _record(services: ServicesDep, job_id: str) -> dict[str, Any]:
 def list_jobs(
     request: Request,
     services: ServicesDep,
+    owner: CallerDep,
     ids: Annotated[str, Query(description="comma-separated job ids (batch polling)")],
 ) -> JobList:
     wanted = list(dict.fromkeys(part.strip() for part in ids.split(",") if part.strip()))
@@ -48,7 +51,7 @@ def list_jobs(
         raise HTTPException(422, f"at most {MAX_BATCH_IDS} ids per request")
     valid = [i for i in wanted if is_job_id(i)]
     records = services.jobs.get_many(valid) if valid else []
-    found = {r["job_id"]: r for r in records if r is not None}
+    found = {r["job_id"]: r for r in records if r is not None and r.get("owner") == owner}
     return JobList(
         jobs=[_status(request, found[i]) for i in valid if i in found],
         missing=[i for i in wanted if i not in found],
@@ -56,34 +59,42 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus, name="get_job")
-def get_job(request: Request, services: ServicesDep, job_id: str) -> JobStatus:
-    return _status(request, _record(services, job_id))
+def get_job(request: Request, services: ServicesDep, owner: CallerDep, job_id: str) -> JobStatus:
+    return _status(request, _record(services, job_id, owner))
 
 
-@router.delete("/jobs/{job_id}", responses={200: {"model": JobStatus}, 204: {}, 409: {}})
-def delete_job(request: Request, services: ServicesDep, job_id: str) -> Any:
+@router.delete(
+    "/jobs/{job_id}",
+    responses={
+        200: {"model": JobStatus, "description": "a queued job, now canceled"},
+        202: {"model": JobStatus, "description": "a running job: cancellation requested, it ends canceled"},
+        204: {"description": "an ended job: its data and record are deleted"},
+    },
+)
+def delete_job(request: Request, services: ServicesDep, owner: CallerDep, job_id: str) -> Any:
     if not is_job_id(job_id):
         raise _not_found(job_id)
-    outcome = services.jobs.delete(job_id)
+    outcome = services.jobs.delete(job_id, owner)
     if outcome is DeleteOutcome.MISSING:
         raise _not_found(job_id)
-    if outcome is DeleteOutcome.RUNNING:
-        raise HTTPException(409, "the job is running and cannot be cancelled; delete it when it has finished")
+    if outcome is DeleteOutcome.CANCEL_REQUESTED:
+        body = _status(request, _record(services, job_id, owner))
+        return JSONResponse(body.model_dump(mode="json"), status_code=202)
     if outcome is DeleteOutcome.CANCELED:
-        return _status(request, _record(services, job_id))
+        return _status(request, _record(services, job_id, owner))
     return Response(status_code=204)
 
 
-def _finished(services: ServicesDep, job_id: str) -> dict[str, Any]:
-    record = _record(services, job_id)
+def _finished(services: ServicesDep, job_id: str, owner: str) -> dict[str, Any]:
+    record = _record(services, job_id, owner)
     if record["status"] != JobState.FINISHED.value:
         raise HTTPException(409, f"job {job_id} has no results: it is {record['status']}")
     return record
 
 
 @router.get("/jobs/{job_id}/results", response_model=ResultManifest, name="get_results")
-def get_results(request: Request, services: ServicesDep, job_id: str) -> ResultManifest:
-    _finished(services, job_id)
+def get_results(request: Request, services: ServicesDep, owner: CallerDep, job_id: str) -> ResultManifest:
+    _finished(services, job_id, owner)
     files = services.storage.results(job_id)
     if not files:
         raise HTTPException(410, f"the results of job {job_id} are no longer stored")
@@ -100,8 +111,8 @@ def get_results(request: Request, services: ServicesDep, job_id: str) -> ResultM
 
 
 @router.get("/jobs/{job_id}/results.zip", name="get_results_archive", response_class=StreamingResponse)
-def get_results_archive(services: ServicesDep, job_id: str) -> StreamingResponse:
-    _finished(services, job_id)
+def get_results_archive(services: ServicesDep, owner: CallerDep, job_id: str) -> StreamingResponse:
+    _finished(services, job_id, owner)
     files = services.storage.results(job_id)
     if not files:
         raise HTTPException(410, f"the results of job {job_id} are no longer stored")
@@ -125,8 +136,8 @@ def get_results_archive(services: ServicesDep, job_id: str) -> StreamingResponse
 
 
 @router.get("/jobs/{job_id}/results/{name}", name="get_result_file", response_class=FileResponse)
-def get_result_file(services: ServicesDep, job_id: str, name: str) -> FileResponse:
-    _finished(services, job_id)
+def get_result_file(services: ServicesDep, owner: CallerDep, job_id: str, name: str) -> FileResponse:
+    _finished(services, job_id, owner)
     item = services.storage.result(job_id, name)
     if item is None:
         raise HTTPException(404, f"job {job_id} has no result named {name!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -9,13 +11,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
 from model.vocabulary import UnknownTargetError
+from service.auth import CallerDep
 from service.deps import ServicesDep
-from service.nifti import MalformedNifti, NotNifti, check_nifti_header
+from service.jobs import AdmissionRefused
+from service.nifti import UploadLimits, UploadRejected
 from service.schemas import SubmitResponse
 from service.storage import UploadTooLarge
+from service.upload_sandbox import SandboxLimits, check_upload
 from worker.contracts import SegmentationRequest, new_job_id
 
 __all__ = ["router"]
@@ -66,17 +73,47 @@ def _too_large(limit: int) -> HTTPException:
     return HTTPException(413, f"the upload is larger than this server's limit of {limit} bytes")
 
 
+def _refused(exc: AdmissionRefused, retry_after_s: int) -> HTTPException:
+    return HTTPException(429, str(exc), {"Retry-After": str(retry_after_s)})
+
+
+def _request_digest(owner: str, sha256: str, targets: tuple[str, ...], ensemble: int, steps: int, seed: int) -> str:
+    """Same key, same bytes, same parameters -> same digest (duplicate submissions do the work once)."""
+    text = json.dumps([owner, sha256, list(targets), ensemble, steps, seed])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _accepted(request: Request, response: Response, record: dict[str, Any], duplicate: bool) -> SubmitResponse:
+    status_url = str(request.url_for("get_job", job_id=record["job_id"]).path)
+    response.headers["Location"] = status_url
+    if duplicate:
+        response.status_code = 200
+    return SubmitResponse(
+        job_id=record["job_id"], status=record["status"], status_url=status_url,
+        targets=list(record["targets"]), duplicate=duplicate,
+    )
+
+
 @router.post(
     "/segment",
     status_code=202,
     response_model=SubmitResponse,
     openapi_extra=_BODY_DOC,
-    responses={413: {"description": "too large"}, 415: {"description": "not a NIfTI"}, 422: {"description": "invalid"}},
+    responses={
+        200: {"description": "a duplicate: this key already submitted the same upload with the same parameters"},
+        401: {"description": "missing or invalid API key"},
+        413: {"description": "too large (compressed, decompressed or voxels)"},
+        415: {"description": "not a NIfTI"},
+        422: {"description": "invalid parameters or a malformed NIfTI"},
+        429: {"description": "too many active jobs for this key, or the queue is full (see Retry-After)"},
+        503: {"description": "the job queue is unavailable"},
+    },
 )
 async def submit_segmentation(
     request: Request,
     response: Response,
     services: ServicesDep,
+    owner: CallerDep,
     targets: Annotated[str, Query(description="comma-separated target names or synonyms, e.g. liver,pancreas")],
     ensemble: Annotated[int | None, Query(ge=1, description="ensemble size (samples per target)")] = None,
     steps: Annotated[int | None, Query(ge=1, description="sampling steps")] = None,
@@ -95,6 +132,10 @@ async def submit_segmentation(
         raise HTTPException(422, f"ensemble must be at most {settings.max_ensemble}")
     if steps > settings.max_steps:
         raise HTTPException(422, f"steps must be at most {settings.max_steps}")
+    try:
+        await run_in_threadpool(services.jobs.check_admission, owner)
+    except AdmissionRefused as exc:
+        raise _refused(exc, settings.retry_after_s) from exc
 
     limit = settings.max_upload_bytes
     content_type = request.headers.get("content-type", "")
@@ -108,40 +149,61 @@ async def submit_segmentation(
     limited = Request(request.scope, receive=_limited(request.receive, body_limit))
     try:
         if multipart:
-            async with limited.form(max_files=1, max_fields=8) as form:
+            async with limited.form(max_files=1, max_fields=8, max_part_size=64 * 1024) as form:
                 uploads = [v for v in form.values() if isinstance(v, UploadFile)]
                 if not uploads:
                     raise HTTPException(422, "the multipart body has no file field; send the volume as `file`")
-                stored = await services.storage.save_upload(job_id, _iter_upload(uploads[0]), limit)
+                raw = await services.storage.save_upload(job_id, _iter_upload(uploads[0]), limit)
         else:
-            stored = await services.storage.save_upload(job_id, limited.stream(), limit)
+            raw = await services.storage.save_upload(job_id, limited.stream(), limit)
     except UploadTooLarge as exc:
         services.storage.delete_job(job_id)
         raise _too_large(limit) from exc
-
-    try:
-        volume = await run_in_threadpool(check_nifti_header, stored, max_voxels=settings.max_voxels)
-    except NotNifti as exc:
+    except ClientDisconnect:
         services.storage.delete_job(job_id)
-        raise HTTPException(415, str(exc)) from exc
-    except MalformedNifti as exc:
+        raise HTTPException(400, "the upload was interrupted") from None
+    except MultiPartException as exc:
         services.storage.delete_job(job_id)
-        raise HTTPException(422, str(exc)) from exc
+        raise HTTPException(422, f"malformed multipart body: {exc.message}") from None
 
-    job = SegmentationRequest(
-        job_id=job_id,
-        input_name=stored.name,
-        targets=tuple(t.name for t in resolved),
-        ensemble=ensemble,
-        steps=steps,
-        seed=seed,
-    )
+    names = tuple(t.name for t in resolved)
+    digest = _request_digest(owner, raw.sha256, names, ensemble, steps, seed)
     try:
-        await run_in_threadpool(services.jobs.submit, job, volume)
+        duplicate = await run_in_threadpool(services.jobs.find_duplicate, owner, digest)
+        if duplicate is not None:
+            services.storage.delete_job(job_id)
+            log.info("job %s: duplicate submission, answered with the existing job", duplicate["job_id"])
+            return _accepted(request, response, duplicate, duplicate=True)
+
+        limits = UploadLimits(
+            max_voxels=settings.max_voxels,
+            max_decompressed_bytes=settings.max_decompressed_bytes,
+            reject_nonfinite=settings.reject_nonfinite,
+        )
+        sandbox = SandboxLimits(
+            timeout_s=settings.upload_check_timeout_s,
+            memory_bytes=settings.upload_check_memory_bytes,
+            cpu_s=settings.upload_check_cpu_s,
+        )
+        stored = services.storage.canonical_input(job_id)
+        try:
+            volume = await check_upload(raw.path, stored, limits, sandbox)
+        except UploadRejected as exc:
+            log.info("upload for job %s refused (%d): %s", job_id, exc.status, exc)
+            raise HTTPException(exc.status, str(exc)) from exc
+        finally:
+            raw.path.unlink(missing_ok=True)
+
+        job = SegmentationRequest(
+            job_id=job_id, input_name=stored.name, targets=names, ensemble=ensemble, steps=steps, seed=seed
+        )
+        outcome = await run_in_threadpool(services.jobs.submit, job, volume, owner, digest)
+    except AdmissionRefused as exc:
+        services.storage.delete_job(job_id)
+        raise _refused(exc, settings.retry_after_s) from exc
     except BaseException:
         services.storage.delete_job(job_id)
         raise
-    log.info("job %s: queued (%s)", job_id, ",".join(job.targets))
-    status_url = str(request.url_for("get_job", job_id=job_id).path)
-    response.headers["Location"] = status_url
-    return SubmitResponse(job_id=job_id, status="queued", status_url=status_url, targets=list(job.targets))
+    if not outcome.duplicate:
+        log.info("job %s: queued (%s)", job_id, ",".join(job.targets))
+    return _accepted(request, response, outcome.record, outcome.duplicate)

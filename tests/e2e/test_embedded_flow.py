@@ -50,10 +50,10 @@ def test_embedded_api_flow_and_errors(
     server = _embedded_server(start_server, tiny_bundle, tmp_path / "storage")
     with httpx.Client(base_url=server.url, timeout=60.0) as http:
         broken = write_truncated_gzip_nifti(phantom_volume, tmp_path / "broken.nii.gz")
-        bad = submit(http, broken, "liver", ensemble=2, steps=2)
+        refused = http.post("/segment?targets=liver", content=broken.read_bytes())
+        assert refused.status_code == 422 and "truncated" in refused.json()["detail"]
         good = submit(http, phantom_volume.path, "ivc", ensemble=2, steps=2)
-        states = poll(http, [bad, good])
-        assert states[bad]["status"] == "failed" and states[bad]["error"].startswith("invalid input:")
+        states = poll(http, [good])
         assert states[good]["status"] == "finished"
         paths = download_results(http, good, tmp_path / "download")
         check_mean_and_variance(paths, ["inferior_vena_cava"], phantom_volume)
@@ -65,4 +65,4 @@ def test_embedded_api_flow_and_errors(
     assert refused.returncode == 2 and "unknown target" in refused.stderr and "liver" in refused.stderr
     failed = _submit_cli(str(broken), "--server", server.url, "--targets", "liver", "--steps", "2",
                          "--ensemble", "2", "--out", str(tmp_path / "o2"), "--no-progress")
-    assert failed.returncode == 1 and "failed: invalid input" in failed.stderr
+    assert failed.returncode == 2 and "truncated" in failed.stderr

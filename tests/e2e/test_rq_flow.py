@@ -54,20 +54,25 @@ def test_errors_and_a_failing_job_end_failed_with_the_reason(
     start_server, start_worker, redis_url: str, rq_queue_name: str, tiny_bundle: Path,  # type: ignore[no-untyped-def]
     phantom_volume: Volume, tmp_path: Path,
 ) -> None:
-    server = _rq_stack(start_server, start_worker, redis_url, rq_queue_name, tmp_path / "storage", tiny_bundle)
+    storage = tmp_path / "storage"
+    server = start_server(env={"REDIS_URL": redis_url, "LATENTSEG_QUEUE": rq_queue_name, "LATENTSEG_STORAGE_DIR": str(storage)})
     with httpx.Client(base_url=server.url, timeout=60.0) as http:
         unknown = http.post("/segment?targets=liver,unicorn", content=phantom_volume.path.read_bytes())
         assert unknown.status_code == 422 and "pancreas" in unknown.json()["detail"]["valid"]
         not_nifti = http.post("/segment?targets=liver", files={"file": ("a.nii.gz", b"GIF89a" + bytes(500))})
         assert not_nifti.status_code == 415 and "NIfTI" in not_nifti.json()["detail"]
+        truncated = write_truncated_gzip_nifti(phantom_volume, tmp_path / "broken.nii.gz")
+        refused = http.post("/segment?targets=liver", content=truncated.read_bytes())
+        assert refused.status_code == 422 and "truncated" in refused.json()["detail"]
         assert http.get(f"/jobs/{'0' * 32}").status_code == 404
 
-        # The header is intact (accepted and queued), the voxel data is cut short: the worker fails.
-        broken = write_truncated_gzip_nifti(phantom_volume, tmp_path / "broken.nii.gz")
-        bad = submit(http, broken, "liver", ensemble=2, steps=2)
+        # Accepted, then its stored input disappears before a worker takes it: the worker fails it.
+        bad = submit(http, phantom_volume.path, "liver", ensemble=2, steps=2, seed=1)
         good = submit(http, phantom_volume.path, "liver", ensemble=2, steps=2)
+        (storage / "jobs" / bad / "input.nii").unlink()
+        start_worker(rq_queue_name, storage, tiny_bundle)
         states = poll(http, [bad, good])
         assert states[bad]["status"] == "failed"
-        assert states[bad]["error"].startswith("invalid input:") and "could not be read" in states[bad]["error"]
+        assert "missing from storage" in states[bad]["error"] and str(storage) not in states[bad]["error"]
         assert states[good]["status"] == "finished"  # the worker survives a failing job
         assert http.get(f"/jobs/{bad}/results").status_code == 409

@@ -1,4 +1,5 @@
-"""The header check that runs on every upload before anything is queued."""
+"""The upload validator (in-process): header checks and the canonical copy. Hostile inputs,
+privacy and the sandbox subprocess are in tests/reliability."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from service.nifti import MalformedNifti, NotNifti, check_nifti_header
+from service.nifti import MalformedNifti, NotNifti, UploadLimits, UploadTooBig, VolumeInfo, normalize_upload
 from tests.conftest import Volume, write_nifti
 
 AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])
+
+
+def check_nifti_header(path: Path, *, max_voxels: int) -> VolumeInfo:
+    return normalize_upload(path, path.with_name("canonical.nii"), UploadLimits(max_voxels, 10**9))
 
 
 def test_valid_gzip_and_plain_volumes_report_shape_and_spacing(tmp_path: Path, small_nifti: Volume) -> None:
@@ -56,7 +61,7 @@ def test_multi_volume_4d_is_malformed(tmp_path: Path) -> None:
 
 def test_too_many_voxels_is_refused_from_the_header(tmp_path: Path) -> None:
     path = write_nifti(tmp_path / "v.nii.gz", np.zeros((10, 10, 10), np.int16), AFFINE)
-    with pytest.raises(MalformedNifti, match="999"):
+    with pytest.raises(UploadTooBig, match="999"):
         check_nifti_header(path, max_voxels=999)
     assert check_nifti_header(path, max_voxels=1000).shape == (10, 10, 10)
 

@@ -69,17 +69,17 @@ def test_submit_queues_a_durable_record_and_an_rq_job_by_dotted_path(
     assert job.func_name == TASK_PATH
     assert (job.timeout, job.result_ttl, job.failure_ttl) == (123, 456, 789)
     assert job.kwargs["payload"]["targets"] == ["liver", "inferior_vena_cava"]
-    assert job.kwargs["payload"]["input_name"] == "input.nii.gz"
+    assert job.kwargs["payload"]["input_name"] == "input.nii"  # the validator's canonical copy
     assert 0 < connection.ttl(record_key(settings.queue, job_id)) <= 3600
     # The client's filename never reaches storage.
     stored = sorted(p.name for p in (settings.storage_dir / "jobs" / job_id).iterdir())
-    assert stored == ["input.nii.gz"]
+    assert stored == ["input.nii", "job.json"]
 
 
 def test_raw_body_upload_and_queue_positions(client: TestClient, small_nifti: Volume) -> None:
     ids = []
-    for _ in range(3):
-        response = client.post("/segment?targets=liver", content=small_nifti.path.read_bytes())
+    for seed in range(3):  # different seeds: not duplicates
+        response = client.post(f"/segment?targets=liver&seed={seed}", content=small_nifti.path.read_bytes())
         assert response.status_code == 202, response.text
         ids.append(response.json()["job_id"])
     unknown = "f" * 32
@@ -166,14 +166,20 @@ def test_delete_cancels_a_queued_job_then_deletes_it(
     assert client.get(f"/jobs/{job_id}").status_code == 404
 
 
-def test_a_job_the_queue_lost_reads_as_failed_not_queued(
-    client: TestClient, small_nifti: Volume, redis_url: str
+def test_a_job_the_queue_lost_is_enqueued_again_from_storage(
+    client: TestClient, small_nifti: Volume, redis_url: str, settings: ServiceSettings
 ) -> None:
     job_id = _submit(client, small_nifti)["job_id"]
-    Job.fetch(job_id, connection=redis.Redis.from_url(redis_url), serializer=JSONSerializer).delete()
+    connection = redis.Redis.from_url(redis_url)
+    Job.fetch(job_id, connection=connection, serializer=JSONSerializer).delete()
     status = client.get(f"/jobs/{job_id}").json()
-    assert status["status"] == "failed"
-    assert "lost" in status["error"]
+    assert status["status"] == "queued" and status["position"] == 0
+    assert Job.fetch(job_id, connection=connection, serializer=JSONSerializer).kwargs["payload"]["job_id"] == job_id
+    # Without its stored upload it cannot be rebuilt: then it reads as failed, never queued forever.
+    Job.fetch(job_id, connection=connection, serializer=JSONSerializer).delete()
+    (settings.storage_dir / "jobs" / job_id / "input.nii").unlink()
+    status = client.get(f"/jobs/{job_id}").json()
+    assert status["status"] == "failed" and "lost" in status["error"]
 
 
 def test_targets_health_and_readiness_without_workers(client: TestClient) -> None:
@@ -194,4 +200,4 @@ def test_redis_down_is_a_quick_503(tmp_path: Path, small_nifti: Volume) -> None:
         response = dead.post("/segment?targets=liver", content=small_nifti.path.read_bytes())
         assert response.status_code == 503 and response.headers["retry-after"] == "5"
         assert dead.get("/readyz").status_code == 503
-    assert not any((tmp_path / "jobs").iterdir())
+    assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,20 +18,28 @@ async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
         yield part
 
 
-def test_gzip_upload_is_stored_as_input_nii_gz(tmp_path: Path) -> None:
+def test_upload_is_streamed_under_a_server_name_counted_and_hashed(tmp_path: Path) -> None:
     storage = Storage(tmp_path)
     job_id = new_job_id()
-    path = asyncio.run(storage.save_upload(job_id, _chunks(b"\x1f", b"\x8b rest"), max_bytes=100))
-    assert path == tmp_path / "jobs" / job_id / "input.nii.gz"
-    assert path.read_bytes() == b"\x1f\x8b rest"
-    assert storage.input_path(job_id) == path
+    raw = asyncio.run(storage.save_upload(job_id, _chunks(b"\x1f", b"\x8b rest"), max_bytes=100))
+    assert raw.path == tmp_path / "jobs" / job_id / ".upload.raw"
+    assert raw.path.read_bytes() == b"\x1f\x8b rest" and raw.size == 7
+    assert raw.sha256 == hashlib.sha256(b"\x1f\x8b rest").hexdigest()
+    assert storage.input_path(job_id) is None  # only the validator's canonical copy is an input
 
 
-def test_plain_upload_is_stored_as_input_nii(tmp_path: Path) -> None:
+def test_manifest_round_trip_and_temp_result_cleanup(tmp_path: Path) -> None:
     storage = Storage(tmp_path)
     job_id = new_job_id()
-    path = asyncio.run(storage.save_upload(job_id, _chunks(b"abc", b"def"), max_bytes=6))
-    assert path.name == "input.nii" and path.read_bytes() == b"abcdef"
+    assert storage.read_manifest(job_id) is None
+    storage.job_dir(job_id).mkdir(parents=True)
+    storage.write_manifest(job_id, {"payload": {"job_id": job_id}})
+    assert storage.read_manifest(job_id) == {"payload": {"job_id": job_id}}
+    assert storage.job_ids() == [job_id]
+    (storage.job_dir(job_id) / ".results-dead").mkdir()
+    (storage.job_dir(job_id) / "results").mkdir()
+    storage.remove_temp_results(job_id)
+    assert sorted(p.name for p in storage.job_dir(job_id).iterdir()) == ["job.json", "results"]
 
 
 def test_upload_over_the_cap_is_cut_off_and_leaves_nothing(tmp_path: Path) -> None:
