@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from model.bundle import LoadedBundle
+    from model.dicom_io import DicomSeries
     from model.onnx_backend import OnnxBundle
     from model.pipeline import Progress, SegmentationOptions
+    from model.preprocessing import Volume
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         )
         # Read a NIfTI before the progress bar opens, so an unreadable input fails with one line.
         volume = load_nifti(args.input) if _plain_nifti_run(args) else None
+        source = None if volume is not None else _read_input(args.input)
         with tqdm(total=100, desc="segment", unit="%", disable=args.quiet, leave=False) as bar:
 
             def progress(fraction: float) -> None:
@@ -98,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
                 del volume
                 written = write_prediction(prediction, args.out, progress)
             else:
-                written = _segment_with_extras(args, bundle, targets, options, progress)
+                assert source is not None
+                written = _segment_with_extras(args, bundle, targets, options, progress, *source)
     except (UnknownTargetError, InputError, BundleError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     except ImportError as exc:
@@ -115,34 +119,37 @@ def _plain_nifti_run(args: argparse.Namespace) -> bool:
     return not (args.dicom_seg or args.fractional or args.preview or is_dicom_input(args.input))
 
 
+def _read_input(path: Path) -> tuple[Volume, DicomSeries | None]:
+    """A DICOM series (folder, .zip or file) or a NIfTI volume, with the series when it is DICOM."""
+    from model.dicom_io import is_dicom_input, read_dicom_series
+    from model.preprocessing import load_nifti
+
+    if is_dicom_input(path):
+        series = read_dicom_series(path)
+        return series.volume, series
+    return load_nifti(path), None
+
+
 def _segment_with_extras(
     args: argparse.Namespace,
     bundle: LoadedBundle | OnnxBundle,
     targets: list[str],
     options: SegmentationOptions,
     progress: Progress,
+    volume: Volume,
+    dicom: DicomSeries | None,
 ) -> list[Path]:
-    """DICOM input and/or DICOM-SEG and preview output. Extras need every map in memory at once."""
-    from model.dicom_io import is_dicom_input, read_dicom_series
-    from model.pipeline import predict_model_grid, segment_volume, write_prediction, write_segmentation
-    from model.preprocessing import load_nifti
+    """DICOM input and/or extra outputs: the NIfTI outputs are streamed (model.pipeline.write_prediction),
+    then the DICOM-SEG and the preview, when asked for, read them back (model.interop)."""
+    from model.interop import InteropRequest, write_interop_outputs
+    from model.pipeline import predict_model_grid, write_prediction
 
-    dicom = read_dicom_series(args.input) if is_dicom_input(args.input) else None
-    volume = dicom.volume if dicom is not None else load_nifti(args.input)
-    if not (args.dicom_seg or args.fractional or args.preview):
-        return write_prediction(predict_model_grid(bundle, volume, targets, options, progress), args.out, progress)
-    result = segment_volume(bundle, volume, targets, options, progress)
-    written = write_segmentation(result, args.out)
-    if args.dicom_seg or args.fractional:
-        from model.dicom_seg import write_dicom_seg
-
-        written += write_dicom_seg(
-            result, args.out, volume=volume, source_images=dicom.headers if dicom is not None else None,
-            bundle_name=bundle.name, bundle_version=bundle.version, fractional=args.fractional,
-            parameters={"ensemble": str(options.ensemble), "steps": str(options.steps), "seed": str(options.seed)},
-        )
-    if args.preview:
-        from model.preview import write_preview
-
-        written.append(write_preview(args.out / "preview.png", volume, result))
-    return written
+    request = InteropRequest(dicom_seg=args.dicom_seg, fractional=args.fractional, preview=args.preview)
+    prediction = predict_model_grid(bundle, volume, targets, options, progress)
+    written = write_prediction(prediction, args.out, progress)
+    return written + write_interop_outputs(
+        args.out, volume, prediction.targets, request,
+        source_images=dicom.headers if dicom is not None else None,
+        bundle_name=bundle.name, bundle_version=bundle.version,
+        parameters={"ensemble": str(options.ensemble), "steps": str(options.steps), "seed": str(options.seed)},
+    )

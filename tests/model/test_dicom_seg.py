@@ -218,3 +218,18 @@ def test_empty_result_still_makes_a_valid_seg_and_grids_must_match(tmp_path: Pat
         build_dicom_seg(shifted, sources, bundle_name="b", bundle_version="1")
     with pytest.raises(ValueError, match="shape"):
         build_dicom_seg(empty, sources[:3], bundle_name="b", bundle_version="1")
+
+
+def test_derived_ct_as_zip_for_flat_result_listings(tmp_path: Path) -> None:
+    volume = Volume(data=np.full((12, 10, 3), 35.0, np.float32), affine=np.diag([2.0, 2.0, 3.0, 1.0]))
+    result = _sphere_segmentation(volume, ["liver"])
+    written = write_dicom_seg(
+        result, tmp_path, volume=volume, source_images=None, bundle_name="b", bundle_version="1",
+        derived_ct_as_zip=True,
+    )
+    assert [p.name for p in written] == [SEG_FILENAME, "dicom_ct.zip"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dicom_ct.zip", SEG_FILENAME]  # files only
+    derived = read_dicom_series(written[1])
+    ds = pydicom.dcmread(written[0])
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == derived.info.series_instance_uid
+    np.testing.assert_array_equal(derived.volume.data, np.full((12, 10, 3), 35.0))
