@@ -27,6 +27,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--storage-dir", type=Path, help="storage shared with the workers")
     parser.add_argument("--bundle", type=Path, help="embedded mode: model bundle directory (default: the demo bundle)")
     parser.add_argument("--device", help="embedded mode: torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--api-keys-file", type=Path, help="file of 'name sha256-digest' lines; any key makes a bearer key mandatory"
+    )
+    parser.add_argument(
+        "--allow-open", action="store_true", help="run without API keys on a non-loopback host (not recommended)"
+    )
+    parser.add_argument(
+        "--new-key",
+        metavar="NAME",
+        help="print a new random API key for NAME and the line to add to the keys file, then exit",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=run)
     return parser
@@ -39,8 +50,17 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from cli.main import CliError
+    from service.auth import OpenModeRefused, hash_api_key, new_api_key
     from service.main import create_app
     from service.settings import ServiceSettings
+
+    if args.new_key is not None:
+        if not args.new_key.strip() or any(c.isspace() for c in args.new_key):
+            raise CliError("--new-key NAME: the name must be one word")
+        key = new_api_key()
+        print(f"key (give this to the client, store it nowhere else): {key}")
+        print(f"keys-file line: {args.new_key} {hash_api_key(key)}")
+        return 0
 
     overrides = {
         name: value
@@ -52,13 +72,16 @@ def run(args: argparse.Namespace) -> int:
             ("storage_dir", args.storage_dir),
             ("bundle", args.bundle),
             ("device", args.device),
+            ("api_keys_file", args.api_keys_file),
+            ("allow_open", True if args.allow_open else None),
         )
         if value is not None
     }
     try:
         settings = ServiceSettings(**overrides)
-    except ValidationError as exc:
-        raise CliError(f"invalid settings: {exc}") from exc
+        settings.key_digests()
+    except (ValidationError, ValueError, OSError) as exc:
+        raise CliError(f"invalid settings: {' '.join(str(exc).split())}") from exc
     if args.bundle is not None and not args.bundle.exists():
         raise CliError(f"bundle not found: {args.bundle}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -66,5 +89,9 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("latentseg.serve").info(
         "serving on http://%s:%d, %s, storage %s", settings.host, settings.port, mode, settings.storage_dir
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    try:
+        app = create_app(settings)
+    except OpenModeRefused as exc:
+        raise CliError(str(exc)) from exc
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
     return 0

@@ -20,6 +20,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
     parser.add_argument("--server", default="http://127.0.0.1:8000", help="API base URL (default %(default)s)")
+    parser.add_argument(
+        "--api-key", help="bearer API key (default: the LATENTSEG_API_KEY environment variable)"
+    )
     parser.add_argument("--targets", required=True, help="comma-separated targets, e.g. liver,pancreas")
     parser.add_argument("--ensemble", type=int, help="ensemble size (server default if omitted)")
     parser.add_argument("--steps", type=int, help="sampling steps (server default if omitted)")
@@ -46,6 +49,7 @@ def _out_dirs(files: list[Path], out: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import sys
 
     import httpx
@@ -61,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else Path("latentseg-results")
 
     try:
-        with LatentsegClient(args.server) as client:
+        api_key = args.api_key or os.environ.get("LATENTSEG_API_KEY") or None
+        with LatentsegClient(args.server, api_key=api_key) as client:
             job_ids: list[str] = []
             for path in args.files:
                 try:

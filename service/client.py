@@ -42,8 +42,16 @@ def _detail(response: httpx.Response) -> str:
 
 
 class LatentsegClient:
-    def __init__(self, base_url: str, *, timeout_s: float = 120.0, transport: httpx.BaseTransport | None = None) -> None:
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport)
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport, headers=headers)
 
     def close(self) -> None:
         self._http.close()

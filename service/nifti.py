@@ -174,7 +174,7 @@ class _BoundedSource:
         try:
             out = inflater.decompress(source, want)
         except zlib.error as exc:
-            raise NotNifti(f"the upload is a damaged gzip stream ({exc})") from exc
+            raise NotNifti(f"the upload is a damaged gzip stream, not a .nii.gz NIfTI ({exc})") from exc
         if inflater.eof:
             rest = inflater.unused_data
             if len(rest) < 2:
@@ -251,7 +251,7 @@ def parse_header(head: bytes, limits: UploadLimits) -> ParsedHeader:
             raise MalformedNifti(f"every dimension must be at least 1, got {shape}")
         if dtype.name not in ALLOWED_DTYPES:
             raise MalformedNifti(
-                f"voxel type {dtype.name} (code {code}) is not supported; use one of {', '.join(sorted(ALLOWED_DTYPES))}"
+                f"voxel datatype {dtype.name} (NIfTI code {code}) is not supported; use one of {', '.join(sorted(ALLOWED_DTYPES))}"
             )
         spacing = tuple(pixdim[1:4])
         if not all(_finite(z) and z > 0 for z in spacing):

@@ -52,7 +52,7 @@ async def check_upload(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LATENTSEG_", "REDIS"))}
     env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-m", module, str(src), str(dst), payload,
+        sys.executable, "-E", "-s", "-m", module, str(src), str(dst), payload,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         env=env, cwd=str(Path(__file__).resolve().parents[1]),
     )

@@ -68,7 +68,7 @@ def test_too_many_voxels_is_refused_from_the_header(tmp_path: Path) -> None:
 
 def test_complex_voxels_are_malformed(tmp_path: Path) -> None:
     path = write_nifti(tmp_path / "v.nii.gz", np.zeros((4, 4, 4), np.complex64), AFFINE)
-    with pytest.raises(MalformedNifti, match="voxel type"):
+    with pytest.raises(MalformedNifti, match="datatype"):
         check_nifti_header(path, max_voxels=10**7)
 
 
