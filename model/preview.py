@@ -43,6 +43,7 @@ __all__ = [
     "PreviewOptions",
     "TARGET_COLOURS",
     "render_preview",
+    "render_preview_files",
     "target_colour",
     "write_preview",
 ]
@@ -177,10 +178,67 @@ def render_preview(
     ct = _to_ras(hu, affine)
     means = [_to_ras(mean[t.name], affine) for t in targets]
     variances = [_to_ras(variance[t.name], affine) for t in targets]
-    spacing = _ras_spacing(affine)
-    nx, ny, nz = ct.shape
-    slices = _pick_slices([m >= options.threshold for m in means], nz, options.max_slices)
+    slices = _pick_slices([m >= options.threshold for m in means], ct.shape[2], options.max_slices)
+    planes = {
+        z: _Planes(ct[:, :, z], [m[:, :, z] for m in means], [v[:, :, z] for v in variances]) for z in slices
+    }
+    return _draw(planes, ct.shape, affine, targets, options)
 
+
+@dataclass(frozen=True)
+class _Planes:
+    """One axial slice (x, y in RAS) of the CT and of every target's mean and variance."""
+
+    ct: np.ndarray
+    means: list[np.ndarray]
+    variances: list[np.ndarray]
+
+
+def render_preview_files(
+    ct_path: Path,
+    results_dir: Path,
+    targets: Sequence[Target],
+    options: PreviewOptions = PreviewOptions(),
+) -> Preview:
+    """The same picture from files: the input NIfTI and a results folder (``labels.nii.gz``,
+    ``{target}_mean.nii.gz``, ``{target}_variance.nii.gz``).
+
+    Lean on memory: slices are chosen from the uint8 label map, then each file is read in turn
+    and only the chosen slices are kept, so the peak is one full-resolution volume (an API
+    process can afford this; it cannot afford every map of every target at once). A voxel
+    "reaches 0.5" here when the label map gives it to a target (mean > 0.5 and the largest).
+    """
+    import nibabel as nib
+
+    ct_image = nib.load(str(ct_path))
+    affine = np.asarray(ct_image.affine, dtype=np.float64)
+    shape = tuple(int(n) for n in ct_image.shape[:3])
+    labels = _to_ras(np.asarray(nib.load(str(Path(results_dir) / "labels.nii.gz")).dataobj).reshape(shape), affine)
+    ras_shape = labels.shape
+    slices = _pick_slices([labels == t.id for t in targets], ras_shape[2], options.max_slices)
+    del labels
+
+    def planes_of(path: Path) -> dict[int, np.ndarray]:
+        volume = _to_ras(np.asarray(nib.load(str(path)).dataobj, dtype=np.float32).reshape(shape), affine)
+        return {z: np.array(volume[:, :, z]) for z in slices}
+
+    ct = planes_of(Path(ct_path))
+    means = [planes_of(Path(results_dir) / f"{t.name}_mean.nii.gz") for t in targets]
+    variances = [planes_of(Path(results_dir) / f"{t.name}_variance.nii.gz") for t in targets]
+    planes = {z: _Planes(ct[z], [m[z] for m in means], [v[z] for v in variances]) for z in slices}
+    return _draw(planes, ras_shape, affine, targets, options)
+
+
+def _draw(
+    planes: Mapping[int, _Planes],
+    ras_shape: tuple[int, ...],
+    affine: np.ndarray,
+    targets: Sequence[Target],
+    options: PreviewOptions,
+) -> Preview:
+    slices = tuple(planes)
+    spacing = _ras_spacing(affine)
+    nx, ny, nz = ras_shape
     width_mm, height_mm = nx * spacing[0], ny * spacing[1]
     scale = options.tile_size / max(width_mm, height_mm)
     tile_w, tile_h = max(1, round(width_mm * scale)), max(1, round(height_mm * scale))
@@ -204,16 +262,17 @@ def render_preview(
     tiles: list[tuple[int, int, int, int]] = []
     for n, z in enumerate(slices):
         size = (tile_w, tile_h)
-        gray = np.clip((_resize(_display(ct[:, :, z]), size, Image.Resampling.BILINEAR) - lo) / (hi - lo), 0, 1)
+        plane = planes[z]
+        gray = np.clip((_resize(_display(plane.ct), size, Image.Resampling.BILINEAR) - lo) / (hi - lo), 0, 1)
         rgb = np.repeat((gray * 255.0)[..., None], 3, axis=-1)
-        if variances:
-            var = np.max([_resize(_display(v[:, :, z]), size, Image.Resampling.BILINEAR) for v in variances], axis=0)
+        if plane.variances:
+            var = np.max([_resize(_display(v), size, Image.Resampling.BILINEAR) for v in plane.variances], axis=0)
             level = np.clip(var / options.variance_max, 0.0, 1.0)
             alpha = (options.heat_alpha * level)[..., None]
             rgb = (1 - alpha) * rgb + alpha * _heat(level)
         tile = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-        for target, m in zip(targets, means, strict=True):
-            mask = _resize(_display(m[:, :, z]), size, Image.Resampling.BILINEAR) >= options.threshold
+        for target, m in zip(targets, plane.means, strict=True):
+            mask = _resize(_display(m), size, Image.Resampling.BILINEAR) >= options.threshold
             tile[_contour(mask)] = colours[target.name]
         left = gap + (n % columns) * (tile_w + gap)
         top = gap + (n // columns) * (tile_h + gap)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -236,6 +237,7 @@ class PromptResolver:
         self.margin = margin
         self._embedder_source = embedder
         self._embedder: TextEmbedder | None = None
+        self._lazy_lock = threading.Lock()  # one model load and one phrase table, whichever thread asks first
         self._phrase_matrix: np.ndarray | None = None
         self._phrase_owner: list[frozenset[str]] = []
         self.structures = self._build_structures(vocabulary)
@@ -316,6 +318,10 @@ class PromptResolver:
             return exc.suggestions
 
     def _embedder_or_none(self) -> TextEmbedder | None:
+        with self._lazy_lock:
+            return self._load_embedder()
+
+    def _load_embedder(self) -> TextEmbedder | None:
         if self._embedder is None and self._embedder_source is not None:
             source = self._embedder_source
             ready = hasattr(source, "encode") and not isinstance(source, type)
@@ -329,14 +335,10 @@ class PromptResolver:
         embedder = self._embedder_or_none()
         if embedder is None or not text.strip():
             return None
-        if self._phrase_matrix is None:
-            owners, phrases = [], []
-            for key, structure in self.structures.items():
-                for phrase in structure.phrases:
-                    owners.append(key)
-                    phrases.append(phrase)
-            self._phrase_matrix = np.asarray(embedder.encode(phrases), dtype=np.float32)
-            self._phrase_owner = owners
+        with self._lazy_lock:
+            if self._phrase_matrix is None:
+                self._embed_phrases(embedder)
+        assert self._phrase_matrix is not None
         query = np.asarray(embedder.encode([text]), dtype=np.float32)[0]
         cosines = self._phrase_matrix @ query
         # One score per set of targets ("bladder" and "urinary bladder" are one candidate), kept with its best key.
@@ -346,6 +348,15 @@ class PromptResolver:
             if group not in best or score > best[group][0]:
                 best[group] = (float(score), key)
         return sorted(best.values(), key=lambda item: -item[0])
+
+    def _embed_phrases(self, embedder: TextEmbedder) -> None:
+        owners, phrases = [], []
+        for key, structure in self.structures.items():
+            for phrase in structure.phrases:
+                owners.append(key)
+                phrases.append(phrase)
+        self._phrase_owner = owners
+        self._phrase_matrix = np.asarray(embedder.encode(phrases), dtype=np.float32)
 
     def _closest_names(self, text: str) -> list[str]:
         keys: dict[str, str] = {}

@@ -20,6 +20,7 @@ from service.auth import CallerDep
 from service.deps import ServicesDep
 from service.jobs import AdmissionRefused
 from service.nifti import UploadLimits, UploadRejected
+from service.prompt_targets import resolve_request_targets
 from service.schemas import SubmitResponse
 from service.storage import UploadTooLarge
 from service.upload_sandbox import SandboxLimits, check_upload
@@ -114,16 +115,18 @@ async def submit_segmentation(
     response: Response,
     services: ServicesDep,
     owner: CallerDep,
-    targets: Annotated[str, Query(description="comma-separated target names or synonyms, e.g. liver,pancreas")],
+    targets: Annotated[str, Query(description="comma-separated target names, synonyms or plain words, "
+                                              "e.g. liver,pancreas or 'left kidney, pancreatic tumour'")],
     ensemble: Annotated[int | None, Query(ge=1, description="ensemble size (samples per target)")] = None,
     steps: Annotated[int | None, Query(ge=1, description="sampling steps")] = None,
     seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> SubmitResponse:
     settings = services.settings
-    try:
-        resolved = services.vocabulary.resolve(targets)
+    try:  # names, synonyms or plain words ("left kidney"): service.prompt_targets
+        resolved = await run_in_threadpool(resolve_request_targets, request.app, services.vocabulary, targets)
     except UnknownTargetError as exc:
-        raise HTTPException(422, {"message": str(exc), "unknown": list(exc.unknown), "valid": list(exc.valid)}) from exc
+        raise HTTPException(422, {"message": str(exc), "unknown": list(exc.unknown), "valid": list(exc.valid),
+                                  "suggestions": exc.suggestions}) from exc
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
     ensemble = settings.default_ensemble if ensemble is None else ensemble

@@ -118,3 +118,19 @@ def test_nothing_found_still_renders_and_bad_input_is_refused() -> None:
         render_preview(volume.data, volume.affine, VOCABULARY.resolve("liver"), {"liver": np.zeros((2, 2, 2))}, empty)
     with pytest.raises(ValueError):
         PreviewOptions(window=(100.0, -100.0))
+
+
+def test_file_based_rendering_draws_the_same_picture(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from model.pipeline import write_segmentation
+    from model.preview import render_preview_files
+
+    volume, masks = phantom(LPS_LIKE)
+    result = result_for(volume, masks, variance_in="liver")
+    write_segmentation(result, tmp_path / "results")
+    nib.save(nib.Nifti1Image(volume.data, volume.affine), str(tmp_path / "input.nii"))
+    from_files = render_preview_files(tmp_path / "input.nii", tmp_path / "results", result.targets)
+    in_memory = render_preview(volume.data, volume.affine, result.targets, result.mean, result.variance)
+    assert from_files.slices == in_memory.slices
+    np.testing.assert_array_equal(np.asarray(from_files.image), np.asarray(in_memory.image))

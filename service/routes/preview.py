@@ -1,0 +1,72 @@
+"""``GET /jobs/{job_id}/preview.png``: a picture of a finished job (model.preview).
+
+Drawn on first request from the stored input and the job's result files, then cached as
+``jobs/<job_id>/preview.png`` beside (not inside) ``results/``, so the result listing and
+archive stay what the worker wrote; deleting the job deletes the picture. A worker that
+already wrote ``preview.png`` into the results is served as is. Same ownership rules as the
+other job routes: another key's job is a 404.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import FileResponse
+
+from service.auth import CallerDep
+from service.deps import ServicesDep
+from worker.contracts import JobState, is_job_id
+
+__all__ = ["router"]
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["jobs"])
+
+PREVIEW_NAME = "preview.png"
+
+
+def _render(services: ServicesDep, job_id: str, cached: Path) -> None:
+    from model.preview import render_preview_files
+
+    results = {f.name: f.path for f in services.storage.results(job_id)}
+    input_path = services.storage.input_path(job_id)
+    if not results or input_path is None or "labels.json" not in results:
+        raise HTTPException(410, f"the input or results of job {job_id} are no longer stored")
+    legend = json.loads(results["labels.json"].read_text())
+    targets = [services.vocabulary.get(name) for _, name in sorted(legend.items(), key=lambda kv: int(kv[0]))]
+    preview = render_preview_files(input_path, results["labels.json"].parent, targets)
+    partial = cached.with_name(f".{PREVIEW_NAME}.{secrets.token_hex(4)}")
+    preview.image.save(partial, format="PNG", optimize=True)
+    os.replace(partial, cached)
+
+
+@router.get(
+    "/jobs/{job_id}/preview.png",
+    name="get_preview",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "axial slices with contours, variance and a legend"},
+        404: {"description": "no such job (for this key)"},
+        409: {"description": "the job has not finished"},
+        410: {"description": "the job's files are no longer stored"},
+    },
+)
+def get_preview(services: ServicesDep, owner: CallerDep, job_id: str) -> FileResponse:
+    record = services.jobs.get_owned(job_id, owner) if is_job_id(job_id) else None
+    if record is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    if record["status"] != JobState.FINISHED.value:
+        raise HTTPException(409, f"job {job_id} has no picture: it is {record['status']}")
+    written = services.storage.result(job_id, PREVIEW_NAME)
+    if written is not None:
+        return FileResponse(written.path, media_type="image/png")
+    cached = services.storage.job_dir(job_id) / PREVIEW_NAME
+    if not cached.is_file():
+        _render(services, job_id, cached)
+        log.info("job %s: preview drawn", job_id)
+    return FileResponse(cached, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
