@@ -1,0 +1,164 @@
+"""Faults with real worker processes, a private Redis and real HTTP: killed and stopped workers,
+cancelling running jobs, the DELETE vs pick-up race, the embedded job timeout, duplicate work."""
+
+from __future__ import annotations
+
+import gzip
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from tests.conftest import wait_until
+from tests.reliability.conftest import LONG, QUICK, PrivateRedis, rq_env, wait_status
+from tests.reliability.hostile import EXTENSION_TEXT, PRIVATE, gz, nifti_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def _submit(http: httpx.Client, path_or_bytes: Path | bytes, params: dict, **extra: object) -> str:
+    body = path_or_bytes.read_bytes() if isinstance(path_or_bytes, Path) else path_or_bytes
+    response = http.post("/segment", params={"targets": "liver", **params, **extra}, content=body)
+    assert response.status_code == 202, response.text
+    return str(response.json()["job_id"])
+
+
+def test_sigkilled_worker_fails_its_job_with_the_reason_and_leaves_no_partial_result(
+    private_redis: PrivateRedis, serve, work, long_volume: Path, quick_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    storage = tmp_path / "storage"
+    worker = work(private_redis.url, "rel", storage, heartbeat_s=1.0)
+    server = serve(rq_env(private_redis.url, storage, LATENTSEG_RECONCILE_INTERVAL_S="1"))
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        job_id = _submit(http, long_volume, LONG)
+        wait_status(http, job_id, {"started"}, 60)
+        wait_until(lambda: any((storage / "jobs" / job_id).glob(".results-*")), 30, "worker writing its temp dir")
+        worker.proc.send_signal(signal.SIGKILL)  # what the OOM killer does
+        worker.proc.wait(10)
+
+        state = wait_status(http, job_id, {"failed"}, 20)
+        assert "worker running this job stopped" in state["error"]
+        assert http.get(f"/jobs/{job_id}/results").status_code == 409
+        assert not (storage / "jobs" / job_id / "results").exists()
+        assert not list((storage / "jobs" / job_id).glob(".results-*"))  # the dead worker's temp dir is gone
+
+        # A restarted worker serves the queue again.
+        work(private_redis.url, "rel", storage)
+        after = _submit(http, quick_volume, QUICK)
+        assert wait_status(http, after, {"finished", "failed"}, 90)["status"] == "finished"
+
+
+def test_sigterm_finishes_the_running_job_then_the_worker_exits(
+    private_redis: PrivateRedis, serve, work, long_volume: Path, quick_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    storage = tmp_path / "storage"
+    worker = work(private_redis.url, "rel", storage)
+    server = serve(rq_env(private_redis.url, storage))
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        running = _submit(http, long_volume, {"ensemble": 4, "steps": 20})
+        waiting = _submit(http, quick_volume, QUICK)
+        wait_status(http, running, {"started"}, 60)
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(120) == 0  # the grace period of this test: the job's length
+        assert http.get(f"/jobs/{running}").json()["status"] == "finished"
+        assert {f["name"] for f in http.get(f"/jobs/{running}/results").json()["files"]} >= {"liver_mean.nii.gz"}
+        assert http.get(f"/jobs/{waiting}").json()["status"] == "queued"  # not taken by a stopping worker
+
+
+def test_a_running_job_is_cancelled_and_the_worker_goes_on(
+    private_redis: PrivateRedis, serve, work, long_volume: Path, quick_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    storage = tmp_path / "storage"
+    work(private_redis.url, "rel", storage, heartbeat_s=0.5)
+    server = serve(rq_env(private_redis.url, storage))
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        job_id = _submit(http, long_volume, LONG)
+        wait_status(http, job_id, {"started"}, 60)
+        answer = http.delete(f"/jobs/{job_id}")
+        assert answer.status_code == 202 and answer.json()["cancel_requested"] is True
+        started = time.monotonic()
+        state = wait_status(http, job_id, {"canceled", "failed", "finished"}, 30)
+        assert state["status"] == "canceled", state
+        assert time.monotonic() - started < 15
+        assert not (storage / "jobs" / job_id / "results").exists()
+        assert not list((storage / "jobs" / job_id).glob(".results-*"))
+        after = _submit(http, quick_volume, QUICK)
+        assert wait_status(http, after, {"finished", "failed"}, 90)["status"] == "finished"
+        assert http.delete(f"/jobs/{job_id}").status_code == 204
+
+
+def test_delete_wins_over_a_worker_that_already_popped_the_job(
+    private_redis: PrivateRedis, serve, work, quick_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    storage = tmp_path / "storage"
+    server = serve(rq_env(private_redis.url, storage))
+    connection = redis.Redis.from_url(private_redis.url)
+    queue = Queue("rel", connection=connection, serializer=JSONSerializer)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        job_id = _submit(http, quick_volume, QUICK)
+        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        assert http.delete(f"/jobs/{job_id}").json()["status"] == "canceled"
+        # The race: a worker had popped the id just before the DELETE; it reaches the worker anyway.
+        queue.enqueue_job(job)
+        assert queue.count == 1
+        work(private_redis.url, "rel", storage)
+        wait_until(lambda: queue.count == 0 and not queue.started_job_registry.get_job_ids(), 60, "worker took it")
+        wait_until(lambda: Job.fetch(job_id, connection=connection, serializer=JSONSerializer).get_status() == "finished",
+                   30, "rq job done")
+        assert Job.fetch(job_id, connection=connection, serializer=JSONSerializer).return_value()["skipped"] is True
+        assert http.get(f"/jobs/{job_id}").json()["status"] == "canceled"
+        assert not (storage / "jobs" / job_id).exists()
+
+
+def test_duplicate_of_a_finished_job_does_not_run_twice_and_outputs_are_clean(
+    private_redis: PrivateRedis, serve, work, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    storage = tmp_path / "storage"
+    worker = work(private_redis.url, "rel", storage)
+    server = serve(rq_env(private_redis.url, storage))
+
+    from tests.conftest import make_small_volume
+
+    volume = make_small_volume(tmp_path / "v.nii.gz", (32, 32, 8))
+    private = gz(nifti_bytes(volume.image, volume.affine, private=True))
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        job_id = _submit(http, private, QUICK)
+        assert wait_status(http, job_id, {"finished", "failed"}, 90)["status"] == "finished"
+        again = http.post("/segment", params={"targets": "liver", **QUICK}, content=private)
+        assert again.status_code == 200 and again.json()["job_id"] == job_id and again.json()["status"] == "finished"
+        files = http.get(f"/jobs/{job_id}/results").json()["files"]
+        outputs = b""
+        for item in files:
+            content = http.get(item["url"]).content
+            outputs += gzip.decompress(content) if item["name"].endswith(".gz") else content
+        assert http.get(f"/jobs/{job_id}/results.zip").status_code == 200
+    connection = redis.Redis.from_url(private_redis.url)
+    assert Queue("rel", connection=connection).finished_job_registry.get_job_ids() == [job_id]
+    for secret in (*PRIVATE.values(), EXTENSION_TEXT):
+        assert secret not in outputs, secret
+        assert secret.decode() not in worker.log() and secret.decode() not in server.log()
+
+
+def test_embedded_job_timeout_fails_the_job_and_the_worker_thread_survives(
+    serve, tiny_bundle: Path, long_volume: Path, quick_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    server = serve({
+        "LATENTSEG_STORAGE_DIR": str(tmp_path / "storage"), "LATENTSEG_BUNDLE": str(tiny_bundle),
+        "LATENTSEG_JOB_TIMEOUT_S": "3",
+    })
+    wait_until(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, 90, "embedded bundle loaded", server)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        slow = _submit(http, long_volume, LONG)
+        started = time.monotonic()
+        state = wait_status(http, slow, {"failed", "finished"}, 60)
+        assert state["status"] == "failed" and "timed out" in state["error"], state
+        assert time.monotonic() - started < 30
+        assert not (tmp_path / "storage" / "jobs" / slow / "results").exists()
+        quick = _submit(http, quick_volume, QUICK)
+        assert wait_status(http, quick, {"finished", "failed"}, 60)["status"] == "finished"
