@@ -183,9 +183,13 @@ def run_stage(
             ema.load_state_dict(state["ema"])
         start_step = int(state["step"])
         elapsed_before = float(state.get("seconds", 0.0))
-        ctx.sampler.set_state(state["sampler"])
-        if load_extra_state is not None and state.get("extra") is not None:
-            load_extra_state(state["extra"])
+        # Each rank resumes its own data stream (``ranks``: one entry per rank of the saving run);
+        # a rank the saving run did not have keeps its fresh, rank-seeded stream.
+        ranks = state.get("ranks") or [{"sampler": state["sampler"], "extra": state.get("extra")}]
+        if ctx.rank < len(ranks):
+            ctx.sampler.set_state(ranks[ctx.rank]["sampler"])
+            if load_extra_state is not None and ranks[ctx.rank]["extra"] is not None:
+                load_extra_state(ranks[ctx.rank]["extra"])
         log.info("%s: resumed from %s at step %d", name, ckpt_path, start_step)
     if start_step >= stage.steps:
         return (ema or model), StageResult(start_step, 0.0, state.get("final", {}))
@@ -197,6 +201,11 @@ def run_stage(
     recent: dict[str, list[float]] = {}
 
     def save(step: int) -> None:
+        mine = {"sampler": ctx.sampler.state(), "extra": None if extra_state is None else extra_state()}
+        ranks: list[Any] = [mine]
+        if ctx.world_size > 1:  # every rank calls save() at the same steps
+            ranks = [None] * ctx.world_size
+            dist.all_gather_object(ranks, mine)
         if not ctx.is_main:
             return
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,8 +216,9 @@ def run_stage(
                 "optimizer": optimizer.state_dict(),
                 "ema": None if ema is None else ema.state_dict(),
                 "step": step,
-                "sampler": ctx.sampler.state(),
-                "extra": None if extra_state is None else extra_state(),
+                "sampler": mine["sampler"],
+                "extra": mine["extra"],
+                "ranks": ranks,
                 "final": {k: float(np.mean(v)) for k, v in recent.items()},
                 "seconds": elapsed_before + time.time() - started,
             },
