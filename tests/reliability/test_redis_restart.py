@@ -1,0 +1,88 @@
+"""Redis restarts under a running API and worker: a private redis-server (append-only file in a
+temp dir) that the tests SIGKILL and start again, or lose entirely."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import wait_until
+from tests.reliability.conftest import QUICK, PrivateRedis, rq_env, wait_status
+from worker.contracts import record_key
+
+pytestmark = pytest.mark.slow
+
+
+def _submit(http: httpx.Client, path: Path, **params: object) -> str:
+    response = http.post("/segment", params={"targets": "liver", **QUICK, **params}, content=path.read_bytes())
+    assert response.status_code == 202, response.text
+    return str(response.json()["job_id"])
+
+
+def _timed(call) -> tuple[httpx.Response, float]:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    response = call()
+    return response, time.monotonic() - started
+
+
+def test_jobs_survive_a_redis_kill_the_api_answers_503_quickly_and_recovers(
+    private_redis: PrivateRedis, serve, work, quick_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    storage = tmp_path / "storage"
+    server = serve(rq_env(private_redis.url, storage))
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        accepted = [_submit(http, quick_volume, seed=s) for s in range(2)]
+        time.sleep(1.5)  # appendfsync everysec: what was acknowledged a second ago is on disk
+        private_redis.kill()
+
+        status, took = _timed(lambda: http.get(f"/jobs/{accepted[0]}"))
+        assert status.status_code == 503 and status.headers["retry-after"] and took < 5
+        posted, took = _timed(lambda: http.post("/segment?targets=liver", content=quick_volume.read_bytes()))
+        assert posted.status_code == 503 and took < 5
+        assert http.get("/healthz").status_code == 200
+        ready = http.get("/readyz")
+        assert ready.status_code == 503 and "redis unreachable" in ready.json()["problems"][0]
+
+        private_redis.start()  # same port, same append-only file
+        wait_until(lambda: http.get(f"/jobs/{accepted[0]}").status_code == 200, 20, "API recovered by itself")
+        for job_id in accepted:
+            assert http.get(f"/jobs/{job_id}").json()["status"] == "queued"
+
+        # A worker idle through a second outage reconnects by itself and runs everything.
+        work(private_redis.url, "rel", storage)
+        private_redis.kill()
+        time.sleep(1.0)
+        private_redis.start()
+        late = _submit(http, quick_volume, seed=9)
+        for job_id in [*accepted, late]:
+            assert wait_status(http, job_id, {"finished", "failed"}, 120)["status"] == "finished"
+        assert http.get("/readyz").json()["workers"] == 1
+
+
+def test_a_redis_that_lost_everything_is_rebuilt_from_storage_at_start_up(
+    private_redis: PrivateRedis, serve, work, quick_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    storage = tmp_path / "storage"
+    server = serve(rq_env(private_redis.url, storage))
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        accepted = [_submit(http, quick_volume, seed=s) for s in range(2)]
+    server.stop()
+    private_redis.wipe()  # the volume is gone: no records, no queue
+    private_redis.start()
+    connection = redis.Redis.from_url(private_redis.url)
+    assert connection.dbsize() == 0
+
+    # Start-up reconciliation re-creates the records and re-enqueues the jobs; nobody polls.
+    serve(rq_env(private_redis.url, storage))
+    wait_until(lambda: all(connection.exists(record_key("rel", j)) for j in accepted), 20, "records rebuilt")
+    work(private_redis.url, "rel", storage)
+
+    def finished() -> bool:
+        raw = [connection.hget(record_key("rel", j), "status") for j in accepted]
+        return raw == [b'"finished"'] * len(accepted)
+
+    wait_until(finished, 120, "rebuilt jobs finished")
