@@ -30,15 +30,17 @@ router = APIRouter(tags=["jobs"])
 PREVIEW_NAME = "preview.png"
 
 
-def _render(services: ServicesDep, job_id: str, cached: Path) -> None:
+def _render(services: ServicesDep, job_id: str, cached: Path, requested: list[str]) -> None:
     from model.preview import render_preview_files
 
     results = {f.name: f.path for f in services.storage.results(job_id)}
     input_path = services.storage.input_path(job_id)
     if not results or input_path is None or "labels.json" not in results:
         raise HTTPException(410, f"the input or results of job {job_id} are no longer stored")
-    legend = json.loads(results["labels.json"].read_text())
-    targets = [services.vocabulary.get(name) for _, name in sorted(legend.items(), key=lambda kv: int(kv[0]))]
+    written = set(json.loads(results["labels.json"].read_text()).values())
+    # The request's order, so colours match `latentseg segment --preview` for the same targets.
+    names = [n for n in requested if n in written] or sorted(written)
+    targets = [services.vocabulary.get(name) for name in names]
     preview = render_preview_files(input_path, results["labels.json"].parent, targets)
     partial = cached.with_name(f".{PREVIEW_NAME}.{secrets.token_hex(4)}")
     preview.image.save(partial, format="PNG", optimize=True)
@@ -67,6 +69,6 @@ def get_preview(services: ServicesDep, owner: CallerDep, job_id: str) -> FileRes
         return FileResponse(written.path, media_type="image/png")
     cached = services.storage.job_dir(job_id) / PREVIEW_NAME
     if not cached.is_file():
-        _render(services, job_id, cached)
+        _render(services, job_id, cached, list(record.get("targets") or []))
         log.info("job %s: preview drawn", job_id)
     return FileResponse(cached, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
