@@ -27,12 +27,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cli.main import CliError
+
+    if args.stage not in STAGE_CHOICES:  # checked here, not by argparse, so the error is one line
+        raise CliError(f"unknown stage {args.stage!r}; stages are {', '.join(STAGE_CHOICES)}")
+    if not args.config.is_file():  # before importing torch: a typo should fail in a second
+        raise CliError(f"{args.config}: no such config file")
     from training.config import ConfigError, load_train_config
     from training.data import DatasetFormatError
     from training.loops import STAGES, train
 
-    if args.stage not in STAGE_CHOICES:  # checked here, not by argparse, so the error is one line
-        raise CliError(f"unknown stage {args.stage!r}; stages are {', '.join(STAGE_CHOICES)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict = {}
     if args.out is not None:
