@@ -1,0 +1,111 @@
+"""`latentseg train` as a real subprocess: `train all` on the shipped tiny config makes a bundle
+that loads and that `latentseg segment` runs with; user errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.conftest import clean_env
+from tests.training.conftest import TINY_CONFIG, write_small_phantoms
+
+LATENTSEG = str(Path(sys.executable).with_name("latentseg"))
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def latentseg(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [LATENTSEG, *args], cwd=REPO_ROOT, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+        timeout=timeout_s,
+    )
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_small_phantoms(tmp_path_factory.mktemp("cli") / "phantoms_cli", cases=2, seed=4)
+
+
+def test_train_all_makes_a_bundle_that_segment_uses(tmp_path: Path, phantoms: Path) -> None:
+    out = tmp_path / "run"
+    result = latentseg("train", "all", "--config", str(TINY_CONFIG), "--data", str(phantoms), "--out", str(out),
+                       "--device", "cpu", "--seed", "1")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"bundle: {out / 'bundle'}" in result.stdout
+    for stage in ("mask-ae", "image-vae", "diffusion"):
+        assert (out / "checkpoints" / f"{stage}.pt").is_file()
+        assert (out / "logs" / f"{stage}.csv").is_file()
+
+    from model.bundle import load_bundle
+    from model.vocabulary import default_vocabulary
+
+    bundle = load_bundle(out / "bundle", device="cpu")
+    vocabulary = default_vocabulary()
+    annotated = vocabulary.dataset(json.loads((phantoms / "dataset.json").read_text())["name"]).annotated
+    assert set(bundle.trained_targets) == annotated
+    assert bundle.manifest.provenance["seed"] == 1
+    assert bundle.manifest.provenance["data"] == [str(phantoms.resolve())]
+
+    image = sorted((phantoms / "imagesTr").iterdir())[0]
+    seg_out = tmp_path / "seg"
+    result = latentseg("segment", str(image), "--targets", "liver,left kidney", "--bundle", str(out / "bundle"),
+                       "--out", str(seg_out), "--steps", "2", "--ensemble", "2", "--device", "cpu", "--quiet")
+    assert result.returncode == 0, result.stderr[-4000:]
+    source = nib.load(str(image))
+    for name in ("liver_mean", "liver_variance", "kidney_left_mean", "kidney_left_variance"):
+        written = nib.load(str(seg_out / f"{name}.nii.gz"))
+        assert written.shape == source.shape
+        np.testing.assert_allclose(written.affine, source.affine, atol=1e-4)
+        data = np.asarray(written.dataobj)
+        assert np.isfinite(data).all()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "everything", "--config", "{tmp}/ok.yaml"], "unknown stage 'everything'"),
+        (["train", "mask-ae", "--config", "{tmp}/nope.yaml"], "nope.yaml: no such config file"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    (tmp_path / "ok.yaml").write_text(f"data: [{tmp_path}]\n")
+    result = latentseg(*(a.format(tmp=tmp_path) for a in args), timeout_s=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("latentseg train: error:") and needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("data: [x\nout: y\n", "not valid YAML"),
+        ("data: [x]\nmask_ae: {stepz: 3}\n", "mask_ae.stepz: unknown key"),
+        ("just words\n", "mapping"),
+        ("data: [does_not_exist]\n", "does_not_exist: not a folder"),
+    ],
+)
+def test_config_and_data_errors_are_one_line_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, needle: str
+) -> None:
+    """Through cli.main.main in-process (the subprocess path is the same code; these need torch
+    imported, which costs seconds per subprocess)."""
+    from cli.main import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    handlers = logging.root.handlers[:]  # the command configures logging for its process
+    try:
+        status = main(["train", "mask-ae", "--config", str(config), "--out", str(tmp_path / "run"), "--device", "cpu"])
+    finally:
+        logging.root.handlers[:] = handlers
+    assert status == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("latentseg train: error:") and needle in lines[0], lines
+    assert not (tmp_path / "run").exists()
