@@ -323,20 +323,19 @@ def _copy_voxels(source: _BoundedSource, head: bytes, parsed: ParsedHeader, dst:
     dtype = np.dtype(info.dtype)
     # ``head`` may already hold the start of the extensions or even the voxels.
     consumed = len(head)
+    header_size = len(parsed.clean_header) - 4
     skip = parsed.vox_offset - consumed
     if skip > 0:
-        remaining = skip
-        while remaining > 0:
-            got = source.read_exact(min(remaining, _COPY_BLOCK))
-            if not got:
-                raise MalformedNifti(
-                    f"the file is truncated: the header says the voxels start at byte {parsed.vox_offset}"
-                )
-            remaining -= len(got)
+        rest = source.read_exact(skip)  # at most MAX_EXTENSION_BYTES: checked in parse_header
+        if len(rest) < skip:
+            raise MalformedNifti(f"the file is truncated: the header says the voxels start at byte {parsed.vox_offset}")
+        extensions = head[header_size:] + rest
         carried = b""
     else:
+        extensions = head[header_size : parsed.vox_offset]
         carried = head[parsed.vox_offset :][: parsed.data_bytes]
     byte_order = ">" if _big_endian(parsed.clean_header) else "<"
+    _check_extensions(extensions, byte_order)
     typed = dtype.newbyteorder(byte_order) if dtype.itemsize > 1 else dtype
     is_float = dtype.kind == "f"
     nonfinite = 0
@@ -365,6 +364,23 @@ def _copy_voxels(source: _BoundedSource, head: bytes, parsed: ParsedHeader, dst:
     if nonfinite and limits.reject_nonfinite:
         raise MalformedNifti(f"the volume has {nonfinite} NaN/Inf voxels; this server refuses non-finite voxels")
     return VolumeInfo(shape=info.shape, spacing=info.spacing, dtype=info.dtype, nonfinite_voxels=nonfinite)
+
+
+def _check_extensions(region: bytes, byte_order: str) -> None:
+    """``region`` runs from the extension flag to ``vox_offset``: flagged extensions must end before
+    the voxels, so extension bytes (which may hold DICOM tags) are never copied as voxel data."""
+    if len(region) < 4 or region[0] == 0:
+        return
+    position = 4
+    while position + 8 <= len(region):
+        (esize,) = struct.unpack(byte_order + "i", region[position : position + 4])
+        if esize == 0:
+            return  # padding up to vox_offset
+        if esize < 16 or esize % 16 or position + esize > len(region):
+            raise MalformedNifti("a header extension runs into the voxel data (extension sizes and vox_offset disagree)")
+        position += esize
+    if position == 4:
+        raise MalformedNifti("the header announces extensions but vox_offset leaves no room for them")
 
 
 def _big_endian(header: bytes) -> bool:

@@ -167,6 +167,7 @@ def _malformed_cases() -> list[tuple[str, bytes, str]]:
         ("fractional vox_offset", patch(raw, "vox_offset", 352.5), "vox_offset"),
         ("infinite slope", patch(raw, "scl_slope", math.inf), "scaling"),
         ("hdr/img pair", patch(raw, "magic", b"ni1\x00"), ".hdr/.img"),
+        ("extension read as voxels", patch(nifti_bytes(private=True), "vox_offset", 352.0), "extension"),
         ("truncated", raw[:400], "truncated"),
         ("truncated gz", noisy[: len(noisy) // 2], "truncated"),
     ]
