@@ -42,8 +42,9 @@ import importlib.metadata
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import highdicom as hd
 import numpy as np
@@ -57,12 +58,13 @@ from model.vocabulary import Code, Target
 
 if TYPE_CHECKING:
     from model.pipeline import Segmentation
-    from model.preprocessing import Volume
 
 __all__ = [
     "DERIVED_CT_DIRNAME",
     "DERIVED_CT_ZIPNAME",
+    "LabelMap",
     "PRIVATE_SCHEME",
+    "VolumeLike",
     "SEG_FILENAME",
     "build_dicom_seg",
     "derive_ct_series",
@@ -147,8 +149,46 @@ def _source_geometry(headers: Sequence[Dataset]) -> tuple[tuple[int, int, int], 
     return (int(first.Columns), int(first.Rows), len(headers)), LPS_FROM_RAS @ lps
 
 
+class _HasLabels(Protocol):
+    targets: tuple[Target, ...]
+    affine: np.ndarray
+
+    def labels(self) -> np.ndarray: ...
+
+
+@runtime_checkable
+class _HasMeans(Protocol):
+    targets: tuple[Target, ...]
+    affine: np.ndarray
+    mean: Mapping[str, np.ndarray]
+
+    def labels(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """A written label map and its targets: enough for a BINARY SEG, torch-free (the API uses it)."""
+
+    targets: tuple[Target, ...]
+    array: np.ndarray  # (I, J, K) uint8 vocabulary ids, as labels.nii.gz
+    affine: np.ndarray
+
+    def labels(self) -> np.ndarray:
+        return self.array
+
+
+class VolumeLike(Protocol):
+    """What :func:`derive_ct_series` reads: :class:`model.preprocessing.Volume` or any (data, affine) pair."""
+
+    data: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]: ...
+
+
 def build_dicom_seg(
-    result: Segmentation,
+    result: Segmentation | LabelMap,
     source_images: Sequence[Dataset],
     *,
     bundle_name: str,
@@ -166,10 +206,13 @@ def build_dicom_seg(
         raise ValueError("a segmentation with no targets has nothing to encode")
     if len(source_images) < 1:
         raise ValueError("a DICOM-SEG needs its source images")
+    if fractional and not isinstance(result, _HasMeans):
+        raise ValueError("a FRACTIONAL SEG needs the mean maps, not only a label map")
     shape, affine = _source_geometry(source_images)
-    mean_shape = result.mean[result.targets[0].name].shape
-    if mean_shape != shape:
-        raise ValueError(f"the segmentation has shape {mean_shape}, the source series {shape}")
+    labels = None if fractional else result.labels()
+    result_shape = labels.shape if labels is not None else result.mean[result.targets[0].name].shape  # type: ignore[union-attr]
+    if result_shape != shape:
+        raise ValueError(f"the segmentation has shape {result_shape}, the source series {shape}")
     if len(source_images) > 1 and not np.allclose(result.affine, affine, atol=1e-2, rtol=1e-4):
         raise ValueError(
             "the segmentation's affine does not match the source series' geometry:\n"
@@ -183,7 +226,7 @@ def build_dicom_seg(
         kind, syntax = hd.seg.SegmentationTypeValues.FRACTIONAL, ExplicitVRLittleEndian
         description = "mean probability per target (ensemble mean)"
     else:
-        labels = result.labels()
+        assert labels is not None
         stack = np.stack([labels == t.id for t in result.targets], axis=-1).astype(np.uint8)
         kind, syntax = hd.seg.SegmentationTypeValues.BINARY, ExplicitVRLittleEndian
         description = "label map: most probable target where its ensemble mean > 0.5"
@@ -263,14 +306,14 @@ def _derived_geometry(affine: np.ndarray, where: str) -> tuple[np.ndarray, np.nd
     return row_cos, col_cos, float(spacing[0]), float(spacing[1]), lps
 
 
-def derive_ct_series(volume: Volume, *, series_description: str = "latentseg derived CT") -> list[Dataset]:
+def derive_ct_series(volume: VolumeLike, *, series_description: str = "latentseg derived CT") -> list[Dataset]:
     """CT Image Storage datasets, one per ``volume.data[:, :, k]``, on the volume's own grid.
 
     HU are rounded to int16 (RescaleSlope 1, RescaleIntercept 0). The patient is "Anonymous"
     and study, series and frame of reference are new UIDs: the NIfTI carried no identity.
     """
     row_cos, col_cos, col_spacing, row_spacing, lps = _derived_geometry(volume.affine, "the input volume")
-    cols, rows, depth = volume.shape
+    cols, rows, depth = (int(n) for n in volume.data.shape)
     slice_step = float(np.linalg.norm(lps[:3, 2]))
     study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
     now = dt.datetime.now()
@@ -344,10 +387,10 @@ DERIVED_CT_ZIPNAME = "dicom_ct.zip"
 
 
 def write_dicom_seg(
-    result: Segmentation,
+    result: Segmentation | LabelMap,
     out_dir: Path,
     *,
-    volume: Volume,
+    volume: VolumeLike,
     source_images: Sequence[Dataset] | None,
     bundle_name: str,
     bundle_version: str,

@@ -233,3 +233,21 @@ def test_derived_ct_as_zip_for_flat_result_listings(tmp_path: Path) -> None:
     ds = pydicom.dcmread(written[0])
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == derived.info.series_instance_uid
     np.testing.assert_array_equal(derived.volume.data, np.full((12, 10, 3), 35.0))
+
+
+def test_a_label_map_alone_makes_the_same_binary_seg(tmp_path: Path) -> None:
+    from model.dicom_seg import LabelMap
+
+    volume = Volume(data=np.zeros((20, 16, 5), np.float32), affine=np.diag([1.5, 1.5, 2.5, 1.0]))
+    result = _sphere_segmentation(volume, ["spleen", "kidney_right"])
+    sources = derive_ct_series(volume)
+    label_map = LabelMap(targets=result.targets, array=result.labels(), affine=result.affine)
+    uids = [s.SOPInstanceUID for s in sources]
+    frames = []
+    for name, source in (("full", result), ("labels", label_map)):
+        build_dicom_seg(source, sources, bundle_name="b", bundle_version="1").save_as(tmp_path / f"{name}.dcm")
+        frames.append(hd.seg.segread(tmp_path / f"{name}.dcm").get_pixels_by_source_instance(uids))
+    np.testing.assert_array_equal(frames[0], frames[1])
+    assert frames[0].any()
+    with pytest.raises(ValueError, match="FRACTIONAL"):
+        build_dicom_seg(label_map, sources, bundle_name="b", bundle_version="1", fractional=True)
