@@ -103,19 +103,35 @@ def make_context(config: TrainConfig, rank: int, world: int, device: torch.devic
 class StepLog:
     """Per-step CSV (and TensorBoard if available), rank 0 only."""
 
-    def __init__(self, path: Path, enabled: bool) -> None:
+    def __init__(self, path: Path, enabled: bool, start_step: int = 0) -> None:
         self.enabled = enabled
         self.path = path
         self._writer: Any = None
         self._tb: Any = None
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._drop_rows_after(start_step)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(path.parent / "tensorboard" / path.stem))
             except ImportError:
                 self._tb = None
+
+    def _drop_rows_after(self, step: int) -> None:
+        """Rows past the checkpoint being resumed (written before a crash) would be logged twice."""
+        if not self.path.is_file():
+            return
+        with self.path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+        kept = rows[:1] + [row for row in rows[1:] if row and int(float(row[0])) <= step]
+        if len(kept) == len(rows):
+            return
+        if len(kept) == 1:
+            self.path.unlink()
+            return
+        with self.path.open("w", newline="") as fh:
+            csv.writer(fh).writerows(kept)
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -196,7 +212,7 @@ def run_stage(
 
     wrapped: nn.Module = DistributedDataParallel(model) if ctx.world_size > 1 else model
     use_amp = device.type == "cuda"
-    step_log = StepLog(ctx.out / "logs" / f"{name}.csv", ctx.is_main)
+    step_log = StepLog(ctx.out / "logs" / f"{name}.csv", ctx.is_main, start_step)
     started = time.time()
     recent: dict[str, list[float]] = {}
 
