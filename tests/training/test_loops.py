@@ -166,3 +166,17 @@ def test_diffusion_without_autoencoders_is_a_clear_error(train_config: Any) -> N
     config = train_config(diffusion={"steps": 1})
     with pytest.raises(FileNotFoundError, match="mask-ae"):
         train(config, ("diffusion",))
+
+
+def test_resume_after_a_crash_does_not_log_steps_twice(train_config: Any) -> None:
+    config = train_config("crash.yaml", out="crash", mask_ae={"steps": 4, "batch_size": 2, "log_every": 1})
+    checkpoint = config.out / "checkpoints" / "mask-ae.pt"
+    log_path = config.out / "logs" / "mask-ae.csv"
+    train(config, ("mask-ae",))
+    at_step_4 = checkpoint.read_bytes()
+    longer = _with_steps(config, mask_ae=7)
+    train(longer, ("mask-ae",))
+    # As if the process died after logging step 7 but before writing its checkpoint.
+    checkpoint.write_bytes(at_step_4)
+    train(longer, ("mask-ae",))
+    assert [row["step"] for row in read_log(log_path)] == [1, 2, 3, 4, 5, 6, 7]
