@@ -45,6 +45,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import numpy as np
@@ -64,10 +65,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LEFT, RIGHT = "left", "right"
-_SIDE_WORDS: Mapping[str, str] = {
+_SIDE_WORDS: Mapping[str, str] = MappingProxyType({
     "left": LEFT, "l": LEFT, "lt": LEFT, "sinister": LEFT, "sinistra": LEFT,
     "right": RIGHT, "r": RIGHT, "rt": RIGHT, "dexter": RIGHT, "dextra": RIGHT,
-}
+})
 _BOTH_WORDS = frozenset({"both", "bilateral", "bilaterally", "paired"})
 _FILLER = frozenset({
     "a", "an", "the", "of", "and", "in", "on", "at", "my", "me", "all", "s", "please", "show", "find",
@@ -75,20 +76,20 @@ _FILLER = frozenset({
     "delineate", "label", "labels", "ct", "scan", "whole", "entire", "organ", "organs", "structure",
     "region", "area", "patient", "patients", "its", "their",
 })
-_PLURALS: Mapping[str, str] = {
+_PLURALS: Mapping[str, str] = MappingProxyType({
     "kidneys": "kidney", "lungs": "lung", "adrenals": "adrenal", "glands": "gland", "vessels": "vessel",
     "veins": "vein", "arteries": "artery", "tumors": "tumor", "cysts": "cyst", "neoplasms": "neoplasm",
     "heads": "head", "femurs": "femur", "femora": "femur", "masses": "mass", "cancers": "cancer",
     "carcinomas": "carcinoma", "lesions": "lesion", "bowels": "bowel", "intestines": "intestine",
     "bladders": "bladder", "nodules": "nodule",
-}
-_WORD_MAP: Mapping[str, str] = {
+})
+_WORD_MAP: Mapping[str, str] = MappingProxyType({
     "pancreatic": "pancreas", "renal": "kidney", "hepatic": "liver", "pulmonary": "lung",
     "colonic": "colon", "gastric": "stomach", "splenic": "spleen", "esophageal": "esophagus",
     "duodenal": "duodenum", "rectal": "rectum", "prostatic": "prostate", "femoral": "femur",
     "suprarenal": "adrenal", "aortic": "aorta", "cancer": "tumor", "carcinoma": "tumor",
     "neoplasm": "tumor", "malignancy": "tumor", "mass": "tumor",
-}
+})
 _AND = re.compile(r"\s+(?:and|&)\s+|\s*&\s*", re.IGNORECASE)
 _MIN_SPELL_LENGTH = 4
 _SPELL_CUTOFF = 0.8

