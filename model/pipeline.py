@@ -405,9 +405,21 @@ def segment_volume(
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Write a NIfTI; ``.nii.gz`` goes through ISA-L's gzip (``isal``, about 5-20× faster than
+    zlib at the same ratio, same file format) when it is installed, else through nibabel's zlib."""
     img = nib.Nifti1Image(array, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
+    path = Path(path)
+    if path.name.endswith(".gz"):
+        try:
+            from isal import igzip
+        except ImportError:
+            igzip = None
+        if igzip is not None:
+            with igzip.open(path, "wb", compresslevel=1) as handle:
+                img.to_file_map({"image": nib.FileHolder(filename=str(path), fileobj=handle)})
+            return
     nib.save(img, str(path))
 
 
