@@ -18,7 +18,14 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from service.queues import Readiness
-from worker.contracts import TASK_PATH, JobState, SegmentationRequest, alive_key, bundle_info_key
+from worker.contracts import (
+    TASK_PATH,
+    JobState,
+    SegmentationRequest,
+    alive_key,
+    bundle_info_key,
+    worker_alive_key,
+)
 
 __all__ = ["RqJobQueue", "connect_redis"]
 
@@ -137,7 +144,11 @@ class RqJobQueue:
         workers = 0
         try:
             self._redis.ping()
-            live = Worker.all(connection=self._redis, queue=self._queue)
+            registered = Worker.all(connection=self._redis, queue=self._queue)
+            pipe = self._redis.pipeline(transaction=False)
+            for worker in registered:
+                pipe.exists(worker_alive_key(self._queue_name, worker.name))
+            live = [w for w, beating in zip(registered, pipe.execute(), strict=True) if beating]
             workers = len(live)
             raw = self._redis.hgetall(bundle_info_key(self._queue_name))
             published = {k.decode(): v.decode() for k, v in raw.items()}

@@ -42,6 +42,7 @@ __all__ = [
     "PayloadError",
     "SegmentationRequest",
     "bundle_info_key",
+    "worker_alive_key",
     "decode_fields",
     "default_storage_dir",
     "encode_fields",
@@ -147,6 +148,13 @@ def record_key(queue_name: str, job_id: str) -> str:
 def alive_key(queue_name: str, job_id: str) -> str:
     """Redis key a worker refreshes (with a short TTL) while it runs the job: gone = the worker died."""
     return f"latentseg:{queue_name}:alive:{job_id}"
+
+
+def worker_alive_key(queue_name: str, worker_name: str) -> str:
+    """Redis key a worker process refreshes (short TTL) while it lives, busy or idle: readiness
+    counts only workers whose key exists (RQ's own registry keeps a killed busy worker for the
+    whole job timeout)."""
+    return f"latentseg:{queue_name}:worker-alive:{worker_name}"
 
 
 def bundle_info_key(queue_name: str) -> str:

@@ -11,6 +11,9 @@ Consequences, written down:
 
 - Job timeouts still hold: ``SimpleWorker`` enforces ``job_timeout`` with SIGALRM in the main
   thread, which raises inside the job; the job function records the failure in words.
+- A process-wide liveness key (``latentseg:<queue>:worker-alive:<name>``, TTL three
+  ``heartbeat_s``) is refreshed by a thread, busy or idle: ``/readyz`` counts only workers whose
+  key exists, so a killed worker stops counting within seconds.
 - A job that crashes the interpreter (segfault, OOM kill) takes the worker with it. While a job
   runs, a heartbeat thread refreshes ``latentseg:<queue>:alive:<job_id>`` (TTL three
   ``heartbeat_s``); when the API reads a ``started`` record whose key is gone, it marks the job
@@ -33,7 +36,8 @@ from typing import Any
 from rq import Queue, SimpleWorker, Worker
 from rq.serializers import JSONSerializer
 
-from worker.contracts import bundle_info_key
+from worker.contracts import bundle_info_key, worker_alive_key
+from worker.reporting import Heartbeat
 from worker.runtime import WorkerRuntime, load_runtime, runtime_context
 from worker.settings import WorkerSettings
 
@@ -79,6 +83,10 @@ def run_worker(settings: WorkerSettings, *, burst: bool = False, max_jobs: int |
     runtime = load_runtime(settings.bundle, settings.storage_dir, settings.device, settings.heartbeat_s)
     name = _worker_name(settings)
     connection.hset(bundle_info_key(settings.queue), name, json.dumps(runtime.bundle_info))
+    alive = worker_alive_key(settings.queue, name)
+    ttl_ms = max(1000, int(settings.heartbeat_s * 3000))
+    liveness = Heartbeat(lambda: connection.set(alive, "1", px=ttl_ms), settings.heartbeat_s)
+    liveness.start()
     queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
     worker = SegmentationWorker(
         [queue], connection=connection, serializer=JSONSerializer, name=name, runtime=runtime
@@ -87,7 +95,9 @@ def run_worker(settings: WorkerSettings, *, burst: bool = False, max_jobs: int |
     try:
         return worker.work(burst=burst, max_jobs=max_jobs, logging_level="INFO", with_scheduler=False)
     finally:
+        liveness.stop()
         try:
+            connection.delete(alive)
             connection.hdel(bundle_info_key(settings.queue), name)
         except Exception:  # Redis down at exit: readiness ignores entries of workers that are gone
             log.warning("could not withdraw the bundle entry of worker %s", name)

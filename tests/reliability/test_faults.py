@@ -15,8 +15,10 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from tests.conftest import wait_until
+from tests.conftest import make_small_volume, wait_until
 from tests.reliability.conftest import LONG, QUICK, PrivateRedis, rq_env, wait_status
+
+MEDIUM = {"ensemble": 8, "steps": 60}  # several seconds: long enough to be caught running
 from tests.reliability.hostile import EXTENSION_TEXT, PRIVATE, gz, nifti_bytes
 
 pytestmark = pytest.mark.slow
@@ -30,7 +32,7 @@ def _submit(http: httpx.Client, path_or_bytes: Path | bytes, params: dict, **ext
 
 
 def test_sigkilled_worker_fails_its_job_with_the_reason_and_leaves_no_partial_result(
-    private_redis: PrivateRedis, serve, work, long_volume: Path, quick_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+    private_redis: PrivateRedis, serve, work, long_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     storage = tmp_path / "storage"
     worker = work(private_redis.url, "rel", storage, heartbeat_s=1.0)
@@ -47,11 +49,7 @@ def test_sigkilled_worker_fails_its_job_with_the_reason_and_leaves_no_partial_re
         assert http.get(f"/jobs/{job_id}/results").status_code == 409
         assert not (storage / "jobs" / job_id / "results").exists()
         assert not list((storage / "jobs" / job_id).glob(".results-*"))  # the dead worker's temp dir is gone
-
-        # A restarted worker serves the queue again.
-        work(private_redis.url, "rel", storage)
-        after = _submit(http, quick_volume, QUICK)
-        assert wait_status(http, after, {"finished", "failed"}, 90)["status"] == "finished"
+        assert http.get("/readyz").json()["workers"] == 0  # and readiness says so
 
 
 def test_sigterm_finishes_the_running_job_then_the_worker_exits(
@@ -61,7 +59,7 @@ def test_sigterm_finishes_the_running_job_then_the_worker_exits(
     worker = work(private_redis.url, "rel", storage)
     server = serve(rq_env(private_redis.url, storage))
     with httpx.Client(base_url=server.url, timeout=30) as http:
-        running = _submit(http, long_volume, {"ensemble": 4, "steps": 20})
+        running = _submit(http, long_volume, MEDIUM)
         waiting = _submit(http, quick_volume, QUICK)
         wait_status(http, running, {"started"}, 60)
         worker.proc.send_signal(signal.SIGTERM)
@@ -71,12 +69,14 @@ def test_sigterm_finishes_the_running_job_then_the_worker_exits(
         assert http.get(f"/jobs/{waiting}").json()["status"] == "queued"  # not taken by a stopping worker
 
 
-def test_a_running_job_is_cancelled_and_the_worker_goes_on(
-    private_redis: PrivateRedis, serve, work, long_volume: Path, quick_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+def test_cancel_a_running_job_then_a_duplicate_of_a_finished_job_is_not_run_twice_and_outputs_are_clean(
+    private_redis: PrivateRedis, serve, work, long_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     storage = tmp_path / "storage"
-    work(private_redis.url, "rel", storage, heartbeat_s=0.5)
+    worker = work(private_redis.url, "rel", storage, heartbeat_s=0.5)
     server = serve(rq_env(private_redis.url, storage))
+    volume = make_small_volume(tmp_path / "v.nii.gz", (32, 32, 8))
+    private = gz(nifti_bytes(volume.image, volume.affine, private=True))
     with httpx.Client(base_url=server.url, timeout=30) as http:
         job_id = _submit(http, long_volume, LONG)
         wait_status(http, job_id, {"started"}, 60)
@@ -88,9 +88,23 @@ def test_a_running_job_is_cancelled_and_the_worker_goes_on(
         assert time.monotonic() - started < 15
         assert not (storage / "jobs" / job_id / "results").exists()
         assert not list((storage / "jobs" / job_id).glob(".results-*"))
-        after = _submit(http, quick_volume, QUICK)
-        assert wait_status(http, after, {"finished", "failed"}, 90)["status"] == "finished"
         assert http.delete(f"/jobs/{job_id}").status_code == 204
+
+        # The worker goes on: a job whose upload carries private header text and an extension.
+        done = _submit(http, private, QUICK)
+        assert wait_status(http, done, {"finished", "failed"}, 90)["status"] == "finished"
+        again = http.post("/segment", params={"targets": "liver", **QUICK}, content=private)
+        assert again.status_code == 200 and again.json()["job_id"] == done and again.json()["status"] == "finished"
+        files = http.get(f"/jobs/{done}/results").json()["files"]
+        outputs = b""
+        for item in files:
+            content = http.get(item["url"]).content
+            outputs += gzip.decompress(content) if item["name"].endswith(".gz") else content
+    connection = redis.Redis.from_url(private_redis.url)
+    assert Queue("rel", connection=connection).finished_job_registry.get_job_ids() == [done]  # run once
+    for secret in (*PRIVATE.values(), EXTENSION_TEXT):
+        assert secret not in outputs, secret
+        assert secret.decode() not in worker.log() and secret.decode() not in server.log()
 
 
 def test_delete_wins_over_a_worker_that_already_popped_the_job(
@@ -116,41 +130,12 @@ def test_delete_wins_over_a_worker_that_already_popped_the_job(
         assert not (storage / "jobs" / job_id).exists()
 
 
-def test_duplicate_of_a_finished_job_does_not_run_twice_and_outputs_are_clean(
-    private_redis: PrivateRedis, serve, work, tmp_path: Path  # type: ignore[no-untyped-def]
-) -> None:
-    storage = tmp_path / "storage"
-    worker = work(private_redis.url, "rel", storage)
-    server = serve(rq_env(private_redis.url, storage))
-
-    from tests.conftest import make_small_volume
-
-    volume = make_small_volume(tmp_path / "v.nii.gz", (32, 32, 8))
-    private = gz(nifti_bytes(volume.image, volume.affine, private=True))
-    with httpx.Client(base_url=server.url, timeout=30) as http:
-        job_id = _submit(http, private, QUICK)
-        assert wait_status(http, job_id, {"finished", "failed"}, 90)["status"] == "finished"
-        again = http.post("/segment", params={"targets": "liver", **QUICK}, content=private)
-        assert again.status_code == 200 and again.json()["job_id"] == job_id and again.json()["status"] == "finished"
-        files = http.get(f"/jobs/{job_id}/results").json()["files"]
-        outputs = b""
-        for item in files:
-            content = http.get(item["url"]).content
-            outputs += gzip.decompress(content) if item["name"].endswith(".gz") else content
-        assert http.get(f"/jobs/{job_id}/results.zip").status_code == 200
-    connection = redis.Redis.from_url(private_redis.url)
-    assert Queue("rel", connection=connection).finished_job_registry.get_job_ids() == [job_id]
-    for secret in (*PRIVATE.values(), EXTENSION_TEXT):
-        assert secret not in outputs, secret
-        assert secret.decode() not in worker.log() and secret.decode() not in server.log()
-
-
 def test_embedded_job_timeout_fails_the_job_and_the_worker_thread_survives(
     serve, tiny_bundle: Path, long_volume: Path, quick_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     server = serve({
         "LATENTSEG_STORAGE_DIR": str(tmp_path / "storage"), "LATENTSEG_BUNDLE": str(tiny_bundle),
-        "LATENTSEG_JOB_TIMEOUT_S": "3",
+        "LATENTSEG_JOB_TIMEOUT_S": "10",
     })
     wait_until(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, 90, "embedded bundle loaded", server)
     with httpx.Client(base_url=server.url, timeout=30) as http:
@@ -158,7 +143,7 @@ def test_embedded_job_timeout_fails_the_job_and_the_worker_thread_survives(
         started = time.monotonic()
         state = wait_status(http, slow, {"failed", "finished"}, 60)
         assert state["status"] == "failed" and "timed out" in state["error"], state
-        assert time.monotonic() - started < 30
+        assert time.monotonic() - started < 40
         assert not (tmp_path / "storage" / "jobs" / slow / "results").exists()
         quick = _submit(http, quick_volume, QUICK)
         assert wait_status(http, quick, {"finished", "failed"}, 60)["status"] == "finished"
