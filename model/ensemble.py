@@ -21,7 +21,7 @@ from model.diffusion.process import GaussianDiffusion
 from model.diffusion.samplers import SamplerKind, sample
 
 
-DECODE_BUDGET_BYTES = 1 << 26  # activations of one mask-decoder call (64 MiB)
+DECODE_BUDGET_BYTES = 1 << 26  # activations of one image-encoder or mask-decoder call (64 MiB)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,9 @@ def sample_window_probabilities(
     n, _, height, width = images.shape
     num_targets = len(target_ids)
     device = bundle.device
-    z_image = bundle.encode_image(images.to(device))  # once per window
+    # Once per window, in memory-bounded sub-batches (the image VAE works at full window resolution).
+    encode_batch = encode_batch_size(bundle.config, n)
+    z_image = torch.cat([bundle.encode_image(images[i : i + encode_batch].to(device)) for i in range(0, n, encode_batch)])
     latent_shape = tuple(z_image.shape[1:])
     # Flatten (window, target, member) pairs in a fixed order.
     pairs = [(w, k, m) for w in range(n) for k in range(num_targets) for m in range(ensemble)]
@@ -100,6 +102,13 @@ def decode_batch_size(config: ModelConfig, max_batch: int, budget_bytes: int = D
     its activations (about four live (B, base_channels, H, W) float32 tensors) bound the batch."""
     height, width = config.preprocess.patch_size
     per_sample = 4 * config.mask_ae.base_channels * height * width * 4
+    return max(1, min(max_batch, budget_bytes // per_sample))
+
+
+def encode_batch_size(config: ModelConfig, max_batch: int, budget_bytes: int = DECODE_BUDGET_BYTES) -> int:
+    """How many windows to encode at once: about four live (B, channels[0], H, W) float32 tensors."""
+    height, width = config.preprocess.patch_size
+    per_sample = 4 * config.image_vae.channels[0] * height * width * 4
     return max(1, min(max_batch, budget_bytes // per_sample))
 
 
