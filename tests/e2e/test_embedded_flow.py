@@ -62,7 +62,7 @@ def test_embedded_api_flow_and_errors(
 
     # The client reports user errors in one line with exit 2, failed jobs with exit 1.
     refused = _submit_cli(str(phantom_volume.path), "--server", server.url, "--targets", "unicorn", "--wait")
-    assert refused.returncode == 2 and "unknown target" in refused.stderr and "liver" in refused.stderr
+    assert refused.returncode == 2 and "unicorn" in refused.stderr and "liver" in refused.stderr
     failed = _submit_cli(str(broken), "--server", server.url, "--targets", "liver", "--steps", "2",
                          "--ensemble", "2", "--out", str(tmp_path / "o2"), "--no-progress")
     assert failed.returncode == 2 and "truncated" in failed.stderr
