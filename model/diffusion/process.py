@@ -250,9 +250,10 @@ class GaussianDiffusion:
         """Per-sample losses ``{"loss", "mse", "vb"}``, each of shape (B,).
 
         ``mse`` is L_MSE on the network's target (z0 for the paper). With the hybrid loss,
-        ``vb`` is the single-step term L_t of the variational bound in bits per dim, with the
-        mean's gradient stopped so it trains only the variance; it is scaled by λ·T so that
-        ``loss = L_MSE + λ · L_VLB`` in expectation over uniform t.
+        ``vb`` is the single-step term L_t of the variational bound in bits per dim for t > 0
+        (0 at t = 0, see below), with the mean's gradient stopped so it trains only the
+        variance; it is scaled by λ·T so that ``loss = L_MSE + λ · L_VLB`` in expectation over
+        uniform t.
         """
         z_t = self.q_sample(z0, t, noise)
         output = model(z_t, self.model_timesteps(t), **(model_kwargs or {}))
@@ -263,7 +264,12 @@ class GaussianDiffusion:
         terms: dict[str, torch.Tensor] = {"mse": mse}
         if self.loss_type is LossType.HYBRID:
             frozen = torch.cat([prediction.detach(), output[:, channels:]], dim=1)
-            vb = self.vb_term(frozen, z0, z_t, t)
+            # The t=0 decoder term -log p(z0|z1) is left out of training: for continuous latents
+            # with a posterior variance near beta_1 it is dominated by err^2/1e-4, its gradient
+            # (which reaches the shared backbone through the variance head) wrecks the t≈0
+            # prediction that sampling ends with, and it would also make the importance sampler
+            # spend most draws on t=0. The mask decoder D_x models the final likelihood instead.
+            vb = torch.where(t == 0, torch.zeros_like(mse), self.vb_term(frozen, z0, z_t, t))
             terms["vb"] = vb
             terms["loss"] = mse + self.vlb_weight * self.num_timesteps * vb
         else:
