@@ -135,8 +135,8 @@ class _LabelAccumulator:
     """Running argmax over targets, one map at a time (first target wins ties, as ``argmax``)."""
 
     def __init__(self, shape: tuple[int, ...]) -> None:
-        self.best = np.full(shape, -np.inf, np.float32)
-        self.ids = np.zeros(shape, np.uint8)
+        self.best = np.full(shape, -np.inf, np.float32, order="F")  # the maps' (NIfTI) voxel order
+        self.ids = np.zeros(shape, np.uint8, order="F")
 
     def add(self, target_id: int, mean: np.ndarray) -> None:
         better = mean > self.best
@@ -144,7 +144,7 @@ class _LabelAccumulator:
         self.ids[better] = target_id
 
     def result(self, threshold: float) -> np.ndarray:
-        return np.where(self.best > threshold, self.ids, np.uint8(0)).astype(np.uint8)
+        return np.where(self.best > threshold, self.ids, np.uint8(0)).astype(np.uint8, order="F")
 
 
 def resolve_targets(bundle: LoadedBundle, targets: Sequence[str] | str) -> tuple[Target, ...]:
@@ -317,10 +317,19 @@ def resample_to_source(
     xform = np.linalg.solve(np.asarray(model_affine, np.float64), np.asarray(source_affine, np.float64))
     linear = xform[:3, :3]
     significant = np.abs(linear) > 1e-9 * np.abs(linear).max()
-    out = np.empty(tuple(int(s) for s in source_shape), np.float32)
+    shape = tuple(int(s) for s in source_shape)
+    # The result is in Fortran order, NIfTI's own voxel order, so writing it needs no transposing
+    # copy: computed as the C-ordered (K, J, I) array with every axis reversed, then transposed.
     if (significant.sum(axis=0) == 1).all() and (significant.sum(axis=1) == 1).all():
-        _resample_separable(channel.numpy().astype(np.float32, copy=False), xform, significant.argmax(axis=1), out)
+        reversed_xform = np.eye(4)
+        reversed_xform[:3, :3] = linear[::-1, ::-1]
+        reversed_xform[:3, 3] = xform[:3, 3][::-1]
+        out_t = np.empty(shape[::-1], np.float32)
+        array_t = np.ascontiguousarray(channel.numpy().astype(np.float32, copy=False).transpose(2, 1, 0))
+        _resample_separable(array_t, reversed_xform, 2 - significant.argmax(axis=1)[::-1], out_t)
+        out = out_t.T
     else:
+        out = np.empty(shape, np.float32, order="F")
         _resample_oblique(channel, model_affine, source_affine, out)
     lo, hi = clip
     if lo is not None or hi is not None:
