@@ -58,6 +58,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    # OpenMP threads sleep instead of spinning between parallel regions. Set before torch loads
+    # libgomp; on shared or busy CPUs spinning made the denoiser 2-3x slower (BENCHMARKS.md, Threads).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
     from tqdm import tqdm
 
