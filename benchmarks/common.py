@@ -57,6 +57,7 @@ def machine_info() -> dict[str, Any]:
         "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "gpu": gpu,
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -76,7 +76,8 @@ def generated() -> str:
     machine = next((d["machine"] for n in ORDER if (d := _load(n)) is not None), None)
     if machine:
         parts += ["### Machine", "",
-                  f"- CPU: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, torch intra-op threads {machine['torch_threads']}",
+                  f"- CPU: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, torch intra-op threads {machine['torch_threads']}, "
+                  f"OMP_WAIT_POLICY {machine.get('omp_wait_policy', '(unset)')}",
                   f"- GPU: {machine['gpu'] or 'none'}; ONNX Runtime providers: {', '.join(machine['ort_providers'])}",
                   f"- Python {machine['python']}, torch {machine['torch']}, onnxruntime {machine['onnxruntime']}", ""]
         loads = [f"{n} {d['load_before']}→{d['load_after']}" for n in ORDER if (d := _load(n)) is not None]

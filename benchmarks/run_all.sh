@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# What `latentseg segment` sets for itself (see BENCHMARKS.md, Threads), so in-process numbers match it.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 ONLY=${BENCH_ONLY:-"standard_case preview latent_vs_pixel batched_vs_naive onnx_vs_torch steps_vs_dice peak_rss"}
 run() { echo "== $1 ($(date +%T), load $(cut -d' ' -f1 /proc/loadavg))" >&2; }
 for name in $ONLY; do
