@@ -14,8 +14,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "submit",
         help="send volumes to a latentseg server and fetch mean/variance masks",
         description=(
-            "Upload each FILE (.nii/.nii.gz) as one job. With --wait (implied by --out), batch-poll all "
-            "jobs with a progress bar and download each job's results into OUT/<input stem>/."
+            "Upload each FILE (.nii/.nii.gz, a .zip of one DICOM series, or a folder holding one series, "
+            "zipped on the fly) as one job. With --wait (implied by --out), batch-poll all jobs with a "
+            "progress bar and download each job's results into OUT/<input stem>/."
         ),
     )
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -27,6 +28,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--ensemble", type=int, help="ensemble size (server default if omitted)")
     parser.add_argument("--steps", type=int, help="sampling steps (server default if omitted)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument(
+        "--dicom-seg", action=argparse.BooleanOptionalAction, default=None,
+        help="ask for (or turn off) segmentation.dcm, a DICOM-SEG; the server's default is on for DICOM input "
+        "and off for NIfTI (which then also gets dicom_ct.zip, the CT series the SEG references)",
+    )
+    parser.add_argument("--fractional", action="store_true", help="make segmentation.dcm FRACTIONAL (mean probability)")
     parser.add_argument("--wait", action="store_true", help="wait for the jobs to end")
     parser.add_argument("--out", type=Path, help="download results here (implies --wait)")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
@@ -58,9 +65,11 @@ def run(args: argparse.Namespace) -> int:
     from cli.main import CliError
     from service.client import ApiError, LatentsegClient
 
-    missing = [str(p) for p in args.files if not p.is_file()]
+    missing = [str(p) for p in args.files if not (p.is_file() or p.is_dir())]
     if missing:
-        raise CliError(f"no such file: {', '.join(missing)}")
+        raise CliError(f"no such file or folder: {', '.join(missing)}")
+    if args.fractional and args.dicom_seg is False:
+        raise CliError("--fractional describes the DICOM-SEG: it cannot go with --no-dicom-seg")
     wait = args.wait or args.out is not None
     out = args.out if args.out is not None else Path("latentseg-results")
 
@@ -70,9 +79,14 @@ def run(args: argparse.Namespace) -> int:
             job_ids: list[str] = []
             for path in args.files:
                 try:
-                    body = client.submit(path, args.targets, ensemble=args.ensemble, steps=args.steps, seed=args.seed)
+                    body = client.submit(
+                        path, args.targets, ensemble=args.ensemble, steps=args.steps, seed=args.seed,
+                        dicom=args.dicom_seg, fractional=args.fractional,
+                    )
                 except ApiError as exc:
                     raise CliError(f"{path}: the server refused it: {exc.message}") from exc
+                except ValueError as exc:
+                    raise CliError(str(exc)) from exc
                 job_ids.append(body["job_id"])
                 print(f"{path}\t{body['job_id']}")
             if not wait:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
-__all__ = ["ApiError", "LatentsegClient", "input_stem"]
+__all__ = ["ApiError", "LatentsegClient", "input_stem", "zip_folder"]
 
 TERMINAL = frozenset({"finished", "failed", "canceled"})
 
@@ -23,12 +26,44 @@ class ApiError(Exception):
 
 
 def input_stem(path: Path) -> str:
-    """``ct_001.nii.gz`` -> ``ct_001``."""
+    """``ct_001.nii.gz`` -> ``ct_001``; ``series.zip`` -> ``series``; a folder -> its name."""
     name = Path(path).name
+    if Path(path).is_dir():
+        return name
     for suffix in (".nii.gz", ".nii"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
+
+
+def zip_folder(folder: Path, out: IO[bytes]) -> int:
+    """Write every regular file under ``folder`` (recursively, symlinks not followed) into a zip
+    on ``out``; returns the member count. The server picks the DICOM slices out of it."""
+    count = 0
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for root, dirs, names in os.walk(folder, followlinks=False):
+            dirs.sort()
+            for name in sorted(names):
+                path = Path(root) / name
+                if path.is_symlink() or not path.is_file():
+                    continue
+                archive.write(path, arcname=path.relative_to(folder).as_posix())
+                count += 1
+    return count
+
+
+@contextmanager
+def _upload_body(path: Path) -> Iterator[IO[bytes]]:
+    """The bytes to send: the file itself, or a folder zipped on the fly into a temp file."""
+    if path.is_dir():
+        with tempfile.TemporaryFile(prefix="latentseg-upload-") as spool:
+            if zip_folder(path, spool) == 0:
+                raise ValueError(f"{path}: the folder holds no files")
+            spool.seek(0)
+            yield spool
+        return
+    with path.open("rb") as fh:
+        yield fh
 
 
 def _detail(response: httpx.Response) -> str:
@@ -75,13 +110,24 @@ class LatentsegClient:
         ensemble: int | None = None,
         steps: int | None = None,
         seed: int | None = None,
+        dicom: bool | None = None,
+        fractional: bool = False,
     ) -> dict[str, Any]:
-        """Upload one volume (streamed as the raw body); returns the 202 body (``job_id``, ``status_url``)."""
+        """Upload one volume (streamed as the raw body); returns the 202 body (``job_id``, ``status_url``).
+
+        ``path`` is a NIfTI file, a .zip of one DICOM series, or a folder holding one series
+        (zipped on the fly). ``dicom`` asks for (or turns off) ``segmentation.dcm``: the server's
+        default is on for DICOM input, off for NIfTI; ``fractional`` makes it FRACTIONAL.
+        """
         params: dict[str, Any] = {"targets": targets if isinstance(targets, str) else ",".join(targets)}
         for name, value in (("ensemble", ensemble), ("steps", steps), ("seed", seed)):
             if value is not None:
                 params[name] = value
-        with Path(path).open("rb") as fh:
+        if dicom is not None:
+            params["dicom"] = "true" if dicom else "false"
+        if fractional:
+            params["fractional"] = "true"
+        with _upload_body(Path(path)) as fh:
             size = os.fstat(fh.fileno()).st_size
             chunks = iter(lambda: fh.read(1024 * 1024), b"")
             response = self._http.post(

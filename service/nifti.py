@@ -93,6 +93,7 @@ class UploadLimits:
     max_voxels: int
     max_decompressed_bytes: int
     reject_nonfinite: bool = False
+    max_dicom_files: int = 10_000  # members of a DICOM series zip (service.dicom_upload)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ __all__ = [
     "ResultManifest",
     "SubmitResponse",
     "TargetOut",
+    "CodeOut",
     "TargetList",
 ]
 
@@ -41,6 +42,10 @@ class JobStatus(BaseModel):
     input_shape: list[int]
     input_spacing: list[float]
     nonfinite_voxels: int = Field(0, description="NaN/Inf voxels in the upload (mapped: NaN -> -1024 HU, +Inf -> 4095, -Inf -> -1024)")
+    input_format: str = Field("nifti", description="nifti, or dicom (a zip of one DICOM series)")
+    dicom_seg: bool = Field(False, description="the results include segmentation.dcm (a DICOM-SEG)")
+    fractional: bool = Field(False, description="segmentation.dcm is FRACTIONAL (mean probability), not BINARY")
+    bundle: dict[str, str] | None = Field(None, description="the model bundle (name, version) that ran the job")
     cancel_requested: bool = False
     created_at: str
     started_at: str | None = None
@@ -70,17 +75,31 @@ class ResultManifest(BaseModel):
     job_id: str
     files: list[ResultFileOut]
     archive_url: str
+    bundle: dict[str, str] | None = Field(None, description="the model bundle (name, version) that ran the job")
+
+
+class CodeOut(BaseModel):
+    """A coded concept (DICOM): value, coding scheme designator (SCT = SNOMED CT), meaning."""
+
+    value: str
+    scheme: str
+    meaning: str
 
 
 class TargetOut(BaseModel):
+    id: int = Field(description="stable vocabulary id (informational; requests use names)")
     name: str
     display: str
     kind: str
     synonyms: list[str]
+    snomed: CodeOut | None = Field(description="the segmented property type (None: a private code is used in SEGs)")
+    category: CodeOut = Field(description="the segmented property category")
+    side: str | None = Field(description="the patient's side (left/right), the SEG's laterality modifier")
 
 
 class TargetList(BaseModel):
     targets: list[TargetOut]
+    vocabulary_sha256: str
 
 
 class Health(BaseModel):

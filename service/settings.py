@@ -49,6 +49,9 @@ class ServiceSettings(BaseSettings):
     max_upload_bytes: int = Field(default=1024 * MiB, ge=1)
     max_decompressed_bytes: int = Field(default=2048 * MiB, ge=1024)
     max_voxels: int = Field(default=512 * 512 * 2048, ge=1)
+    # A DICOM series zip: at most this many members (its inflated bytes count against
+    # max_decompressed_bytes, its voxels against max_voxels).
+    max_dicom_files: int = Field(default=10_000, ge=2)
     # NaN/Inf voxels: kept and mapped by the model (NaN -> -1024 HU, +Inf -> 4095, -Inf -> -1024)
     # unless this is true, which refuses such uploads with 422.
     reject_nonfinite: bool = False

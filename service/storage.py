@@ -2,7 +2,8 @@
 
 A client's filename never reaches the filesystem: the raw upload streams into
 ``jobs/<job_id>/.upload.raw`` (counted and hashed on the way), the validator writes the
-canonical ``input.nii`` from it and the raw bytes are deleted. ``job.json`` (the manifest) lets
+canonical ``input.nii`` (or, for a DICOM series zip, ``input.zip``) from it and the raw bytes
+are deleted. ``job.json`` (the manifest) lets
 the API rebuild a job Redis lost. Result names are only ever served when they are listed in the
 job's ``results/`` directory.
 """
@@ -19,7 +20,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.contracts import JOBS_DIRNAME, MANIFEST_NAME, RESULTS_TMP_PREFIX, is_job_id, job_dir, results_dir
+from worker.contracts import (
+    DICOM_INPUT_NAME,
+    JOBS_DIRNAME,
+    MANIFEST_NAME,
+    RESULTS_TMP_PREFIX,
+    is_job_id,
+    job_dir,
+    results_dir,
+)
 
 __all__ = ["RawUpload", "ResultFile", "Storage", "UploadTooLarge"]
 
@@ -81,9 +90,9 @@ class Storage:
             raise
         return RawUpload(path=raw, size=total, sha256=digest.hexdigest())
 
-    def canonical_input(self, job_id: str) -> Path:
+    def canonical_input(self, job_id: str, dicom: bool = False) -> Path:
         """Where the validator writes the checked, privacy-clean copy of the upload."""
-        return self.job_dir(job_id) / "input.nii"
+        return self.job_dir(job_id) / (DICOM_INPUT_NAME if dicom else "input.nii")
 
     def write_manifest(self, job_id: str, manifest: dict[str, object]) -> None:
         path = self.job_dir(job_id) / MANIFEST_NAME
@@ -119,7 +128,7 @@ class Storage:
 
     def input_path(self, job_id: str) -> Path | None:
         directory = self.job_dir(job_id)
-        for name in ("input.nii", "input.nii.gz"):
+        for name in ("input.nii", "input.nii.gz", DICOM_INPUT_NAME):
             if (directory / name).is_file():
                 return directory / name
         return None

@@ -2,10 +2,11 @@
 
 The API calls :func:`check_upload`; it starts ``python -m service.upload_sandbox SRC DST LIMITS``
 which lowers its own resource limits (address space, CPU seconds, largest file it may write),
-runs :func:`service.nifti.normalize_upload`, and prints one JSON line. A child that crashes
-(segfault, out of memory), overruns the wall-clock limit (killed) or prints nonsense becomes an
-:class:`UploadUnchecked` (HTTP 422: the upload could not be checked); the API process itself only
-waits on a pipe.
+runs :func:`service.nifti.normalize_upload` (``kind="nifti"``) or
+:func:`service.dicom_upload.normalize_dicom_upload` (``kind="dicom_zip"``), and prints one JSON
+line. A child that crashes (segfault, out of memory), overruns the wall-clock limit (killed) or
+prints nonsense becomes an :class:`UploadUnchecked` (HTTP 422: the upload could not be checked);
+the API process itself only waits on a pipe.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = ["SandboxLimits", "UploadUnchecked", "check_upload", "main"]
 
 _KINDS: dict[str, type[UploadRejected]] = {"not_nifti": NotNifti, "malformed": MalformedNifti, "too_big": UploadTooBig}
 MODULE = "service.upload_sandbox"
+KINDS = ("nifti", "dicom_zip")
 
 
 class UploadUnchecked(MalformedNifti):
@@ -45,10 +47,14 @@ def _signal_name(code: int) -> str:
 
 
 async def check_upload(
-    src: Path, dst: Path, limits: UploadLimits, sandbox: SandboxLimits, *, module: str = MODULE
+    src: Path, dst: Path, limits: UploadLimits, sandbox: SandboxLimits, *, module: str = MODULE, kind: str = "nifti"
 ) -> VolumeInfo:
     """Validate ``src`` and write its canonical copy to ``dst`` in a child process (see the module docstring)."""
-    payload = json.dumps({"limits": asdict(limits), "memory_bytes": sandbox.memory_bytes, "cpu_s": sandbox.cpu_s})
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    payload = json.dumps(
+        {"limits": asdict(limits), "memory_bytes": sandbox.memory_bytes, "cpu_s": sandbox.cpu_s, "kind": kind}
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LATENTSEG_", "REDIS"))}
     env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
     proc = await asyncio.create_subprocess_exec(
@@ -100,12 +106,17 @@ def main(argv: list[str]) -> int:
     src, dst, raw = argv
     config = json.loads(raw)
     limits = UploadLimits(**config["limits"])
-    # The canonical copy is at most the decompressed cap; a bug cannot write more.
-    _limit_self(int(config["memory_bytes"]), int(config["cpu_s"]), limits.max_decompressed_bytes + 1024 * 1024)
-    from service.nifti import normalize_upload
+    kind = config.get("kind", "nifti")
+    # The canonical copy is at most the decompressed cap (plus zip headers); a bug cannot write more.
+    overhead = 1024 * 1024 + (256 * limits.max_dicom_files if kind == "dicom_zip" else 0)
+    _limit_self(int(config["memory_bytes"]), int(config["cpu_s"]), limits.max_decompressed_bytes + overhead)
+    if kind == "dicom_zip":
+        from service.dicom_upload import normalize_dicom_upload as normalize
+    else:
+        from service.nifti import normalize_upload as normalize
 
     try:
-        info = normalize_upload(Path(src), Path(dst), limits)
+        info = normalize(Path(src), Path(dst), limits)
     except UploadRejected as exc:
         kind = {NotNifti: "not_nifti", UploadTooBig: "too_big"}.get(type(exc), "malformed")
         answer = {"ok": False, "kind": kind, "message": str(exc)}

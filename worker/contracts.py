@@ -5,6 +5,7 @@ Torch-free and Redis-free (stdlib only), so the API process imports it freely.
 Storage layout (a directory shared by the API and every worker)::
 
     <storage_root>/jobs/<job_id>/input.nii[.gz]     the upload, under a server-generated name
+    <storage_root>/jobs/<job_id>/input.zip          ... or a DICOM series (slices only, generated member names)
     <storage_root>/jobs/<job_id>/results/           appears atomically (rename) when a job finishes
     <storage_root>/jobs/<job_id>/.results-<token>/  a worker's private temp dir before the rename
 
@@ -28,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 __all__ = [
+    "DICOM_INPUT_NAME",
     "JOBS_DIRNAME",
     "MANIFEST_NAME",
     "TRANSITION_LUA",
@@ -58,6 +60,8 @@ __all__ = [
 TASK_PATH = "worker.tasks.run_segmentation"
 JOBS_DIRNAME = "jobs"
 RESULTS_DIRNAME = "results"
+# A DICOM series upload, stored as a zip of its image slices (see service.dicom_upload).
+DICOM_INPUT_NAME = "input.zip"
 RESULTS_TMP_PREFIX = ".results-"
 # The job's request as the API accepted it (payload, owner, record): lets the API rebuild a
 # record and re-enqueue the job if Redis lost them.
@@ -74,7 +78,7 @@ return 1
 """
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-_INPUT_NAMES = frozenset({"input.nii", "input.nii.gz"})
+_INPUT_NAMES = frozenset({"input.nii", "input.nii.gz", DICOM_INPUT_NAME})
 
 
 class JobInterrupted(BaseException):
@@ -181,6 +185,9 @@ class SegmentationRequest:
 
     ``input_name`` is relative to the job's directory; every worker resolves it under its own
     storage root, so API and workers may mount the shared storage at different paths.
+    ``dicom_seg`` asks for ``segmentation.dcm`` (BINARY, or FRACTIONAL with ``fractional``); for
+    a NIfTI input the derived CT series it references comes as ``dicom_ct.zip``. Payloads
+    written before these fields existed read as False.
     """
 
     job_id: str
@@ -189,6 +196,8 @@ class SegmentationRequest:
     ensemble: int
     steps: int
     seed: int
+    dicom_seg: bool = False
+    fractional: bool = False
 
     def __post_init__(self) -> None:
         if not is_job_id(self.job_id):
@@ -201,6 +210,15 @@ class SegmentationRequest:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "seed" else 1):
                 raise PayloadError(f"{name} must be a {'non-negative' if name == 'seed' else 'positive'} int, got {value!r}")
+        for name in ("dicom_seg", "fractional"):
+            if not isinstance(getattr(self, name), bool):
+                raise PayloadError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.fractional and not self.dicom_seg:
+            raise PayloadError("fractional needs dicom_seg")
+
+    @property
+    def is_dicom(self) -> bool:
+        return self.input_name == DICOM_INPUT_NAME
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -210,6 +228,8 @@ class SegmentationRequest:
             "ensemble": self.ensemble,
             "steps": self.steps,
             "seed": self.seed,
+            "dicom_seg": self.dicom_seg,
+            "fractional": self.fractional,
         }
 
     @classmethod
@@ -222,6 +242,8 @@ class SegmentationRequest:
                 ensemble=payload["ensemble"],
                 steps=payload["steps"],
                 seed=payload["seed"],
+                dicom_seg=payload.get("dicom_seg", False),
+                fractional=payload.get("fractional", False),
             )
         except (KeyError, TypeError) as exc:
             raise PayloadError(f"malformed segmentation payload: {exc!r}") from exc
@@ -245,6 +267,8 @@ class JobReporter(Protocol):
 
     def progress(self, fraction: float) -> None: ...
 
-    def finished(self, results: list[str]) -> None: ...
+    def finished(self, results: list[str], bundle: Mapping[str, str] | None = None) -> None:
+        """The job's result file names, and the bundle (name, version) that produced them."""
+        ...
 
     def failed(self, reason: str) -> None: ...

@@ -123,7 +123,7 @@ class Heartbeat:
 
 
 class RecordReporter:
-    """Writes ``status``, ``progress`` (0-100), timestamps, ``results`` and ``error`` fields.
+    """Writes ``status``, ``progress`` (0-100), timestamps, ``results``, ``bundle`` and ``error`` fields.
 
     Progress is written only when the integer percentage changes, so a fine-grained callback
     does not flood Redis. ``on_progress`` (optional) also receives each new percentage. A
@@ -178,10 +178,13 @@ class RecordReporter:
         if self._on_progress is not None:
             self._on_progress(percent)
 
-    def finished(self, results: list[str]) -> None:
-        self._update(
-            {"status": JobState.FINISHED.value, "progress": 100, "finished_at": utc_now(), "results": list(results)}
-        )
+    def finished(self, results: list[str], bundle: Mapping[str, str] | None = None) -> None:
+        fields: dict[str, Any] = {
+            "status": JobState.FINISHED.value, "progress": 100, "finished_at": utc_now(), "results": list(results)
+        }
+        if bundle is not None:
+            fields["bundle"] = dict(bundle)
+        self._update(fields)
         self._stop_heartbeat()
 
     def failed(self, reason: str) -> None:

@@ -1,11 +1,22 @@
 """The job function, imported by RQ through its dotted path ``worker.tasks.run_segmentation``.
 
 The same function runs in RQ workers (``latentseg worker``) and in the embedded in-process
-worker of ``latentseg serve``. It segments every requested target in one call of
-:func:`model.pipeline.segment_file`, writes the results into a private temp directory on the
-storage filesystem and renames it to ``results/`` so a reader never sees half a result. Any
-failure is written into our durable record in words (no traceback) and re-raised, so RQ marks
-its own job failed too.
+worker of ``latentseg serve``. It segments every requested target in one pass, writes the
+results into a private temp directory on the storage filesystem and renames it to
+``results/`` so a reader never sees half a result. Any failure is written into our durable
+record in words (no traceback) and re-raised, so RQ marks its own job failed too.
+
+Inputs and outputs:
+
+- NIfTI (``input.nii``): :func:`model.pipeline.segment_file` (streamed, one full-resolution map
+  in memory at a time). With ``dicom_seg`` the NIfTI outputs are written the same way, then
+  :func:`model.interop.write_interop_outputs` adds ``segmentation.dcm`` referencing a CT series
+  derived from the volume, shipped as ``dicom_ct.zip``.
+- DICOM (``input.zip``, a validated series): :func:`model.dicom_io.read_dicom_series`; results
+  are on the series' own grid, and ``segmentation.dcm`` (when asked for) references the source
+  series. ``preview.png`` is written too (the API draws NIfTI previews on demand, but not from
+  a zip). The SEG copies patient/study attributes from the source, as DICOM requires; nothing
+  from the DICOM headers is logged.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import logging
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +43,8 @@ from worker.runtime import WorkerRuntime, current_runtime
 __all__ = ["describe_failure", "run_segmentation"]
 
 log = logging.getLogger(__name__)
+# With DICOM-SEG/preview outputs, the pipeline reports up to this fraction of the progress.
+PIPELINE_SHARE = 0.9
 
 
 def describe_failure(exc: BaseException, storage_root: Path | None = None) -> str:
@@ -99,14 +113,12 @@ def run_segmentation(
         log.warning("job %s failed: %s", payload.get("job_id"), reason)
         reporter.failed(reason)
         raise
-    reporter.finished(names)
+    reporter.finished(names, bundle={"name": str(runtime.bundle.name), "version": str(runtime.bundle.version)})
     log.info("job %s: finished (%d files)", request.job_id, len(names))
     return {"job_id": request.job_id, "results": names}
 
 
 def _segment_atomically(runtime: WorkerRuntime, request: SegmentationRequest, reporter: JobReporter) -> list[str]:
-    from model.pipeline import segment_file
-
     directory = job_dir(runtime.storage_root, request.job_id)
     input_path = request.input_path(runtime.storage_root)
     if not input_path.is_file():
@@ -115,16 +127,7 @@ def _segment_atomically(runtime: WorkerRuntime, request: SegmentationRequest, re
     tmp = directory / f"{RESULTS_TMP_PREFIX}{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        written = segment_file(
-            runtime.bundle,
-            input_path,
-            tmp,
-            list(request.targets),
-            ensemble=request.ensemble,
-            steps=request.steps,
-            seed=request.seed,
-            progress=reporter.progress,
-        )
+        written = _segment_into(runtime, request, input_path, tmp, reporter.progress)
         names = sorted(Path(p).name for p in written)
         if final.exists():  # a retried job: the previous complete result is replaced whole
             shutil.rmtree(final)
@@ -133,3 +136,48 @@ def _segment_atomically(runtime: WorkerRuntime, request: SegmentationRequest, re
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return names
+
+
+def _segment_into(
+    runtime: WorkerRuntime,
+    request: SegmentationRequest,
+    input_path: Path,
+    out_dir: Path,
+    progress: Callable[[float], None],
+) -> list[Path]:
+    from model.pipeline import SegmentationOptions, predict_model_grid, segment_file, write_prediction
+
+    options = SegmentationOptions(ensemble=request.ensemble, steps=request.steps, seed=request.seed)
+    if not request.is_dicom and not request.dicom_seg:
+        return segment_file(runtime.bundle, input_path, out_dir, list(request.targets), options=options,
+                            progress=progress)
+
+    from model.interop import InteropRequest, write_interop_outputs
+
+    source_images = None
+    if request.is_dicom:
+        from model.dicom_io import read_dicom_series
+
+        series = read_dicom_series(input_path)
+        volume, source_images = series.volume, series.headers
+        del series
+    else:
+        from model.preprocessing import load_nifti
+
+        volume = load_nifti(input_path)
+
+    def scaled(fraction: float) -> None:  # the SEG and the picture take the last part
+        progress(PIPELINE_SHARE * fraction)
+
+    prediction = predict_model_grid(runtime.bundle, volume, list(request.targets), options, scaled)
+    written = write_prediction(prediction, out_dir, scaled)
+    extras = InteropRequest(
+        dicom_seg=request.dicom_seg, fractional=request.fractional, preview=request.is_dicom, derived_ct_as_zip=True
+    )
+    written += write_interop_outputs(
+        out_dir, volume, prediction.targets, extras, source_images=source_images,
+        bundle_name=str(runtime.bundle.name), bundle_version=str(runtime.bundle.version),
+        parameters={"ensemble": str(request.ensemble), "steps": str(request.steps), "seed": str(request.seed)},
+    )
+    progress(1.0)
+    return written

@@ -20,6 +20,13 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["jobs"])
 MAX_BATCH_IDS = 500
+MEDIA_TYPES = (
+    (".json", "application/json"),
+    (".gz", "application/gzip"),
+    (".dcm", "application/dicom"),
+    (".zip", "application/zip"),
+    (".png", "image/png"),
+)
 
 
 def _not_found(job_id: str) -> HTTPException:
@@ -94,7 +101,7 @@ def _finished(services: ServicesDep, job_id: str, owner: str) -> dict[str, Any]:
 
 @router.get("/jobs/{job_id}/results", response_model=ResultManifest, name="get_results")
 def get_results(request: Request, services: ServicesDep, owner: CallerDep, job_id: str) -> ResultManifest:
-    _finished(services, job_id, owner)
+    record = _finished(services, job_id, owner)
     files = services.storage.results(job_id)
     if not files:
         raise HTTPException(410, f"the results of job {job_id} are no longer stored")
@@ -107,6 +114,7 @@ def get_results(request: Request, services: ServicesDep, owner: CallerDep, job_i
             for f in files
         ],
         archive_url=str(request.url_for("get_results_archive", job_id=job_id).path),
+        bundle=record.get("bundle"),
     )
 
 
@@ -141,5 +149,11 @@ def get_result_file(services: ServicesDep, owner: CallerDep, job_id: str, name: 
     item = services.storage.result(job_id, name)
     if item is None:
         raise HTTPException(404, f"job {job_id} has no result named {name!r}")
-    media = "application/json" if name.endswith(".json") else "application/gzip"
-    return FileResponse(item.path, media_type=media, filename=name)
+    return FileResponse(item.path, media_type=_media_type(name), filename=name)
+
+
+def _media_type(name: str) -> str:
+    for suffix, media in MEDIA_TYPES:
+        if name.endswith(suffix):
+            return media
+    return "application/octet-stream"

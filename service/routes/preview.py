@@ -3,7 +3,7 @@
 Drawn on first request from the stored input and the job's result files, then cached as
 ``jobs/<job_id>/preview.png`` beside (not inside) ``results/``, so the result listing and
 archive stay what the worker wrote; deleting the job deletes the picture. A worker that
-already wrote ``preview.png`` into the results is served as is. Same ownership rules as the
+already wrote ``preview.png`` into the results is served as is (workers do for DICOM input). Same ownership rules as the
 other job routes: another key's job is a 404.
 """
 
@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse
 
 from service.auth import CallerDep
 from service.deps import ServicesDep
-from worker.contracts import JobState, is_job_id
+from worker.contracts import DICOM_INPUT_NAME, JobState, is_job_id
 
 __all__ = ["router"]
 
@@ -37,6 +37,8 @@ def _render(services: ServicesDep, job_id: str, cached: Path, requested: list[st
     input_path = services.storage.input_path(job_id)
     if not results or input_path is None or "labels.json" not in results:
         raise HTTPException(410, f"the input or results of job {job_id} are no longer stored")
+    if input_path.name == DICOM_INPUT_NAME:  # the worker draws DICOM jobs' pictures; this one has none
+        raise HTTPException(410, f"job {job_id} has no picture (its worker wrote none)")
     written = set(json.loads(results["labels.json"].read_text()).values())
     # The request's order, so colours match `latentseg segment --preview` for the same targets.
     names = [n for n in requested if n in written] or sorted(written)

@@ -1,4 +1,15 @@
-"""``POST /segment``: upload a volume (multipart file or raw body) for one or more targets."""
+"""``POST /segment``: upload a volume (multipart file or raw body) for one or more targets.
+
+The upload is a NIfTI volume (``.nii``/``.nii.gz``) or a ``.zip`` of one DICOM CT series; its
+bytes decide which (a zip starts with ``PK``), never a filename. Either is validated in the
+sandbox subprocess before anything is queued (:mod:`service.nifti`, :mod:`service.dicom_upload`).
+
+Outputs besides the NIfTI masks: ``dicom=true`` adds ``segmentation.dcm``, a BINARY DICOM-SEG
+with one segment per target (SNOMED CT codes); it is the default for DICOM input (the SEG
+references the uploaded series) and off for NIfTI input (when asked for, the SEG references a CT
+series derived from the volume, delivered as ``dicom_ct.zip``). ``fractional=true`` makes the
+SEG FRACTIONAL (each target's mean probability) and implies ``dicom=true``.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +31,7 @@ from service.auth import CallerDep
 from service.deps import ServicesDep
 from service.jobs import AdmissionRefused
 from service.nifti import UploadLimits, UploadRejected
+from service.dicom_upload import is_zip_upload
 from service.prompt_targets import resolve_request_targets
 from service.schemas import SubmitResponse
 from service.storage import UploadTooLarge
@@ -38,7 +50,8 @@ CHUNK_BYTES = 1024 * 1024
 _BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "The CT volume (.nii or .nii.gz): a multipart field named `file`, or the raw body.",
+        "description": "The CT volume (.nii or .nii.gz) or a .zip of one DICOM CT series: a multipart field "
+        "named `file`, or the raw body.",
         "content": {
             "multipart/form-data": {
                 "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
@@ -78,9 +91,11 @@ def _refused(exc: AdmissionRefused, retry_after_s: int) -> HTTPException:
     return HTTPException(429, str(exc), {"Retry-After": str(retry_after_s)})
 
 
-def _request_digest(owner: str, sha256: str, targets: tuple[str, ...], ensemble: int, steps: int, seed: int) -> str:
+def _request_digest(
+    owner: str, sha256: str, targets: tuple[str, ...], ensemble: int, steps: int, seed: int, outputs: tuple[bool, ...]
+) -> str:
     """Same key, same bytes, same parameters -> same digest (duplicate submissions do the work once)."""
-    text = json.dumps([owner, sha256, list(targets), ensemble, steps, seed])
+    text = json.dumps([owner, sha256, list(targets), ensemble, steps, seed, list(outputs)])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -103,9 +118,10 @@ def _accepted(request: Request, response: Response, record: dict[str, Any], dupl
     responses={
         200: {"description": "a duplicate: this key already submitted the same upload with the same parameters"},
         401: {"description": "missing or invalid API key"},
-        413: {"description": "too large (compressed, decompressed or voxels)"},
-        415: {"description": "not a NIfTI"},
-        422: {"description": "invalid parameters or a malformed NIfTI"},
+        413: {"description": "too large (compressed, decompressed, voxels, or zip members)"},
+        415: {"description": "neither a NIfTI nor a zip of DICOM images"},
+        422: {"description": "invalid parameters, a malformed NIfTI, or a DICOM zip that is not one usable series "
+                             "(a single slice, several series, gantry tilt, uneven spacing...)"},
         429: {"description": "too many active jobs for this key, or the queue is full (see Retry-After)"},
         503: {"description": "the job queue is unavailable"},
     },
@@ -120,8 +136,15 @@ async def submit_segmentation(
     ensemble: Annotated[int | None, Query(ge=1, description="ensemble size (samples per target)")] = None,
     steps: Annotated[int | None, Query(ge=1, description="sampling steps")] = None,
     seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    dicom: Annotated[bool | None, Query(description="also write segmentation.dcm, a DICOM-SEG (default: true for "
+                                                    "a DICOM zip, false for NIfTI; NIfTI input then also gets "
+                                                    "dicom_ct.zip, the derived CT series the SEG references)")] = None,
+    fractional: Annotated[bool, Query(description="make segmentation.dcm FRACTIONAL (mean probability) instead of "
+                                                  "BINARY; implies dicom=true")] = False,
 ) -> SubmitResponse:
     settings = services.settings
+    if fractional and dicom is False:
+        raise HTTPException(422, "fractional=true describes the DICOM-SEG output; it cannot go with dicom=false")
     try:  # names, synonyms or plain words ("left kidney"): service.prompt_targets
         resolved = await run_in_threadpool(resolve_request_targets, request.app, services.vocabulary, targets)
     except UnknownTargetError as exc:
@@ -170,7 +193,9 @@ async def submit_segmentation(
         raise HTTPException(422, f"malformed multipart body: {exc.message}") from None
 
     names = tuple(t.name for t in resolved)
-    digest = _request_digest(owner, raw.sha256, names, ensemble, steps, seed)
+    is_dicom = is_zip_upload(raw.path)
+    dicom_seg = fractional or (is_dicom if dicom is None else dicom)
+    digest = _request_digest(owner, raw.sha256, names, ensemble, steps, seed, (dicom_seg, fractional))
     try:
         duplicate = await run_in_threadpool(services.jobs.find_duplicate, owner, digest)
         if duplicate is not None:
@@ -182,23 +207,28 @@ async def submit_segmentation(
             max_voxels=settings.max_voxels,
             max_decompressed_bytes=settings.max_decompressed_bytes,
             reject_nonfinite=settings.reject_nonfinite,
+            max_dicom_files=settings.max_dicom_files,
         )
         sandbox = SandboxLimits(
             timeout_s=settings.upload_check_timeout_s,
             memory_bytes=settings.upload_check_memory_bytes,
             cpu_s=settings.upload_check_cpu_s,
         )
-        stored = services.storage.canonical_input(job_id)
+        stored = services.storage.canonical_input(job_id, dicom=is_dicom)
         try:
-            volume = await check_upload(raw.path, stored, limits, sandbox)
+            volume = await check_upload(raw.path, stored, limits, sandbox, kind="dicom_zip" if is_dicom else "nifti")
         except UploadRejected as exc:
-            log.info("upload for job %s refused (%d): %s", job_id, exc.status, exc)
+            if is_dicom:  # the message may quote member names or a series description: not for logs
+                log.info("upload for job %s refused (%d): DICOM zip, %s", job_id, exc.status, type(exc).__name__)
+            else:  # NIfTI messages are numbers and never quote header text (service.nifti)
+                log.info("upload for job %s refused (%d): %s", job_id, exc.status, exc)
             raise HTTPException(exc.status, str(exc)) from exc
         finally:
             raw.path.unlink(missing_ok=True)
 
         job = SegmentationRequest(
-            job_id=job_id, input_name=stored.name, targets=names, ensemble=ensemble, steps=steps, seed=seed
+            job_id=job_id, input_name=stored.name, targets=names, ensemble=ensemble, steps=steps, seed=seed,
+            dicom_seg=dicom_seg, fractional=fractional,
         )
         outcome = await run_in_threadpool(services.jobs.submit, job, volume, owner, digest)
     except AdmissionRefused as exc:

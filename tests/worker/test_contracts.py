@@ -71,3 +71,17 @@ def test_record_fields_encode_as_json_strings() -> None:
 
 def test_terminal_states() -> None:
     assert {s for s in JobState if s.is_terminal} == {JobState.FINISHED, JobState.FAILED, JobState.CANCELED}
+
+
+def test_dicom_input_and_output_flags_round_trip_and_old_payloads_read_as_off() -> None:
+    request = _request(input_name="input.zip", dicom_seg=True, fractional=True)
+    assert request.is_dicom and SegmentationRequest.from_payload(request.to_payload()) == request
+    old = {k: v for k, v in _request().to_payload().items() if k not in ("dicom_seg", "fractional")}
+    parsed = SegmentationRequest.from_payload(old)
+    assert parsed.dicom_seg is False and parsed.fractional is False and not parsed.is_dicom
+
+
+@pytest.mark.parametrize("overrides", [{"fractional": True}, {"dicom_seg": "yes"}, {"input_name": "input_dicom.zip"}])
+def test_bad_output_flags_are_refused(overrides: dict) -> None:
+    with pytest.raises(PayloadError):
+        _request(**overrides)

@@ -101,3 +101,30 @@ def test_malformed_payload_fails_the_record() -> None:
 def test_runtime_is_only_found_inside_a_worker() -> None:
     with pytest.raises(RuntimeError, match="latentseg worker"):
         current_runtime()
+
+
+def test_a_dicom_job_without_seg_writes_nifti_on_the_series_grid_and_a_picture(runtime: WorkerRuntime, tmp_path: Path) -> None:
+    from model.dicom_io import read_dicom_series
+    from tests.reliability.dicom_zips import CT_FILES, series_zip
+
+    if len(CT_FILES) != 3:
+        pytest.skip("real data not available: the shared dicom-ct3slice series is absent")
+    source = tmp_path / "series.zip"
+    series_zip(source, with_clutter=False)
+    request = SegmentationRequest(
+        job_id=new_job_id(), input_name="input.zip", targets=("liver",), ensemble=2, steps=2, seed=0, dicom_seg=False
+    )
+    directory = job_dir(runtime.storage_root, request.job_id)
+    directory.mkdir(parents=True)
+    shutil.copyfile(source, directory / "input.zip")
+    record = Record()
+    result = run_segmentation(request.to_payload(), runtime=runtime, reporter=RecordReporter(record.update))
+    assert result["results"] == sorted(
+        ["liver_mean.nii.gz", "liver_variance.nii.gz", "labels.nii.gz", "labels.json", "preview.png"]
+    )
+    assert record.fields["bundle"] == {"name": runtime.bundle.name, "version": runtime.bundle.version}
+    progress = [h["progress"] for h in record.history if "progress" in h]
+    assert progress == sorted(progress) and progress[-1] == 100
+    labels = nib.load(directory / "results" / "labels.nii.gz")
+    np.testing.assert_allclose(labels.affine, read_dicom_series(source).volume.affine, atol=1e-4)
+    assert labels.shape == (512, 512, 3)
