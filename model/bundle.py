@@ -25,7 +25,7 @@ from model.bundle_manifest import (
 )
 from model.config import ModelConfig, tiny_config
 from model.diffusion.process import GaussianDiffusion
-from model.diffusion.respace import respace, space_timesteps
+from model.diffusion.respace import respace, sampling_timesteps
 from model.diffusion.schedule import make_betas
 from model.errors import BundleError
 from model.nets.autoencoder import MaskAutoencoder, build_image_vae, encode_image_mean
@@ -137,7 +137,7 @@ class LoadedBundle:
         steps = steps or self.config.sampling.steps
         if steps >= base.num_timesteps:
             return base
-        return respace(base, space_timesteps(base.num_timesteps, steps))
+        return respace(base, sampling_timesteps(base.num_timesteps, steps))
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:

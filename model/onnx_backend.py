@@ -45,7 +45,7 @@ from model.bundle import LoadedBundle, build_process, load_bundle, resolve_bundl
 from model.bundle_manifest import BundleManifest, LatentScale, file_sha256, read_manifest
 from model.config import ModelConfig
 from model.diffusion.process import GaussianDiffusion
-from model.diffusion.respace import respace, space_timesteps
+from model.diffusion.respace import respace, sampling_timesteps
 from model.errors import BundleError
 from model.nets.autoencoder import encode_image_mean
 from model.vocabulary import Vocabulary
@@ -342,7 +342,7 @@ class OnnxBundle:
         steps = steps or self.config.sampling.steps
         if steps >= base.num_timesteps:
             return base
-        return respace(base, space_timesteps(base.num_timesteps, steps))
+        return respace(base, sampling_timesteps(base.num_timesteps, steps))
 
     def _run(self, name: str, feeds: dict[str, np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(self.sessions[name].run(None, feeds)[0])

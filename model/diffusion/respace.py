@@ -36,6 +36,23 @@ def space_timesteps(num_timesteps: int, spec: int | str) -> list[int]:
     return sorted({round(i * stride) for i in range(count)})
 
 
+def sampling_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """The timesteps a few-step sampler visits: ``steps`` evenly spread from T-1 down to
+    T/(2·steps), leaving out t = 0.
+
+    Sampling starts from pure noise at T-1, and the last network call happens half a stride
+    above 0. With z0 prediction the sample is that call's predicted z0 (eq. 9 at the process's
+    first step is the prediction itself), and the network is least reliable at t≈0, which
+    training visits least (about 1 draw in T).
+    """
+    _check_count(num_timesteps, steps)
+    if steps == 1:
+        return [num_timesteps - 1]
+    lowest = min(num_timesteps - steps, max(1, num_timesteps // (2 * steps)))
+    kept = sorted({int(round(x)) for x in np.linspace(lowest, num_timesteps - 1, steps)})
+    return kept
+
+
 def _check_count(num_timesteps: int, count: int) -> None:
     if not 1 <= count <= num_timesteps:
         raise ValueError(f"number of steps must be in 1..{num_timesteps}, got {count}")

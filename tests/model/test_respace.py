@@ -83,3 +83,35 @@ def test_respace_rejects_out_of_range_steps() -> None:
         respace(base, [])
     with pytest.raises(ValueError):
         respace(base, [0, 10])
+
+
+def test_sampling_timesteps_start_at_pure_noise_and_skip_t0() -> None:
+    from model.diffusion.respace import sampling_timesteps
+
+    for steps in (1, 2, 5, 10, 50):
+        kept = sampling_timesteps(1000, steps)
+        assert len(kept) == steps
+        assert kept[-1] == 999
+        assert kept == sorted(set(kept))
+        assert steps == 1 or kept[0] > 0
+    assert sampling_timesteps(1000, 10)[0] == 50
+    assert len(sampling_timesteps(20, 20)) == 20
+
+
+def test_learned_variance_is_clamped_to_its_range() -> None:
+    import numpy as np
+    import torch
+
+    from model.diffusion.process import GaussianDiffusion
+    from model.diffusion.schedule import make_betas
+
+    process = GaussianDiffusion(make_betas("linear", 100))
+    z_t = torch.zeros(2, 1, 2, 2)
+    t = torch.tensor([10, 50])
+    out = torch.cat([torch.zeros_like(z_t), torch.full_like(z_t, 25.0)], dim=1)
+    pred = process.interpret(out, z_t, t)
+    assert torch.allclose(pred.variance[:, 0, 0, 0], torch.tensor(process.betas[[10, 50]], dtype=torch.float32))
+    out = torch.cat([torch.zeros_like(z_t), torch.full_like(z_t, -9.0)], dim=1)
+    pred = process.interpret(out, z_t, t)
+    assert torch.allclose(pred.log_variance[:, 0, 0, 0], torch.tensor(process.posterior_log_variance_clipped[[10, 50]], dtype=torch.float32))
+    assert np.isfinite(pred.variance.numpy()).all()
