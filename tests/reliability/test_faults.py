@@ -139,11 +139,14 @@ def test_embedded_job_timeout_fails_the_job_and_the_worker_thread_survives(
     })
     wait_until(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, 90, "embedded bundle loaded", server)
     with httpx.Client(base_url=server.url, timeout=30) as http:
-        slow = _submit(http, long_volume, LONG)
+        # The heaviest request the settings allow: far longer than 10 s even on a fast machine
+        # (LONG alone finished inside 10 s once the pipeline got faster).
+        slow = _submit(http, long_volume, {"ensemble": 32, "steps": 1000})
         started = time.monotonic()
         state = wait_status(http, slow, {"failed", "finished"}, 60)
         assert state["status"] == "failed" and "timed out" in state["error"], state
         assert time.monotonic() - started < 40
         assert not (tmp_path / "storage" / "jobs" / slow / "results").exists()
         quick = _submit(http, quick_volume, QUICK)
-        assert wait_status(http, quick, {"finished", "failed"}, 60)["status"] == "finished"
+        quick_state = wait_status(http, quick, {"finished", "failed"}, 60)
+        assert quick_state["status"] == "finished", quick_state.get("error")
