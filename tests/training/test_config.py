@@ -150,3 +150,14 @@ def test_invalid_config_is_a_one_line_config_error(tmp_path: Path, name: str, te
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_train_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "demo.yaml", "paper.yaml"])
+def test_shipped_configs_validate(name: str) -> None:
+    from pathlib import Path
+
+    from training.config import load_train_config
+
+    path = Path(__file__).resolve().parents[2] / "training" / "configs" / name
+    config = load_train_config(path, {"data": ["/nonexistent/dataset"]})
+    assert config.model.latent_shape[1] == config.model.preprocess.patch_size[0] // 8
