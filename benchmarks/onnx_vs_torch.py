@@ -18,8 +18,18 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from benchmarks.common import STANDARD_TARGETS, Table, benchmark_bundle, load_average, publish, set_threads
-from benchmarks.standard_case import PHASES, load, measure
+from benchmarks.common import (
+    STANDARD_TARGETS,
+    Table,
+    benchmark_bundle,
+    load_average,
+    publish,
+    set_threads,
+    standard_phantom,
+)
+from benchmarks.standard_case import PHASES, in_process, load, through_cli
+
+BACKENDS = ("torch", "onnx")
 
 # The batch sizes the pipeline uses on the demo configuration (ensemble.encode_batch_size,
 # max_batch, ensemble.decode_batch_size), and batch 1.
@@ -37,17 +47,35 @@ def network_inputs(config: Any, name: str, batch: int) -> tuple[torch.Tensor, ..
             torch.full((batch,), 5))
 
 
-def per_sample_ms(bundle: Any, name: str, batch: int, repeats: int) -> float:
-    x = network_inputs(bundle.config, name, batch)
-    fn = getattr(bundle, name)
+def interleaved_ms(bundles: dict[str, Any], name: str, batch: int, repeats: int) -> tuple[float, float]:
+    """Median ms per sample of network ``name`` for torch and onnx, calls alternated after a warm-up."""
+    x = network_inputs(bundles["torch"].config, name, batch)
+    times: dict[str, list[float]] = {b: [] for b in BACKENDS}
     with torch.inference_mode():
-        fn(*x)
-        times = []
+        for b in BACKENDS:
+            getattr(bundles[b], name)(*x)
         for _ in range(repeats):
-            start = time.perf_counter()
-            fn(*x)
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times) / batch
+            for b in BACKENDS:
+                start = time.perf_counter()
+                getattr(bundles[b], name)(*x)
+                times[b].append(time.perf_counter() - start)
+    return tuple(1000 * statistics.median(times[b]) / batch for b in BACKENDS)  # type: ignore[return-value]
+
+
+def interleaved(bundle_path: Path, trained: bool, repeats: int, threads: int, outputs: Path) -> dict[str, Any]:
+    """torch and onnx runs alternated (in process, then CLI), so a change in machine load hits both alike."""
+    image = standard_phantom()
+    bundles = {b: load(bundle_path, b) for b in BACKENDS}
+    results: dict[str, Any] = {b: {"bundle": str(bundle_path), "trained": trained, "backend": b, "targets": STANDARD_TARGETS,
+                                   "ensemble": 5, "steps": 10, "in_process": [], "cli": []} for b in BACKENDS}
+    for i in range(repeats):
+        for b in BACKENDS:
+            keep = outputs / b if i == 0 else None
+            results[b]["in_process"].append(in_process(bundles[b], image, STANDARD_TARGETS, 5, 10, keep=keep))
+    for _ in range(repeats):
+        for b in BACKENDS:
+            results[b]["cli"].append(through_cli(bundle_path, b, image, STANDARD_TARGETS, 5, 10, threads))
+    return results
 
 
 def main() -> None:
@@ -60,7 +88,7 @@ def main() -> None:
     bundle_path, trained = benchmark_bundle()
     outputs = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
     try:
-        results = {b: measure(b, STANDARD_TARGETS, 5, 10, args.repeats, threads, keep=outputs / b) for b in ("torch", "onnx")}
+        results = interleaved(bundle_path, trained, args.repeats, threads, outputs)
         difference: dict[str, float] = {}
         above: dict[str, float] = {}
         for target in STANDARD_TARGETS.split(","):
@@ -93,15 +121,15 @@ def main() -> None:
                         + "; voxels differing by more than 1e-4: "
                         + ", ".join(f"{k} {100 * v:.3f} %" for k, v in above.items()))
     phases.notes.append(f"{threads} threads for torch and for ONNX Runtime (intra-op; no spinning); median of "
-                        f"{args.repeats}" + ("" if trained else "; random weights with the demo configuration"))
+                        f"{args.repeats}, torch and onnx runs alternated"
+                        + ("" if trained else "; random weights with the demo configuration"))
 
-    bundles = {b: load(bundle_path, b) for b in ("torch", "onnx")}
+    bundles = {b: load(bundle_path, b) for b in BACKENDS}
     networks = Table("Each network alone, ms per sample", ["network", "batch", "torch", "onnx", "torch / onnx"])
     micro: dict[str, Any] = {}
     for name, batch in NETWORK_BATCHES.items():
         for b in (batch, 1):
-            t_ms = per_sample_ms(bundles["torch"], name, b, 3)
-            o_ms = per_sample_ms(bundles["onnx"], name, b, 3)
+            t_ms, o_ms = interleaved_ms(bundles, name, b, 3)
             micro[f"{name}@{b}"] = {"torch": t_ms, "onnx": o_ms}
             networks.rows.append([name, b, f"{t_ms:.2f}", f"{o_ms:.2f}", f"{t_ms / o_ms:.2f}×"])
     publish("onnx_vs_torch", [phases, networks], {"results": results, "max_abs_difference": difference,
