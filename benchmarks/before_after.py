@@ -1,0 +1,88 @@
+"""The standard case in process with the pipeline as it was before the performance work
+(commit 43b5d16: ``model/pipeline.py`` + ``model/ensemble.py`` taken from git) and as it is now,
+same bundle, same volume, same process.
+
+    python -m benchmarks.before_after [--commit 43b5d16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+
+from benchmarks.common import (
+    REPO,
+    STANDARD_TARGETS,
+    Table,
+    benchmark_bundle,
+    load_average,
+    publish,
+    set_threads,
+    standard_phantom,
+)
+
+BEFORE = "43b5d16"
+
+
+def old_pipeline(commit: str, folder: Path) -> ModuleType:
+    """model/pipeline.py and model/ensemble.py at ``commit``, importable as stand-alone modules."""
+    for name in ("ensemble", "pipeline"):
+        source = subprocess.run(["git", "show", f"{commit}:model/{name}.py"], cwd=REPO, check=True,
+                                capture_output=True, text=True).stdout
+        source = source.replace("from model.ensemble import", "from old_ensemble import")
+        (folder / f"old_{name}.py").write_text(source)
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location("old_pipeline", folder / "old_pipeline.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["old_pipeline"] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--commit", default=BEFORE)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    threads = set_threads(args.threads)
+    load_before = load_average()
+    import model.pipeline as now
+    from model.bundle import load_bundle
+
+    bundle_path, trained = benchmark_bundle()
+    bundle = load_bundle(bundle_path, device="cpu")
+    image = standard_phantom()
+    work = Path(tempfile.mkdtemp(prefix="bench-before-"))
+    try:
+        before = old_pipeline(args.commit, work)
+        seconds = {}
+        for label, module in ((f"before ({args.commit})", before), ("now", now)):
+            start = time.perf_counter()
+            module.segment_file(bundle, image, work / label, STANDARD_TARGETS, ensemble=5, steps=10, seed=0)
+            seconds[label] = time.perf_counter() - start
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    first = next(iter(seconds.values()))
+    table = Table(
+        f"Before and after the performance work: standard case in process ({STANDARD_TARGETS}, ensemble 5, 10 steps, torch)",
+        ["pipeline", "seconds", "speed-up"],
+        [[label, f"{value:.1f}", f"{first / value:.1f}×"] for label, value in seconds.items()],
+        [f"one run each, same process and bundle, {threads} threads"
+         + ("" if trained else "; random weights with the demo configuration")],
+    )
+    publish("before_after", [table], {"seconds": seconds, "commit": args.commit}, load_before)
+
+
+if __name__ == "__main__":
+    main()
