@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,8 @@ from model.config import ModelConfig
 from model.diffusion.process import GaussianDiffusion
 from model.diffusion.samplers import SamplerKind, sample
 
+if TYPE_CHECKING:
+    from model.onnx_backend import OnnxBundle
 
 # Activations of one image-encoder or mask-decoder call: these nets work at full window
 # resolution, and on CPU small, cache-sized batches were fastest per sample (4-8 windows at 128²).
@@ -43,7 +46,7 @@ def sample_seed(seed: int, key: WindowKey, target_id: int, member: int) -> int:
 
 @torch.no_grad()
 def sample_window_probabilities(
-    bundle: LoadedBundle,
+    bundle: LoadedBundle | OnnxBundle,
     process: GaussianDiffusion,
     images: torch.Tensor,
     keys: Sequence[WindowKey],

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -50,6 +51,9 @@ from model.preprocessing import (
     to_source_grid,
 )
 from model.vocabulary import Target
+
+if TYPE_CHECKING:
+    from model.onnx_backend import OnnxBundle
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +151,7 @@ class _LabelAccumulator:
         return np.where(self.best > threshold, self.ids, np.uint8(0)).astype(np.uint8, order="F")
 
 
-def resolve_targets(bundle: LoadedBundle, targets: Sequence[str] | str) -> tuple[Target, ...]:
+def resolve_targets(bundle: LoadedBundle | OnnxBundle, targets: Sequence[str] | str) -> tuple[Target, ...]:
     """Vocabulary targets the bundle was trained for (raises ValueError naming the problem)."""
     resolved = bundle.vocabulary.resolve(targets)
     untrained = [t.name for t in resolved if t.name not in bundle.trained_targets]
@@ -204,7 +208,7 @@ def _windows_along(size: int, patch: int, overlap: float) -> int:
 
 # --------------------------------------------------------------------------- sampling
 def predict_model_grid(
-    bundle: LoadedBundle,
+    bundle: LoadedBundle | OnnxBundle,
     volume: Volume,
     targets: Sequence[str] | str,
     options: SegmentationOptions = SegmentationOptions(),
@@ -395,7 +399,7 @@ def _resample_oblique(channel: torch.Tensor, model_affine: np.ndarray, source_af
 
 # --------------------------------------------------------------------------- outputs
 def segment_volume(
-    bundle: LoadedBundle,
+    bundle: LoadedBundle | OnnxBundle,
     volume: Volume,
     targets: Sequence[str] | str,
     options: SegmentationOptions = SegmentationOptions(),
@@ -493,7 +497,7 @@ def write_prediction(
 
 
 def segment_file(
-    bundle: LoadedBundle,
+    bundle: LoadedBundle | OnnxBundle,
     input_path: Path,
     out_dir: Path,
     targets: Sequence[str] | str,
