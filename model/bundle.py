@@ -33,6 +33,7 @@ from model.nets.unet import LatentDenoiser
 from model.vocabulary import Vocabulary, default_vocabulary
 
 __all__ = [
+    "BundleInfo",
     "LoadedBundle",
     "Networks",
     "build_networks",
@@ -101,15 +102,11 @@ def build_networks(
     )
 
 
-@dataclass
-class LoadedBundle:
-    """A bundle in memory, in eval mode on one device, ready to sample."""
+class BundleInfo:
+    """What every loaded bundle (torch or ONNX) derives from its manifest and config."""
 
-    path: Path
     manifest: BundleManifest
     config: ModelConfig
-    networks: Networks
-    device: torch.device
 
     @property
     def name(self) -> str:
@@ -138,6 +135,18 @@ class LoadedBundle:
         if steps >= base.num_timesteps:
             return base
         return respace(base, sampling_timesteps(base.num_timesteps, steps))
+
+
+@dataclass
+class LoadedBundle(BundleInfo):
+    """A bundle in memory, in eval mode on one device, ready to sample."""
+
+    path: Path
+    manifest: BundleManifest
+    config: ModelConfig
+    networks: Networks
+    device: torch.device
+
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:

@@ -41,14 +41,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.bundle import LoadedBundle, build_process, load_bundle, resolve_bundle_path
-from model.bundle_manifest import BundleManifest, LatentScale, file_sha256, read_manifest
+from model.bundle import BundleInfo, LoadedBundle, load_bundle, resolve_bundle_path
+from model.bundle_manifest import BundleManifest, file_sha256, read_manifest
 from model.config import ModelConfig
-from model.diffusion.process import GaussianDiffusion
-from model.diffusion.respace import respace, sampling_timesteps
 from model.errors import BundleError
 from model.nets.autoencoder import encode_image_mean
-from model.vocabulary import Vocabulary
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -297,7 +294,7 @@ def _to_numpy(x: torch.Tensor, dtype: type[np.generic]) -> np.ndarray:
 
 
 @dataclass
-class OnnxBundle:
+class OnnxBundle(BundleInfo):
     """A bundle whose networks run in ONNX Runtime; duck-types :class:`LoadedBundle` for sampling.
 
     Tensors in and out are torch CPU tensors (``device`` is CPU: ORT copies to the GPU itself
@@ -313,36 +310,8 @@ class OnnxBundle:
     device: torch.device = torch.device("cpu")
 
     @property
-    def name(self) -> str:
-        return self.manifest.name
-
-    @property
-    def version(self) -> str:
-        return self.manifest.version
-
-    @property
-    def vocabulary(self) -> Vocabulary:
-        return self.manifest.vocabulary
-
-    @property
-    def trained_targets(self) -> tuple[str, ...]:
-        return self.manifest.trained_targets
-
-    @property
-    def latent_scale(self) -> LatentScale:
-        return self.manifest.latent_scale
-
-    @property
     def backend(self) -> str:
         return "onnx"
-
-    def process(self, steps: int | None = None) -> GaussianDiffusion:
-        """The diffusion process, respaced to ``steps`` (same as :meth:`LoadedBundle.process`)."""
-        base = build_process(self.config)
-        steps = steps or self.config.sampling.steps
-        if steps >= base.num_timesteps:
-            return base
-        return respace(base, sampling_timesteps(base.num_timesteps, steps))
 
     def _run(self, name: str, feeds: dict[str, np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(self.sessions[name].run(None, feeds)[0])
