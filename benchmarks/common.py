@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.hardware import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "runs" / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -34,16 +36,6 @@ STANDARD_TARGETS = "liver,pancreas"
 
 
 # ----------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 

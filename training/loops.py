@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from model.bundle import Networks, build_networks, build_process, save_bundle
 from model.bundle_manifest import LatentScale
+from model.hardware import cpu_model
 from model.diffusion.timestep_sampling import LossSecondMomentSampler, UniformSampler
 from model.nets.autoencoder import MaskAutoencoder, build_image_vae, encode_image_mean
 from model.vocabulary import Vocabulary, default_vocabulary
@@ -435,7 +436,7 @@ def train_diffusion(ctx: TrainContext) -> tuple[Path, StageResult]:
                 "world_size": ctx.world_size,
                 "device": str(ctx.device),
                 "host": platform.node(),
-                "cpu": _cpu_model(),
+                "cpu": cpu_model(),
                 "cpu_count": os.cpu_count(),
                 "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                 "torch": torch.__version__,
@@ -443,16 +444,6 @@ def train_diffusion(ctx: TrainContext) -> tuple[Path, StageResult]:
             },
         )
     return bundle_path, result
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _stage_summaries(ctx: TrainContext) -> dict[str, Any]:
