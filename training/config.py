@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,23 @@ class StageConfig(FrozenConfig):
     weight_decay: float = Field(0.0, ge=0)
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(200, ge=1)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: half-cosine decay from lr to lr·lr_min_fraction over `steps`"
+    )
+    lr_min_fraction: float = Field(0.1, ge=0, le=1, description="final lr / lr for the cosine schedule")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 to lr over these first steps")
+
+
+def learning_rate(stage: StageConfig, step: int) -> float:
+    """The stage's learning rate for optimizer step ``step`` (0-based): warm-up, then the schedule."""
+    if step < stage.warmup_steps:
+        return stage.lr * (step + 1) / stage.warmup_steps
+    if stage.lr_schedule == "constant":
+        return stage.lr
+    span = max(stage.steps - stage.warmup_steps, 1)
+    progress = min(max(step - stage.warmup_steps, 0) / span, 1.0)
+    floor = stage.lr * stage.lr_min_fraction
+    return floor + (stage.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class MaskAEStage(StageConfig):

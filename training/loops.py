@@ -34,7 +34,7 @@ from model.hardware import cpu_model
 from model.diffusion.timestep_sampling import LossSecondMomentSampler, UniformSampler
 from model.nets.autoencoder import MaskAutoencoder, build_image_vae, encode_image_mean
 from model.vocabulary import Vocabulary, default_vocabulary
-from training.config import StageConfig, TrainConfig
+from training.config import StageConfig, TrainConfig, learning_rate
 from training.data import Batch, PatchSampler, prepare_sources, read_dataset
 from training.losses import mask_ae_loss, vae_loss
 
@@ -253,6 +253,8 @@ def run_stage(
                 terms = step_fn(wrapped, batch)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(stage, step)
             optimizer.step()
             if ema is not None and ema_decay is not None:
                 update_ema(ema, model, ema_decay, step)
@@ -262,7 +264,7 @@ def run_stage(
                 recent.setdefault(k, []).append(v)
                 recent[k] = recent[k][-50:]
             if step % stage.log_every == 0 or step == stage.steps:
-                step_log.write(step, {**values, "seconds": time.time() - started})
+                step_log.write(step, {**values, "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - started})
                 bar.set_postfix(loss=f"{np.mean(recent['loss']):.4f}")
             bar.update(1)
             if step % stage.checkpoint_every == 0:

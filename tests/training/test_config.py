@@ -9,7 +9,7 @@ import yaml
 
 from model.config import tiny_config
 from tests.training.conftest import TINY_CONFIG
-from training.config import ConfigError, TrainConfig, load_train_config
+from training.config import ConfigError, DiffusionStage, TrainConfig, learning_rate, load_train_config
 
 YAML_TEXT = """
 data: [datasets/phantoms, /abs/other]
@@ -161,3 +161,19 @@ def test_shipped_configs_validate(name: str) -> None:
     path = Path(__file__).resolve().parents[2] / "training" / "configs" / name
     config = load_train_config(path, {"data": ["/nonexistent/dataset"]})
     assert config.model.latent_shape[1] == config.model.preprocess.patch_size[0] // 8
+
+
+def test_constant_schedule_keeps_the_learning_rate() -> None:
+    stage = DiffusionStage(steps=100, lr=1e-3)
+    assert [learning_rate(stage, s) for s in (0, 50, 99)] == [1e-3, 1e-3, 1e-3]
+
+
+def test_cosine_schedule_decays_monotonically_to_the_floor() -> None:
+    stage = DiffusionStage(steps=1000, lr=1e-3, lr_schedule="cosine", lr_min_fraction=0.1, warmup_steps=100)
+    rates = [learning_rate(stage, s) for s in range(0, 1200)]
+    assert rates[0] == pytest.approx(1e-5) and rates[99] == pytest.approx(1e-3)  # linear warm-up
+    assert all(a <= b for a, b in zip(rates[:100], rates[1:100], strict=False))
+    after = rates[100:1000]
+    assert all(a >= b for a, b in zip(after, after[1:], strict=False))
+    assert learning_rate(stage, 550) == pytest.approx(0.55e-3)  # halfway between lr and the floor
+    assert rates[1000] == pytest.approx(1e-4) and rates[-1] == pytest.approx(1e-4)  # stays at the floor after `steps`
