@@ -27,6 +27,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--storage-dir", type=Path, help="storage shared with the workers")
     parser.add_argument("--bundle", type=Path, help="embedded mode: model bundle directory (default: the demo bundle)")
     parser.add_argument("--device", help="embedded mode: torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--backend", choices=("torch", "onnx"),
+                        help="embedded mode: inference backend (default torch; onnx needs `latentseg export-onnx` first)")
+    parser.add_argument("--onnx-dir", type=Path, help="embedded mode: ONNX export folder (default: <bundle>/onnx)")
     parser.add_argument(
         "--api-keys-file", type=Path, help="file of 'name sha256-digest' lines; any key makes a bearer key mandatory"
     )
@@ -72,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
             ("storage_dir", args.storage_dir),
             ("bundle", args.bundle),
             ("device", args.device),
+            ("backend", args.backend),
+            ("onnx_dir", args.onnx_dir),
             ("api_keys_file", args.api_keys_file),
             ("allow_open", True if args.allow_open else None),
         )

@@ -25,6 +25,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--storage-dir", type=Path, help="storage shared with the API")
     parser.add_argument("--bundle", type=Path, help="model bundle directory (default: the demo bundle)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--backend", choices=("torch", "onnx"),
+                        help="inference backend (default torch; onnx needs `latentseg export-onnx` first)")
+    parser.add_argument("--onnx-dir", type=Path, help="ONNX export folder (default: <bundle>/onnx)")
     parser.add_argument("--name", help="worker name (default: host, pid and a random suffix)")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--max-jobs", type=int, help="exit after this many jobs")
@@ -52,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
             ("storage_dir", args.storage_dir),
             ("bundle", args.bundle),
             ("device", args.device),
+            ("backend", args.backend),
+            ("onnx_dir", args.onnx_dir),
             ("name", args.name),
         )
         if value is not None

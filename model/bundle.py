@@ -161,6 +161,10 @@ class LoadedBundle(BundleInfo):
     def denoiser(self, z_t: torch.Tensor, t: torch.Tensor, z_image: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
         return self.networks.denoiser(z_t, t, z_image, target_ids)
 
+    @property
+    def backend(self) -> str:
+        return "torch"
+
 
 def save_bundle(
     path: str | Path,

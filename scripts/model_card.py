@@ -134,6 +134,8 @@ def render_card(
     ablation: dict[str, Any] | None,
     eval_hardware: str,
     command: str,
+    ceiling: list[dict[str, Any]] | None = None,
+    discussion: str | None = None,
 ) -> str:
     prov = bundle_meta.get("provenance", {})
     cfg = bundle_meta["config"]
@@ -226,6 +228,27 @@ def render_card(
         missed = [s.target for s in heldout.summary if s.target in FLOORS and (s.dice_mean is None or s.dice_mean < FLOORS[s.target])]
         add("")
         add(f"Floors: {'all met' if not missed else 'missed for ' + ', '.join(missed)}.")
+    if ceiling:
+        add("")
+        add("### Mask auto-encoder ceiling")
+        add(
+            "Dice of the held-out ground truth sent through the mask auto-encoder alone (`decode(encode(truth))`, "
+            "slice by slice on the model grid): the best the denoiser could reach with this auto-encoder, grid "
+            "and latent size (`training/ceiling.py`). Sampled Dice from the table above beside it; the sampled "
+            "Dice is measured on the input grid, the ceiling on the model grid."
+        )
+        add("")
+        add("| target | cases | AE ceiling Dice mean (worst) | sampled Dice | share of the ceiling |")
+        add("|---|---:|---:|---:|---:|")
+        sampled = {s.target: s.dice_mean for s in heldout.summary} if heldout is not None else {}
+        for row in ceiling:
+            got = sampled.get(row["target"])
+            share = "n/a" if got is None or not row["dice_mean"] else f"{got / row['dice_mean']:.0%}"
+            add(f"| {row['target']} | {row['cases']} | {row['dice_mean']:.3f} ({row['dice_min']:.3f}) | {_f(got)} | {share} |")
+    if discussion:
+        add("")
+        add("### Discussion")
+        add(discussion.strip())
     add("")
     add("## Real CT: MSD spleen_8")
     if spleen is None:
@@ -321,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ablation-cases", type=int, default=2)
     parser.add_argument("--ablation-ensemble", type=int, default=3)
     parser.add_argument("--ablation-note", default=None, help="a sentence added under the ablation table")
+    parser.add_argument("--discussion", type=Path, default=None,
+                        help="markdown file with the analysis of the held-out numbers (kept in --work for --reuse)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -354,6 +379,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         write_report(reports[key], args.work / key)
 
+    ceiling_json = args.work / "ceiling.json"
+    if not (args.reuse and ceiling_json.is_file()) and "heldout" in reports:
+        from dataclasses import asdict
+
+        from training.ceiling import mask_ae_ceiling
+
+        bundle = bundle or load_bundle(args.bundle)
+        rows = mask_ae_ceiling(bundle, heldout_phantoms(heldout_dir, args.cases, args.seed), targets=targets)
+        ceiling_json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    ceiling = json.loads(ceiling_json.read_text()) if ceiling_json.is_file() else None
+    discussion_md = args.work / "discussion.md"
+    if args.discussion is not None:
+        discussion_md.parent.mkdir(parents=True, exist_ok=True)
+        discussion_md.write_text(args.discussion.read_text())
+    discussion = discussion_md.read_text() if discussion_md.is_file() else None
+
     ablation_json = args.work / "ablation" / "ablation.json"
     if args.ablation:
         from training.ablation import ensure_heldout, run_ablation
@@ -378,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reports.get("heldout"), reports.get("spleen8"), spleen_in_training, ablation,
         eval_hardware=f"{cpu_description()}, {platform.system()}", command="python scripts/model_card.py"
         + (" --ablation" if ablation is not None else ""),
+        ceiling=ceiling, discussion=discussion,
     )
     args.card.write_text(card)
     sys.stdout.write(f"wrote {args.card}\n")

@@ -38,7 +38,9 @@ def _load_embedded_runtime(settings: ServiceSettings) -> WorkerRuntime:
     """Runs in the embedded worker thread: the only place the API process imports torch."""
     from worker.runtime import load_runtime
 
-    return load_runtime(settings.bundle, settings.storage_dir, settings.device)
+    return load_runtime(
+        settings.bundle, settings.storage_dir, settings.device, backend=settings.backend, onnx_dir=settings.onnx_dir
+    )
 
 
 def _embedded_backend(settings: ServiceSettings) -> tuple[JobStore, JobQueue, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,9 @@ class ServiceSettings(BaseSettings):
     # Embedded mode only: None = the demo bundle shipped in the package; device None = CUDA if present.
     bundle: Path | None = None
     device: str | None = None
+    # Embedded mode only: "onnx" runs ONNX Runtime on the bundle's export (`latentseg export-onnx`).
+    backend: Literal["torch", "onnx"] = "torch"
+    onnx_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 

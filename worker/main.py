@@ -80,7 +80,10 @@ def run_worker(settings: WorkerSettings, *, burst: bool = False, max_jobs: int |
         raise ValueError("a worker needs Redis: set REDIS_URL or pass --redis-url")
     connection = connect(settings.redis_url)
     connection.ping()
-    runtime = load_runtime(settings.bundle, settings.storage_dir, settings.device, settings.heartbeat_s)
+    runtime = load_runtime(
+        settings.bundle, settings.storage_dir, settings.device, settings.heartbeat_s,
+        backend=settings.backend, onnx_dir=settings.onnx_dir,
+    )
     name = _worker_name(settings)
     connection.hset(bundle_info_key(settings.queue), name, json.dumps(runtime.bundle_info))
     alive = worker_alive_key(settings.queue, name)

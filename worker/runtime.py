@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from model.bundle import LoadedBundle
+    from model.onnx_backend import OnnxBundle
 
 __all__ = ["WorkerRuntime", "current_runtime", "load_runtime", "pick_device", "runtime_context"]
 
@@ -32,14 +33,19 @@ _CURRENT: contextvars.ContextVar[WorkerRuntime] = contextvars.ContextVar("latent
 class WorkerRuntime:
     """What a job needs besides its payload: the warm bundle and the shared storage root."""
 
-    bundle: LoadedBundle
+    bundle: LoadedBundle | OnnxBundle
     storage_root: Path
     # RQ mode: how often a running job refreshes its liveness key (TTL = 3 intervals).
     heartbeat_s: float = 10.0
 
     @property
     def bundle_info(self) -> dict[str, str]:
-        return {"name": str(self.bundle.name), "version": str(self.bundle.version), "device": str(self.bundle.device)}
+        return {
+            "name": str(self.bundle.name),
+            "version": str(self.bundle.version),
+            "device": str(self.bundle.device),
+            "backend": self.bundle.backend,
+        }
 
 
 def pick_device(requested: str | None) -> Any:
@@ -52,16 +58,27 @@ def pick_device(requested: str | None) -> Any:
 
 
 def load_runtime(
-    bundle_path: Path | str | None, storage_root: Path, device: str | None = None, heartbeat_s: float = 10.0
+    bundle_path: Path | str | None,
+    storage_root: Path,
+    device: str | None = None,
+    heartbeat_s: float = 10.0,
+    *,
+    backend: str = "torch",
+    onnx_dir: Path | str | None = None,
 ) -> WorkerRuntime:
-    """Load the bundle (``None`` = the demo bundle shipped in the package) onto ``device``."""
-    from model.bundle import load_bundle
+    """Load the bundle (``None`` = the demo bundle shipped in the package) onto ``device``.
 
-    target_device = pick_device(device)
-    bundle = load_bundle(bundle_path, device=target_device)
+    ``backend="onnx"`` runs the networks with ONNX Runtime from the bundle's export
+    (``latentseg export-onnx``; ``onnx_dir`` defaults to ``<bundle>/onnx``); a missing or
+    stale export is a ``BundleError`` naming the command that makes it.
+    """
+    from model.onnx_backend import load_backend
+
+    target_device = pick_device(device) if backend == "torch" else None
+    bundle = load_backend(bundle_path, backend, device=target_device, onnx_dir=onnx_dir)
     storage_root = Path(storage_root)
     storage_root.mkdir(parents=True, exist_ok=True)
-    log.info("loaded bundle %s %s on %s", bundle.name, bundle.version, bundle.device)
+    log.info("loaded bundle %s %s on %s (%s backend)", bundle.name, bundle.version, bundle.device, backend)
     return WorkerRuntime(bundle=bundle, storage_root=storage_root, heartbeat_s=heartbeat_s)
 
 

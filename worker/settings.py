@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,8 +23,12 @@ class WorkerSettings(BaseSettings):
     storage_dir: Path = Field(default_factory=default_storage_dir)
     # None = the demo bundle shipped in the package.
     bundle: Path | None = None
-    # None = CUDA when present, else CPU.
+    # None = CUDA when present, else CPU (torch backend only).
     device: str | None = None
+    # "onnx": ONNX Runtime on the bundle's export (`latentseg export-onnx`); CUDA provider when present.
+    backend: Literal["torch", "onnx"] = "torch"
+    # None = <bundle>/onnx.
+    onnx_dir: Path | None = None
     name: str | None = None
     # A running job refreshes its liveness key this often; the API fails a started job whose key
     # has been gone for three intervals (its worker was killed).

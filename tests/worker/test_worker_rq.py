@@ -80,3 +80,54 @@ def test_job_timeout_ends_failed_with_the_reason_and_no_partial_result(
     assert sorted(p.name for p in (settings.storage_dir / "jobs" / job_id).iterdir()) == ["input.nii", "job.json"]
     job = Job.fetch(job_id, connection=redis.Redis.from_url(redis_url), serializer=JSONSerializer)
     assert job.get_status() == JobStatus.FAILED
+
+
+def test_onnx_backend_worker_matches_the_torch_worker(
+    tmp_path: Path, redis_url: str, rq_queue_name: str, tiny_bundle: Path, small_nifti: Volume
+) -> None:
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    from model.onnx_backend import export_onnx
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    export_onnx(bundle)
+    means = {}
+    for backend in ("torch", "onnx"):  # one API per backend: the same upload twice would be deduplicated
+        settings = _settings(tmp_path / backend, redis_url, f"{rq_queue_name}-{backend}")
+        with TestClient(create_app(settings)) as client:
+            response = client.post("/segment?targets=liver&ensemble=2&steps=2&seed=3", content=small_nifti.path.read_bytes())
+            job_id = response.json()["job_id"]
+            worker = _worker_settings(settings, bundle).model_copy(update={"backend": backend})
+            assert run_worker(worker, burst=True) is True
+            status = client.get(f"/jobs/{job_id}").json()
+            assert status["status"] == "finished", status
+            mean = client.get(f"/jobs/{job_id}/results/liver_mean.nii.gz")
+            assert mean.status_code == 200
+            path = tmp_path / f"{backend}_mean.nii.gz"
+            path.write_bytes(mean.content)
+            means[backend] = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    from tests.conftest import purge_namespace
+
+    for backend in ("torch", "onnx"):
+        purge_namespace(redis_url, f"{rq_queue_name}-{backend}")
+    assert means["torch"].shape == means["onnx"].shape
+    assert float(np.abs(means["torch"] - means["onnx"]).max()) < 0.05
+
+
+def test_onnx_backend_without_an_export_is_a_clear_cli_error(
+    tmp_path: Path, redis_url: str, rq_queue_name: str, tiny_bundle: Path
+) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "worker", "--redis-url", redis_url, "--queue", rq_queue_name,
+         "--storage-dir", str(tmp_path / "storage"), "--bundle", str(tiny_bundle), "--backend", "onnx", "--burst"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "export-onnx" in result.stderr, result.stderr
