@@ -55,6 +55,11 @@ class DiffusionStage(StageConfig):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     timestep_sampler: Literal["importance", "uniform"] = "importance"
     scale_batches: int = Field(8, ge=1, description="batches used to measure latent scale factors")
+    encoder_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="precision of the frozen auto-encoders' forward pass on CPU (bfloat16: ~4x faster image "
+        "encoding where the CPU has bf16 instructions; CUDA runs the whole step in bf16 autocast anyway)",
+    )
 
 
 class TrainConfig(FrozenConfig):

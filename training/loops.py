@@ -390,10 +390,12 @@ def train_diffusion(ctx: TrainContext) -> tuple[Path, StageResult]:
     )
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + ctx.rank)
 
+    low_precision = cfg.diffusion.encoder_dtype == "bfloat16" and ctx.device.type == "cpu"
+
     def step(net: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            z0 = mask_ae.encode(batch.masks) * scale.mask
-            z_image = encode_image_mean(vae, batch.images) * scale.image
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16) if low_precision else nullcontext():
+            z0 = mask_ae.encode(batch.masks).float() * scale.mask
+            z_image = encode_image_mean(vae, batch.images).float() * scale.image
         t, weights = t_sampler.sample(z0.shape[0], generator)
         noise = torch.randn(z0.shape, generator=generator).to(z0.device)
         t, weights = t.to(z0.device), weights.to(z0.device)

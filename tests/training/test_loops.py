@@ -34,7 +34,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, msd_phantoms: Path) -> dic
     stage = {"steps": STEPS, "batch_size": 8, "log_every": 1, "checkpoint_every": 1000}
     path = write_train_config(
         root / "config.yaml", [msd_phantoms], seed=3,
-        mask_ae=stage, image_vae={**stage, "steps": VAE_STEPS}, diffusion={**stage, "ema_decay": 0.9},
+        mask_ae=stage, image_vae={**stage, "steps": VAE_STEPS},
+        # The demo's settings: bf16 frozen encoders on CPU, warm-up then cosine decay.
+        diffusion={**stage, "ema_decay": 0.9, "encoder_dtype": "bfloat16", "lr_schedule": "cosine", "warmup_steps": 4},
     )
     config = load_train_config(path)
     train(_with_steps(config, diffusion=1), STAGES)
@@ -83,8 +85,12 @@ def test_diffusion_trainer_lowers_its_loss(trained: dict[str, Any]) -> None:
     assert after["step"] == STEPS
     before = _diffusion_eval(config, trained["diffusion_before"])
     final = _diffusion_eval(config, after["model"])
-    assert final["mse"] < 0.8 * before["mse"], (before, final)
+    assert final["mse"] < 0.8 * before["mse"], (before, final)  # scored with float32 encoders, as at inference
     assert final["loss"] < before["loss"], (before, final)
+    rates = {int(row["step"]): row["lr"] for row in read_log(config.out / "logs" / "diffusion.csv")}
+    lr = config.diffusion.lr
+    assert rates[STEPS] == pytest.approx(lr * config.diffusion.lr_min_fraction, rel=0.05)  # decayed to the floor
+    assert max(rates.values()) == pytest.approx(lr, rel=0.01)
 
 
 def test_bundle_from_training_is_complete(trained: dict[str, Any]) -> None:
