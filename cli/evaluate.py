@@ -19,6 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the bundle's)")
     p.add_argument("--ensemble", type=int, default=None, help="ensemble members (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help="sampler (default: the bundle's)")
     p.add_argument("--targets", nargs="+", default=None, help="only these targets (names or synonyms; comma or space separated)")
     p.add_argument("--max-cases", type=int, default=None, help="only the first N cases")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: ./evaluation)")
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         bundle = load_bundle(args.bundle, device=args.device)
         report = evaluate_dataset(
-            bundle, args.data, steps=args.steps, ensemble=args.ensemble, seed=args.seed, targets=targets,
+            bundle, args.data, steps=args.steps, ensemble=args.ensemble, seed=args.seed, sampler=args.sampler, targets=targets,
             max_cases=args.max_cases, on_case=report_case,
         )
     except (BundleError, InputError, DatasetFormatError, ValueError) as exc:

@@ -223,6 +223,7 @@ class EvaluationReport:
     results: tuple[CaseTargetResult, ...]
     summary: tuple[TargetSummary, ...]
     notes: tuple[str, ...] = field(default=METHOD_NOTES)
+    sampler: str | None = None  # None only in reports written before the sampler was recorded
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,7 +245,8 @@ class EvaluationReport:
 
     def to_markdown(self) -> str:
         lines = [
-            f"Bundle `{self.bundle_name}` on `{self.dataset}` ({len(self.cases)} cases; steps {self.steps}, "
+            f"Bundle `{self.bundle_name}` on `{self.dataset}` ({len(self.cases)} cases; {self.sampler or 'default'} "
+            f"sampler, steps {self.steps}, "
             f"ensemble {self.ensemble}, seed {self.seed}, {self.device}, {self.seconds:.0f} s)",
             "",
             markdown_table(self.summary),
@@ -333,6 +335,7 @@ def evaluate_dataset(
     steps: int | None = None,
     ensemble: int | None = None,
     seed: int = 0,
+    sampler: str | None = None,
     targets: Sequence[str] | None = None,
     max_cases: int | None = None,
     targets_per_pass: int = 4,
@@ -359,6 +362,7 @@ def evaluate_dataset(
         ensemble=ensemble if ensemble is not None else defaults.ensemble,
         steps=steps if steps is not None else defaults.steps,
         seed=seed,
+        sampler=sampler,
     )
     options.check()
     files = source.cases[:max_cases] if max_cases else source.cases
@@ -395,6 +399,7 @@ def evaluate_dataset(
         cases=tuple(case_names),
         results=tuple(results),
         summary=summarise(results, names),
+        sampler=str(getattr(used_sampler := options.sampler or bundle.config.sampling.sampler, "value", used_sampler)),
     )
 
 

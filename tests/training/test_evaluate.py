@@ -130,3 +130,17 @@ def test_evaluate_dataset_with_random_bundle_on_tiny_phantoms(tmp_path: Path) ->
     json_path, md_path = write_report(report, tmp_path / "report")
     assert read_report(json_path) == report
     assert "| liver | 1 |" in md_path.read_text()
+    assert report.sampler == "ddpm"  # the bundle's default, recorded
+
+
+def test_evaluate_dataset_records_and_uses_the_requested_sampler(tmp_path: Path) -> None:
+    from model.bundle import load_bundle, write_random_bundle
+    from training.evaluate import evaluate_dataset
+    from training.phantoms import PhantomSpec, write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "ph", 1, 6, PhantomSpec(shape=(40, 40, 6), spacing=(9.0, 9.0, 12.0)))
+    bundle = load_bundle(write_random_bundle(tmp_path / "bundle", seed=1), device="cpu")
+    ddim = evaluate_dataset(bundle, data, steps=2, ensemble=2, targets=["liver"], sampler="ddim")
+    ddpm = evaluate_dataset(bundle, data, steps=2, ensemble=2, targets=["liver"], sampler="ddpm")
+    assert ddim.sampler == "ddim" and ddpm.sampler == "ddpm"
+    assert "ddim sampler, steps 2" in ddim.to_markdown()
