@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from training.sampling_sweep import Setting, main, parse_settings
+
+
+def test_settings_parse_and_bad_ones_say_why() -> None:
+    assert parse_settings("ddpm:5:3, ddim:10:2") == [Setting("ddpm", 5, 3), Setting("ddim", 10, 2)]
+    for bad, says in (("euler:5:3", "ddpm or ddim"), ("ddpm:5", "sampler:steps:ensemble"), ("ddim:x:2", "integers"),
+                      ("", "no settings")):
+        with pytest.raises(ValueError, match=says):
+            parse_settings(bad)
+
+
+def test_sweep_cli_scores_every_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from model.bundle import write_random_bundle
+    from training.phantoms import PhantomSpec, write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "ph", 1, 7, PhantomSpec(shape=(40, 40, 6), spacing=(9.0, 9.0, 12.0)))
+    bundle = write_random_bundle(tmp_path / "bundle", seed=2)
+    assert main(["--bundle", str(bundle), "--data", str(data), "--settings", "ddpm:2:2,ddim:2:2",
+                 "--targets", "liver,spleen", "--out", str(tmp_path / "out")]) == 0
+    table = capsys.readouterr().out
+    assert "| ddpm, 2 steps, ensemble 2 |" in table and "| ddim, 2 steps, ensemble 2 |" in table
+    saved = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert [r["setting"]["sampler"] for r in saved["rows"]] == ["ddpm", "ddim"]
+    for row in saved["rows"]:
+        assert set(row["dice"]) == {"liver", "spleen"}
+        assert all(0.0 <= d <= 1.0 for d in row["dice"].values())
