@@ -196,7 +196,9 @@ def render_card(
     add("")
     add("## How it was trained")
     add("One command, on the machine below: `bash scripts/train_demo.sh` (it writes the phantoms, links the real case, "
-        "runs `latentseg train all --config training/configs/demo.yaml` and copies `runs/demo/train/bundle` here).")
+        "trains the two auto-encoders side by side, one thread each, then the diffusion stage, with "
+        "`latentseg train STAGE --config training/configs/demo.yaml`, and copies `runs/demo/train/bundle` here). "
+        "The auto-encoder stages overlap in time, so the total below is their sum, not the elapsed time.")
     add("")
     add("| stage | optimizer steps | wall time | final loss terms |")
     add("|---|---:|---:|---|")
@@ -294,7 +296,8 @@ def render_card(
     add("")
     add("## Regenerate")
     add("```")
-    add("bash scripts/train_demo.sh                       # the bundle (about half an hour on 2 cores)")
+    took = "" if total is None else f" ({total / 60:.0f} min of stage wall time here)"
+    add(f"bash scripts/train_demo.sh                       # the bundle{took}")
     add("python scripts/model_card.py [--ablation ...]    # these numbers and this file")
     add("```")
     return "\n".join(lines) + "\n"
