@@ -36,6 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ensemble", type=int, default=None, help="ensemble members per target (default: the bundle's)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps, 1-1000 (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
+    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the largest connected piece of one-piece organs (default: the bundle's)")
     p.add_argument("--bundle", type=Path, default=None, help="model bundle folder (default: $LATENTSEG_BUNDLE or the demo bundle)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             ensemble=args.ensemble if args.ensemble is not None else defaults.ensemble,
             steps=args.steps if args.steps is not None else defaults.steps,
             seed=args.seed,
+            largest_component=args.largest_component,
         )
         # Read a NIfTI before the progress bar opens, so an unreadable input fails with one line.
         volume = load_nifti(args.input) if _plain_nifti_run(args) else None

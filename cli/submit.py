@@ -34,6 +34,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "and off for NIfTI (which then also gets dicom_ct.zip, the CT series the SEG references)",
     )
     parser.add_argument("--fractional", action="store_true", help="make segmentation.dcm FRACTIONAL (mean probability)")
+    parser.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep only the largest connected piece of one-piece organs (default: the model's)")
     parser.add_argument("--wait", action="store_true", help="wait for the jobs to end")
     parser.add_argument("--out", type=Path, help="download results here (implies --wait)")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
                     body = client.submit(
                         path, args.targets, ensemble=args.ensemble, steps=args.steps, seed=args.seed,
                         dicom=args.dicom_seg, fractional=args.fractional,
+                        largest_component=args.largest_component,
                     )
                 except ApiError as exc:
                     raise CliError(f"{path}: the server refused it: {exc.message}") from exc

@@ -107,6 +107,11 @@ class SamplingConfig(FrozenConfig):
     eta: float = 0.0
     overlap: float = Field(0.25, ge=0.0, lt=1.0)
     max_batch: int = Field(256, ge=1, description="denoiser batch cap (windows x targets x members)")
+    largest_component: bool = Field(
+        False,
+        description="for targets the vocabulary marks `connected`, zero the mean outside the largest 3-D connected "
+        "component of mean > 0.5 (the variance is kept); requests may override it",
+    )
 
 
 class ModelConfig(FrozenConfig):

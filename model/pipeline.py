@@ -78,6 +78,7 @@ class SegmentationOptions:
     steps: int = 10
     seed: int = 0
     sampler: str | None = None  # None: the bundle's default
+    largest_component: bool | None = None  # None: the bundle's default (sampling.largest_component)
     slices_per_chunk: int | None = None
     max_batch: int | None = None
 
@@ -286,7 +287,31 @@ def predict_model_grid(
             mean[:, rows, cols, chunk] = chunk_mean.permute(1, 2, 3, 0)
             variance[:, rows, cols, chunk] = chunk_var.permute(1, 2, 3, 0)
         _report(progress, SAMPLING_SHARE * chunk.stop / num_slices)
+    largest = options.largest_component if options.largest_component is not None else cfg.sampling.largest_component
+    if largest:
+        for index, target in enumerate(resolved):
+            if target.connected:
+                mean[index] = keep_largest_component(mean[index])
     return prediction
+
+
+_FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+
+
+def keep_largest_component(mean: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """``mean`` with every voxel of ``mean > threshold`` outside its largest 26-connected component set to 0.
+
+    Voxels at or below the threshold are untouched, so the soft edge of the kept component
+    survives; the variance is not changed by the caller (it still shows where samples disagreed).
+    """
+    above = (mean > threshold).numpy()
+    labels, count = ndimage.label(above, structure=_FULL_CONNECTIVITY)
+    if count <= 1:
+        return mean
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    drop = torch.from_numpy((labels != 0) & (labels != int(np.argmax(sizes))))
+    return mean.masked_fill(drop, 0.0)
 
 
 def _memory_budget(device: torch.device) -> int:

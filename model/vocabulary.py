@@ -48,7 +48,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -149,6 +149,10 @@ class Target:
     category: Code
     side: str | None = None
     within: tuple[str, ...] = ()
+    # One connected piece in every patient (a solid organ, a main vessel): post-processing may
+    # keep only the largest connected component of its mask. False for lesions, which may be
+    # many, and for structures a segmentation often breaks (small vessels, bowel).
+    connected: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.id, bool) or not isinstance(self.id, int) or self.id < 1:
@@ -173,6 +177,10 @@ class Target:
             raise ValueError(f"target {self.name!r}: within must be a tuple of target names")
         if self.name in self.within:
             raise ValueError(f"target {self.name!r} cannot lie within itself")
+        if not isinstance(self.connected, bool):
+            raise ValueError(f"target {self.name!r}: connected must be a bool")
+        if self.connected and self.is_lesion:
+            raise ValueError(f"target {self.name!r}: a lesion cannot be marked connected (there may be several)")
 
     @property
     def is_lesion(self) -> bool:
@@ -197,6 +205,8 @@ class Target:
             "category": self.category.to_dict(),
             "side": self.side,
             "within": list(self.within),
+            # Written only when set, so vocabularies saved before the field existed keep their hash.
+            **({"connected": True} if self.connected else {}),
         }
 
     @classmethod
@@ -211,6 +221,7 @@ class Target:
             category=Code.from_dict(d["category"]),
             side=d["side"],
             within=tuple(d["within"]),
+            connected=d.get("connected", False),
         )
 
 
@@ -484,7 +495,7 @@ _LUNGS = ("lung_left", "lung_right")
 
 _O, _T, _C = TargetKind.ORGAN, TargetKind.TUMOUR, TargetKind.CYST
 
-_DEFAULT_TARGETS: tuple[Target, ...] = (
+_BASE_TARGETS: tuple[Target, ...] = (
     Target(1, "spleen", "Spleen", _O, ("lien",), Code("78961009", "SCT", "Spleen"), _ORG),
     Target(2, "kidney_right", "Right kidney", _O,
            ("right kidney", "kidney right", "kidney r", "r kidney", "rt kidney"), _KIDNEY, _ORG, "right"),
@@ -549,6 +560,16 @@ _DEFAULT_TARGETS: tuple[Target, ...] = (
            NEOPLASM, _ALT, None, ("colon",)),
     Target(32, "kidney_cyst", "Kidney cyst", _C, ("renal cyst", "kidney cysts", "renal cysts"),
            CYST, _ALT, None, _KIDNEYS),
+)
+
+# Structures that are one connected piece (see Target.connected).
+_ONE_PIECE = frozenset({
+    "spleen", "kidney_right", "kidney_left", "gallbladder", "esophagus", "liver", "stomach", "aorta",
+    "inferior_vena_cava", "pancreas", "adrenal_gland_right", "adrenal_gland_left", "duodenum", "lung_right",
+    "lung_left", "rectum", "urinary_bladder", "prostate", "femur_head_left", "femur_head_right",
+})
+_DEFAULT_TARGETS: tuple[Target, ...] = tuple(
+    replace(t, connected=True) if t.name in _ONE_PIECE else t for t in _BASE_TARGETS
 )
 
 _DEFAULT_DATASETS: tuple[DatasetLabelMap, ...] = (

@@ -112,12 +112,14 @@ class LatentsegClient:
         seed: int | None = None,
         dicom: bool | None = None,
         fractional: bool = False,
+        largest_component: bool | None = None,
     ) -> dict[str, Any]:
         """Upload one volume (streamed as the raw body); returns the 202 body (``job_id``, ``status_url``).
 
         ``path`` is a NIfTI file, a .zip of one DICOM series, or a folder holding one series
         (zipped on the fly). ``dicom`` asks for (or turns off) ``segmentation.dcm``: the server's
         default is on for DICOM input, off for NIfTI; ``fractional`` makes it FRACTIONAL.
+        ``largest_component`` overrides the model's connected-component post-processing.
         """
         params: dict[str, Any] = {"targets": targets if isinstance(targets, str) else ",".join(targets)}
         for name, value in (("ensemble", ensemble), ("steps", steps), ("seed", seed)):
@@ -127,6 +129,8 @@ class LatentsegClient:
             params["dicom"] = "true" if dicom else "false"
         if fractional:
             params["fractional"] = "true"
+        if largest_component is not None:
+            params["largest_component"] = "true" if largest_component else "false"
         with _upload_body(Path(path)) as fh:
             size = os.fstat(fh.fileno()).st_size
             chunks = iter(lambda: fh.read(1024 * 1024), b"")

@@ -95,6 +95,7 @@ class TargetOut(BaseModel):
     snomed: CodeOut | None = Field(description="the segmented property type (None: a private code is used in SEGs)")
     category: CodeOut = Field(description="the segmented property category")
     side: str | None = Field(description="the patient's side (left/right), the SEG's laterality modifier")
+    connected: bool = Field(False, description="one connected piece: largest_component post-processing applies to it")
 
 
 class TargetList(BaseModel):

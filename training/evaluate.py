@@ -224,6 +224,7 @@ class EvaluationReport:
     summary: tuple[TargetSummary, ...]
     notes: tuple[str, ...] = field(default=METHOD_NOTES)
     sampler: str | None = None  # None only in reports written before the sampler was recorded
+    largest_component: bool | None = None  # None only in reports written before it was recorded
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -336,6 +337,7 @@ def evaluate_dataset(
     ensemble: int | None = None,
     seed: int = 0,
     sampler: str | None = None,
+    largest_component: bool | None = None,
     targets: Sequence[str] | None = None,
     max_cases: int | None = None,
     targets_per_pass: int = 4,
@@ -363,6 +365,7 @@ def evaluate_dataset(
         steps=steps if steps is not None else defaults.steps,
         seed=seed,
         sampler=sampler,
+        largest_component=largest_component,
     )
     options.check()
     files = source.cases[:max_cases] if max_cases else source.cases
@@ -400,6 +403,7 @@ def evaluate_dataset(
         results=tuple(results),
         summary=summarise(results, names),
         sampler=str(getattr(used_sampler := options.sampler or bundle.config.sampling.sampler, "value", used_sampler)),
+        largest_component=bundle.config.sampling.largest_component if largest_component is None else largest_component,
     )
 
 

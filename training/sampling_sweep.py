@@ -6,7 +6,8 @@ uses phantoms of a seed of their own), then write the winner into the bundle's c
     python -m training.sampling_sweep --bundle model/bundles/demo --data runs/validation/phantoms-5000 \\
         --settings ddpm:5:5,ddpm:10:5,ddim:10:5 --out runs/validation/sweep
 
-Each setting is ``sampler:steps:ensemble``. Prints a markdown table (one row per setting, mean
+Each setting is ``sampler:steps:ensemble``, optionally ``:lcc`` (largest connected component
+post-processing on) or ``:raw`` (off); without it, the bundle's default. Prints a markdown table (one row per setting, mean
 Dice per target, their mean, and seconds) and writes it with a JSON copy to ``--out``.
 """
 
@@ -28,10 +29,12 @@ class Setting:
     sampler: str
     steps: int
     ensemble: int
+    largest_component: bool | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.sampler}, {self.steps} steps, ensemble {self.ensemble}"
+        post = {None: "", True: ", largest component", False: ", no post-processing"}[self.largest_component]
+        return f"{self.sampler}, {self.steps} steps, ensemble {self.ensemble}{post}"
 
 
 @dataclass(frozen=True)
@@ -47,13 +50,16 @@ def parse_settings(text: str) -> list[Setting]:
     settings = []
     for item in (part.strip() for part in text.split(",") if part.strip()):
         fields = item.split(":")
-        if len(fields) != 3 or fields[0] not in ("ddpm", "ddim"):
-            raise ValueError(f"setting {item!r}: expected sampler:steps:ensemble with sampler ddpm or ddim")
+        if len(fields) not in (3, 4) or fields[0] not in ("ddpm", "ddim"):
+            raise ValueError(f"setting {item!r}: expected sampler:steps:ensemble[:lcc|:raw] with sampler ddpm or ddim")
+        post = {"lcc": True, "raw": False}.get(fields[3]) if len(fields) == 4 else None
+        if len(fields) == 4 and post is None:
+            raise ValueError(f"setting {item!r}: the fourth field is lcc or raw")
         try:
             steps, ensemble = int(fields[1]), int(fields[2])
         except ValueError:
             raise ValueError(f"setting {item!r}: steps and ensemble must be integers") from None
-        settings.append(Setting(fields[0], steps, ensemble))
+        settings.append(Setting(fields[0], steps, ensemble, post))
     if not settings:
         raise ValueError("no settings given")
     return settings
@@ -67,7 +73,7 @@ def sweep(bundle: object, data: Path, settings: Sequence[Setting], targets: Sequ
     for setting in settings:
         report = evaluate_dataset(
             bundle, data, steps=setting.steps, ensemble=setting.ensemble, sampler=setting.sampler,  # type: ignore[arg-type]
-            seed=seed, targets=targets, max_cases=max_cases,
+            largest_component=setting.largest_component, seed=seed, targets=targets, max_cases=max_cases,
         )
         dice = {s.target: s.dice_mean for s in report.summary}
         known = [d for d in dice.values() if d is not None]

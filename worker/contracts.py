@@ -198,6 +198,7 @@ class SegmentationRequest:
     seed: int
     dicom_seg: bool = False
     fractional: bool = False
+    largest_component: bool | None = None  # None: the bundle's default
 
     def __post_init__(self) -> None:
         if not is_job_id(self.job_id):
@@ -215,6 +216,8 @@ class SegmentationRequest:
                 raise PayloadError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.fractional and not self.dicom_seg:
             raise PayloadError("fractional needs dicom_seg")
+        if self.largest_component is not None and not isinstance(self.largest_component, bool):
+            raise PayloadError(f"largest_component must be a bool or null, got {self.largest_component!r}")
 
     @property
     def is_dicom(self) -> bool:
@@ -230,6 +233,7 @@ class SegmentationRequest:
             "seed": self.seed,
             "dicom_seg": self.dicom_seg,
             "fractional": self.fractional,
+            "largest_component": self.largest_component,
         }
 
     @classmethod
@@ -244,6 +248,7 @@ class SegmentationRequest:
                 seed=payload["seed"],
                 dicom_seg=payload.get("dicom_seg", False),
                 fractional=payload.get("fractional", False),
+                largest_component=payload.get("largest_component"),
             )
         except (KeyError, TypeError) as exc:
             raise PayloadError(f"malformed segmentation payload: {exc!r}") from exc

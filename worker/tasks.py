@@ -147,7 +147,9 @@ def _segment_into(
 ) -> list[Path]:
     from model.pipeline import SegmentationOptions, predict_model_grid, segment_file, write_prediction
 
-    options = SegmentationOptions(ensemble=request.ensemble, steps=request.steps, seed=request.seed)
+    options = SegmentationOptions(
+        ensemble=request.ensemble, steps=request.steps, seed=request.seed, largest_component=request.largest_component
+    )
     if not request.is_dicom and not request.dicom_seg:
         return segment_file(runtime.bundle, input_path, out_dir, list(request.targets), options=options,
                             progress=progress)

@@ -92,7 +92,8 @@ def _refused(exc: AdmissionRefused, retry_after_s: int) -> HTTPException:
 
 
 def _request_digest(
-    owner: str, sha256: str, targets: tuple[str, ...], ensemble: int, steps: int, seed: int, outputs: tuple[bool, ...]
+    owner: str, sha256: str, targets: tuple[str, ...], ensemble: int, steps: int, seed: int,
+    outputs: tuple[bool | None, ...],
 ) -> str:
     """Same key, same bytes, same parameters -> same digest (duplicate submissions do the work once)."""
     text = json.dumps([owner, sha256, list(targets), ensemble, steps, seed, list(outputs)])
@@ -141,6 +142,9 @@ async def submit_segmentation(
                                                     "dicom_ct.zip, the derived CT series the SEG references)")] = None,
     fractional: Annotated[bool, Query(description="make segmentation.dcm FRACTIONAL (mean probability) instead of "
                                                   "BINARY; implies dicom=true")] = False,
+    largest_component: Annotated[bool | None, Query(description="keep only the largest connected piece of one-piece "
+                                                               "organs (GET /targets: `connected`); default: the "
+                                                               "model's")] = None,
 ) -> SubmitResponse:
     settings = services.settings
     if fractional and dicom is False:
@@ -195,7 +199,7 @@ async def submit_segmentation(
     names = tuple(t.name for t in resolved)
     is_dicom = is_zip_upload(raw.path)
     dicom_seg = fractional or (is_dicom if dicom is None else dicom)
-    digest = _request_digest(owner, raw.sha256, names, ensemble, steps, seed, (dicom_seg, fractional))
+    digest = _request_digest(owner, raw.sha256, names, ensemble, steps, seed, (dicom_seg, fractional, largest_component))
     try:
         duplicate = await run_in_threadpool(services.jobs.find_duplicate, owner, digest)
         if duplicate is not None:
@@ -228,7 +232,7 @@ async def submit_segmentation(
 
         job = SegmentationRequest(
             job_id=job_id, input_name=stored.name, targets=names, ensemble=ensemble, steps=steps, seed=seed,
-            dicom_seg=dicom_seg, fractional=fractional,
+            dicom_seg=dicom_seg, fractional=fractional, largest_component=largest_component,
         )
         outcome = await run_in_threadpool(services.jobs.submit, job, volume, owner, digest)
     except AdmissionRefused as exc:

@@ -29,6 +29,7 @@ def list_targets(services: ServicesDep) -> TargetList:
             TargetOut(
                 id=t.id, name=t.name, display=t.display, kind=str(t.kind), synonyms=list(t.synonyms),
                 snomed=None if t.code is None else _code(t.code), category=_code(t.category), side=t.side,
+                connected=t.connected,
             )
             for t in vocabulary.targets
         ],

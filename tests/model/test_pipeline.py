@@ -163,3 +163,46 @@ def test_write_segmentation_creates_the_folder(result, tmp_path: Path) -> None:
     img = nib.load(str(out / "liver_variance.nii.gz"))
     assert np.array_equal(np.asarray(img.dataobj), result.variance["liver"])
     assert torch.is_tensor(torch.as_tensor(np.asarray(img.dataobj)))
+
+
+def _components(mask: np.ndarray) -> int:
+    from scipy import ndimage
+
+    return int(ndimage.label(mask, structure=np.ones((3, 3, 3), bool))[1])
+
+
+def test_keep_largest_component_zeroes_only_the_smaller_pieces() -> None:
+    from model.pipeline import keep_largest_component
+
+    mean = torch.zeros((10, 10, 4))
+    mean[1:5, 1:5, 1:3] = 0.9  # the big piece
+    mean[7:9, 7:9, 1] = 0.8  # a small island
+    mean[6, 1, 0] = 0.4  # below the threshold: untouched
+    kept = keep_largest_component(mean)
+    assert torch.equal(kept[1:5, 1:5, 1:3], mean[1:5, 1:5, 1:3])
+    assert float(kept[7:9, 7:9, 1].abs().max()) == 0.0
+    assert float(kept[6, 1, 0]) == pytest.approx(0.4)
+    diagonal = torch.zeros((4, 4, 4))
+    diagonal[0, 0, 0] = diagonal[1, 1, 1] = 0.9  # touching corners: one 26-connected piece
+    assert torch.equal(keep_largest_component(diagonal), diagonal)
+
+
+def test_largest_component_applies_to_connected_targets_only(random_bundle: LoadedBundle) -> None:
+    data = np.full((44, 30, 6), -1000.0, np.float32)  # two bodies of tissue, far apart in air
+    rng = np.random.default_rng(3)
+    data[3:15, 5:25] = rng.normal(40, 60, (12, 20, 6))
+    data[29:41, 5:25] = rng.normal(40, 60, (12, 20, 6))
+    volume = Volume(data=data, affine=np.diag([-4.0, -4.0, 4.0, 1.0]))
+    targets = "liver,liver_tumor"
+    raw = segment_volume(random_bundle, volume, targets, dataclasses.replace(OPTS, largest_component=False))
+    kept = segment_volume(random_bundle, volume, targets, dataclasses.replace(OPTS, largest_component=True))
+    vocabulary = random_bundle.vocabulary
+    assert vocabulary.get("liver").connected and not vocabulary.get("liver_tumor").connected
+    assert _components(raw.mean["liver"] > 0.5) > 1  # the random model speckles: the test has something to remove
+    assert _components(kept.mean["liver"] > 0.5) == 1
+    np.testing.assert_array_equal(kept.mean["liver_tumor"], raw.mean["liver_tumor"])
+    for name in ("liver", "liver_tumor"):
+        np.testing.assert_array_equal(kept.variance[name], raw.variance[name])
+    # The bundle's default (off in the tiny config) is what a request without the option gets.
+    assert not random_bundle.config.sampling.largest_component
+    np.testing.assert_array_equal(segment_volume(random_bundle, volume, targets, OPTS).mean["liver"], raw.mean["liver"])

@@ -311,3 +311,20 @@ def test_import_does_not_pull_in_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"heavy modules imported: {result.stdout} {result.stderr}"
+
+
+def test_connected_marks_one_piece_organs_never_lesions_and_keeps_old_hashes() -> None:
+    import dataclasses
+
+    from model import vocabulary as vocab_module
+
+    v = default_vocabulary()
+    connected = {t.name for t in v if t.connected}
+    assert connected == set(vocab_module._ONE_PIECE)  # every listed name is a real target
+    assert not any(t.is_lesion for t in v if t.connected)
+    with pytest.raises(ValueError, match="lesion"):
+        dataclasses.replace(v.get("liver_tumor"), connected=True)
+    # A target saved before the field existed (no "connected" key) reads back unchanged, same dict.
+    old = v.get("colon").to_dict()
+    assert "connected" not in old and Target.from_dict(old) == v.get("colon")
+    assert Target.from_dict(v.get("liver").to_dict()).connected

@@ -45,3 +45,10 @@ def test_targets_carry_codes_category_and_side_from_the_vocabulary(tmp_path: Pat
     kidney = rows["kidney_left"]
     assert kidney["side"] == "left" and kidney["snomed"]["scheme"] == "SCT" and kidney["snomed"]["value"] == "64033007"
     assert rows["liver"]["category"]["meaning"] == "Anatomical Structure"
+
+
+def test_targets_say_which_are_one_connected_piece(tmp_path: Path) -> None:
+    rows = {t["name"]: t for t in _api_targets(tmp_path)["targets"]}
+    assert rows["liver"]["connected"] and rows["kidney_left"]["connected"]
+    assert not rows["liver_tumor"]["connected"] and not rows["colon"]["connected"]
+    assert {n for n, r in rows.items() if r["connected"]} == {t.name for t in default_vocabulary() if t.connected}

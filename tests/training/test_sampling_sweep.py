@@ -10,8 +10,9 @@ from training.sampling_sweep import Setting, main, parse_settings
 
 def test_settings_parse_and_bad_ones_say_why() -> None:
     assert parse_settings("ddpm:5:3, ddim:10:2") == [Setting("ddpm", 5, 3), Setting("ddim", 10, 2)]
+    assert parse_settings("ddpm:5:3:lcc,ddpm:5:3:raw") == [Setting("ddpm", 5, 3, True), Setting("ddpm", 5, 3, False)]
     for bad, says in (("euler:5:3", "ddpm or ddim"), ("ddpm:5", "sampler:steps:ensemble"), ("ddim:x:2", "integers"),
-                      ("", "no settings")):
+                      ("ddpm:5:3:maybe", "lcc or raw"), ("", "no settings")):
         with pytest.raises(ValueError, match=says):
             parse_settings(bad)
 
@@ -22,10 +23,10 @@ def test_sweep_cli_scores_every_setting(tmp_path: Path, capsys: pytest.CaptureFi
 
     data = write_phantom_dataset(tmp_path / "ph", 1, 7, PhantomSpec(shape=(40, 40, 6), spacing=(9.0, 9.0, 12.0)))
     bundle = write_random_bundle(tmp_path / "bundle", seed=2)
-    assert main(["--bundle", str(bundle), "--data", str(data), "--settings", "ddpm:2:2,ddim:2:2",
+    assert main(["--bundle", str(bundle), "--data", str(data), "--settings", "ddpm:2:2,ddim:2:2:lcc",
                  "--targets", "liver,spleen", "--out", str(tmp_path / "out")]) == 0
     table = capsys.readouterr().out
-    assert "| ddpm, 2 steps, ensemble 2 |" in table and "| ddim, 2 steps, ensemble 2 |" in table
+    assert "| ddpm, 2 steps, ensemble 2 |" in table and "| ddim, 2 steps, ensemble 2, largest component |" in table
     saved = json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert [r["setting"]["sampler"] for r in saved["rows"]] == ["ddpm", "ddim"]
     for row in saved["rows"]:

@@ -85,3 +85,13 @@ def test_dicom_input_and_output_flags_round_trip_and_old_payloads_read_as_off() 
 def test_bad_output_flags_are_refused(overrides: dict) -> None:
     with pytest.raises(PayloadError):
         _request(**overrides)
+
+
+def test_largest_component_round_trips_and_old_payloads_read_as_the_bundle_default() -> None:
+    for value in (True, False, None):
+        request = _request(largest_component=value)
+        assert SegmentationRequest.from_payload(request.to_payload()) == request
+    old = {k: v for k, v in _request().to_payload().items() if k != "largest_component"}
+    assert SegmentationRequest.from_payload(old).largest_component is None
+    with pytest.raises(PayloadError, match="largest_component"):
+        _request(largest_component="yes")
