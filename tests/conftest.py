@@ -199,9 +199,35 @@ class Process:
                 self.proc.wait(5)
 
 
-def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log:
+def spawn(args: list[str], env: dict[str, str], log_path: Path, *, append: bool = False) -> subprocess.Popen[bytes]:
+    """Start ``args`` from the repository root with exactly ``env``, stdout and stderr to ``log_path``."""
+    with log_path.open("ab" if append else "wb") as log:
         return subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def launch_server(
+    env: dict[str, str], log_path: Path, *, args: list[str] | None = None, port: int | None = None,
+    timeout_s: float = 60.0,
+) -> Process:
+    """``latentseg serve`` on ``port`` (default: a free one) with exactly ``env``; returns once /healthz answers."""
+    import httpx
+
+    port = port or find_free_port()
+    cmd = [LATENTSEG, "serve", "--host", "127.0.0.1", "--port", str(port), *(args or [])]
+    process = Process(spawn(cmd, env, log_path, append=True), log_path, url=f"http://127.0.0.1:{port}")
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{process.url}/healthz", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(up, timeout_s, "latentseg serve answers /healthz", process)
+    except AssertionError:
+        process.stop()
+        raise
+    return process
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, process: Process | None = None) -> None:
@@ -221,22 +247,10 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     started: list[Process] = []
 
     def start(env: dict[str, str] | None = None, args: list[str] | None = None, timeout_s: float = 60.0) -> Process:
-        import httpx
-
         port = find_free_port()
-        log_path = tmp_path / f"serve-{port}.log"
         full_env = clean_env(XDG_DATA_HOME=str(tmp_path / "xdg"), **(env or {}))
-        cmd = [LATENTSEG, "serve", "--host", "127.0.0.1", "--port", str(port), *(args or [])]
-        process = Process(_spawn(cmd, full_env, log_path), log_path, url=f"http://127.0.0.1:{port}")
+        process = launch_server(full_env, tmp_path / f"serve-{port}.log", args=args, port=port, timeout_s=timeout_s)
         started.append(process)
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{process.url}/healthz", timeout=1.0).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(up, timeout_s, "latentseg serve answers /healthz", process)
         return process
 
     yield start
@@ -266,7 +280,7 @@ def start_worker(tmp_path: Path, redis_url: str, rq_queue_name: str) -> Iterator
         ]
         if bundle is not None:
             cmd += ["--bundle", str(bundle)]
-        process = Process(_spawn(cmd, clean_env(**(env or {})), log_path), log_path, extra={"name": name})
+        process = Process(spawn(cmd, clean_env(**(env or {})), log_path), log_path, extra={"name": name})
         started.append(process)
         connection = redis.Redis.from_url(redis_url)
         rq_queue = Queue(queue, connection=connection)

@@ -25,7 +25,9 @@ from tests.conftest import (
     Process,
     clean_env,
     find_free_port,
+    launch_server,
     make_small_volume,
+    spawn,
     wait_until,
 )
 
@@ -114,32 +116,15 @@ def long_volume(tmp_path: Path) -> Path:
     return make_small_volume(tmp_path / "long.nii.gz", (48, 48, 12)).path
 
 
-def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    from tests.conftest import REPO_ROOT
-
-    with log_path.open("ab") as log:
-        return subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-
-
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     """Start ``latentseg serve`` with exactly ``env`` as its latentseg configuration."""
     started: list[Process] = []
 
     def start(env: dict[str, str], timeout_s: float = 60.0, port: int | None = None) -> Process:
-        port = port or find_free_port()
-        log_path = tmp_path / f"serve-{port}.log"
-        cmd = [LATENTSEG, "serve", "--host", "127.0.0.1", "--port", str(port)]
-        process = Process(_spawn(cmd, clean_env(**env), log_path), log_path, url=f"http://127.0.0.1:{port}")
+        log_path = tmp_path / f"serve-{port or len(started)}-{time.monotonic_ns() % 10**8}.log"
+        process = launch_server(clean_env(**env), log_path, port=port, timeout_s=timeout_s)
         started.append(process)
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{process.url}/healthz", timeout=1.0).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(up, timeout_s, "latentseg serve answers /healthz", process)
         return process
 
     yield start
@@ -163,7 +148,7 @@ def work(tmp_path: Path, tiny_bundle: Path) -> Iterator[Callable[..., Process]]:
             "--device", "cpu", "--name", name, "--bundle", str(tiny_bundle),
         ]
         env = clean_env(LATENTSEG_HEARTBEAT_S=str(heartbeat_s), OMP_NUM_THREADS="1")
-        process = Process(_spawn(cmd, env, log_path), log_path, extra={"name": name})
+        process = Process(spawn(cmd, env, log_path, append=True), log_path, extra={"name": name})
         started.append(process)
         connection = redis.Redis.from_url(redis_url)
         wait_until(
@@ -189,3 +174,24 @@ def wait_status(http: httpx.Client, job_id: str, wanted: set[str], timeout_s: fl
             return response.json()
         assert time.monotonic() < deadline, f"job {job_id} not in {wanted} after {timeout_s} s: {response.text}"
         time.sleep(0.2)
+
+
+def post_liver(http: httpx.Client, body: bytes, **params: object) -> httpx.Response:
+    """``POST /segment?targets=liver`` with ``body`` as the raw request body."""
+    return http.post("/segment", params={"targets": "liver", **params}, content=body)
+
+
+def unaccepted_job_dirs(storage: Path) -> list[str]:
+    """Job directories without an accepted job's record: anything a refusal left behind."""
+    jobs = storage / "jobs"
+    return [p.name for p in jobs.iterdir() if not (p / "job.json").exists()] if jobs.exists() else []
+
+
+def rq_api_server(redis_url: str, root: Path, queue: str, log_level: str | None = None, **settings: str) -> Process:
+    """``latentseg serve`` in RQ mode (no worker) on ``queue``, storage under ``root``; ``settings`` are
+    LATENTSEG_* variables. ``process.extra`` holds the queue and the storage path."""
+    env = clean_env(REDIS_URL=redis_url, LATENTSEG_QUEUE=queue, LATENTSEG_STORAGE_DIR=str(root / "storage"), **settings)
+    args = ["--log-level", log_level] if log_level else []
+    process = launch_server(env, root / "serve.log", args=args)
+    process.extra.update(queue=queue, storage=str(root / "storage"))
+    return process

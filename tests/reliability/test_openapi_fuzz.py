@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import LATENTSEG, Process, clean_env, find_free_port, purge_namespace, wait_until
-from tests.reliability.conftest import _spawn
+from tests.conftest import Process, purge_namespace
+from tests.reliability.conftest import rq_api_server
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
@@ -24,23 +23,11 @@ EXAMPLES = int(os.environ.get("LATENTSEG_SCHEMATHESIS_EXAMPLES", "25"))
 
 @pytest.fixture(scope="module")
 def api_server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    root: Path = tmp_path_factory.mktemp("openapi")
     queue = f"lsfuzz-{uuid.uuid4().hex[:10]}"
-    port = find_free_port()
-    env = clean_env(
-        REDIS_URL=redis_url, LATENTSEG_QUEUE=queue, LATENTSEG_STORAGE_DIR=str(root / "storage"),
+    process = rq_api_server(
+        redis_url, tmp_path_factory.mktemp("openapi"), queue, log_level="warning",
         LATENTSEG_MAX_UPLOAD_BYTES="100000", LATENTSEG_MAX_DECOMPRESSED_BYTES="1000000",
     )
-    cmd = [LATENTSEG, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    process = Process(_spawn(cmd, env, root / "serve.log"), root / "serve.log", url=f"http://127.0.0.1:{port}")
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{process.url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(up, 60, "server up", process)
     yield process
     process.stop()
     purge_namespace(redis_url, queue)

@@ -21,8 +21,9 @@ from rq import Queue
 
 from service.nifti import UploadLimits
 from service.upload_sandbox import SandboxLimits, UploadUnchecked, check_upload
-from tests.conftest import LATENTSEG, Process, clean_env, find_free_port, purge_namespace, wait_until
-from tests.reliability.conftest import _spawn
+from tests.conftest import Process, purge_namespace
+from tests.reliability.conftest import post_liver as _post
+from tests.reliability.conftest import rq_api_server, unaccepted_job_dirs
 from tests.reliability.hostile import EXTENSION_TEXT, PRIVATE, gz, gzip_bomb, nifti_bytes, patch, read_field
 
 MAX_UPLOAD = 200_000
@@ -32,25 +33,12 @@ MAX_VOXELS = 300_000
 
 @pytest.fixture(scope="module")
 def server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    root = tmp_path_factory.mktemp("uploads")
     queue = f"lsrel-{uuid.uuid4().hex[:10]}"
-    port = find_free_port()
-    env = clean_env(
-        REDIS_URL=redis_url, LATENTSEG_QUEUE=queue, LATENTSEG_STORAGE_DIR=str(root / "storage"),
+    process = rq_api_server(
+        redis_url, tmp_path_factory.mktemp("uploads"), queue,
         LATENTSEG_MAX_UPLOAD_BYTES=str(MAX_UPLOAD), LATENTSEG_MAX_DECOMPRESSED_BYTES=str(MAX_DECOMPRESSED),
         LATENTSEG_MAX_VOXELS=str(MAX_VOXELS), LATENTSEG_MAX_ACTIVE_JOBS_PER_KEY="1000",
     )
-    cmd = [LATENTSEG, "serve", "--host", "127.0.0.1", "--port", str(port)]
-    process = Process(_spawn(cmd, env, root / "serve.log"), root / "serve.log", url=f"http://127.0.0.1:{port}")
-    process.extra.update(queue=queue, storage=str(root / "storage"))
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{process.url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(up, 60, "server up", process)
     yield process
     process.stop()
     purge_namespace(redis_url, queue)
@@ -62,14 +50,8 @@ def http(server: Process) -> Iterator[httpx.Client]:
         yield client
 
 
-def _post(http: httpx.Client, body: bytes, **params: object) -> httpx.Response:
-    return http.post("/segment", params={"targets": "liver", **params}, content=body)
-
-
 def _leftovers(server: Process) -> list[str]:
-    """Job directories without an accepted job (anything a refusal left behind)."""
-    jobs = Path(server.extra["storage"]) / "jobs"
-    return [p.name for p in jobs.iterdir() if not (p / "job.json").exists()] if jobs.exists() else []
+    return unaccepted_job_dirs(Path(server.extra["storage"]))
 
 
 # ---------------------------------------------------------------- size caps
