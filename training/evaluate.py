@@ -402,7 +402,7 @@ def evaluate_dataset(
         cases=tuple(case_names),
         results=tuple(results),
         summary=summarise(results, names),
-        sampler=str(getattr(used_sampler := options.sampler or bundle.config.sampling.sampler, "value", used_sampler)),
+        sampler=str(options.sampler or bundle.config.sampling.sampler.value),
         largest_component=bundle.config.sampling.largest_component if largest_component is None else largest_component,
     )
 

@@ -82,13 +82,16 @@ def sweep(bundle: object, data: Path, settings: Sequence[Setting], targets: Sequ
     return rows
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def markdown_table(rows: Sequence[SweepRow]) -> str:
     targets = list(rows[0].dice) if rows else []
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     lines = ["| setting | " + " | ".join(targets) + " | mean | seconds |", "|---|" + "---:|" * (len(targets) + 2)]
     for row in rows:
-        cells = " | ".join(fmt(row.dice[t]) for t in targets)
-        lines.append(f"| {row.setting.label} | {cells} | {fmt(row.mean_dice)} | {row.seconds:.0f} |")
+        cells = " | ".join(_fmt(row.dice[t]) for t in targets)
+        lines.append(f"| {row.setting.label} | {cells} | {_fmt(row.mean_dice)} | {row.seconds:.0f} |")
     return "\n".join(lines)
 
 
