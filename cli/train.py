@@ -22,6 +22,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, action="append", default=None, help="override the dataset folders (repeatable)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--init-from", type=Path, default=None, metavar="BUNDLE",
+        help="fine-tune: stages without a checkpoint start from this bundle's weights (overrides the config's init_from)",
+    )
     p.set_defaults(func=run)
 
 
@@ -46,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     if args.seed is not None:
         overrides["seed"] = args.seed
+    if args.init_from is not None:
+        overrides["init_from"] = str(args.init_from.resolve())
     try:
         config = load_train_config(args.config, overrides)
         stages = STAGES if args.stage == "all" else (args.stage,)

@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from model.config import FrozenConfig, ModelConfig
 
 
 class StageConfig(FrozenConfig):
-    steps: int = Field(1000, ge=1, description="optimizer steps (upper bound)")
+    steps: int = Field(
+        1000, ge=0, description="optimizer steps (upper bound); 0 keeps the init_from bundle's network as it is"
+    )
     max_minutes: float | None = Field(None, gt=0, description="stop earlier after this wall time")
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -73,10 +75,23 @@ class TrainConfig(FrozenConfig):
     foreground_prob: float = Field(0.7, ge=0, le=1)
     dataset_weights: dict[str, float] | None = Field(None, description="dataset name -> sampling weight (default uniform)")
     text_embeddings: Path | None = Field(None, description=".npy table (max_id+1, dim) for conditioning='text'")
+    init_from: Path | None = Field(
+        None,
+        description="bundle to fine-tune: a stage that starts without a checkpoint starts from this bundle's "
+        "weights for its network (its architecture settings must match `model`)",
+    )
     model: ModelConfig = ModelConfig()
     mask_ae: MaskAEStage = MaskAEStage()
     image_vae: ImageVAEStage = ImageVAEStage()
     diffusion: DiffusionStage = DiffusionStage()
+
+    @model_validator(mode="after")
+    def _zero_steps_need_a_bundle(self) -> TrainConfig:
+        if self.init_from is None:
+            idle = [name for name in ("mask_ae", "image_vae", "diffusion") if getattr(self, name).steps == 0]
+            if idle:
+                raise ValueError(f"{', '.join(f'{n}.steps' for n in idle)} = 0 needs init_from (a bundle to take the network from)")
+        return self
 
 
 class ConfigError(ValueError):
@@ -103,7 +118,7 @@ def _validation_message(exc: ValidationError) -> str:
 
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file; relative paths (data, out,
-    cache_dir, text_embeddings, image_vae.perceptual_weights) are resolved against the config
+    cache_dir, text_embeddings, init_from, image_vae.perceptual_weights) are resolved against the config
     file's folder. Every problem is a :class:`ConfigError` with a one-line message."""
     path = Path(path)
     try:
@@ -120,7 +135,7 @@ def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainC
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a {kind} mapping of settings (data: [...], out: ...), got {type(raw).__name__}")
     raw = {**raw, **(overrides or {})}
-    for key in ("cache_dir", "out", "text_embeddings"):
+    for key in ("cache_dir", "out", "text_embeddings", "init_from"):
         if raw.get(key) and not Path(raw[key]).is_absolute():
             raw[key] = str((path.parent / raw[key]).resolve())
     image_vae = raw.get("image_vae")

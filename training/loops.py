@@ -29,13 +29,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model.bundle import Networks, build_networks, build_process, save_bundle
-from model.bundle_manifest import LatentScale
+from model.bundle_manifest import LatentScale, read_manifest
 from model.hardware import cpu_model
 from model.diffusion.timestep_sampling import LossSecondMomentSampler, UniformSampler
 from model.nets.autoencoder import MaskAutoencoder, build_image_vae, encode_image_mean
 from model.vocabulary import Vocabulary, default_vocabulary
 from training.config import StageConfig, TrainConfig, learning_rate
 from training.data import Batch, PatchSampler, prepare_sources, read_dataset
+from training.finetune import initial_weights
 from training.losses import mask_ae_loss, vae_loss
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,12 @@ def run_stage(
 ) -> tuple[nn.Module, StageResult]:
     """Train ``model`` with ``step_fn`` for the stage's budget; returns (EMA or model, result)."""
     device = ctx.device
+    ckpt_path = ctx.checkpoint_path(name)
+    if not ckpt_path.is_file():
+        start_weights = initial_weights(ctx.config, ctx.vocabulary, name)
+        if start_weights is not None:
+            model.load_state_dict(start_weights)
+            log.info("%s: starting from the weights of bundle %s", name, ctx.config.init_from)
     model.to(device).train()
     ema = deepcopy(model).eval().requires_grad_(False) if ema_decay is not None else None
     optimizer = torch.optim.AdamW(
@@ -191,7 +198,7 @@ def run_stage(
     )
     start_step = 0
     elapsed_before = 0.0
-    ckpt_path = ctx.checkpoint_path(name)
+    state: dict[str, Any] = {}
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -209,6 +216,16 @@ def run_stage(
                 load_extra_state(ranks[ctx.rank]["extra"])
         log.info("%s: resumed from %s at step %d", name, ckpt_path, start_step)
     if start_step >= stage.steps:
+        if not ckpt_path.is_file() and ctx.is_main:  # steps: 0 with init_from: the bundle's network, as is
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            sampler_state = ctx.sampler.state()
+            torch.save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "ema": None if ema is None else ema.state_dict(), "step": 0, "sampler": sampler_state, "extra": None,
+                 "ranks": [{"sampler": sampler_state, "extra": None}], "final": {}, "seconds": 0.0},
+                ckpt_path,
+            )
+            log.info("%s: 0 steps: kept the network of bundle %s", name, ctx.config.init_from)
         return (ema or model), StageResult(start_step, 0.0, state.get("final", {}))
 
     wrapped: nn.Module = DistributedDataParallel(model) if ctx.world_size > 1 else model
@@ -445,9 +462,18 @@ def train_diffusion(ctx: TrainContext) -> tuple[Path, StageResult]:
                 "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                 "torch": torch.__version__,
                 "stages": _stage_summaries(ctx),
+                "init_from": _parent_bundle(cfg.init_from),
             },
         )
     return bundle_path, result
+
+
+def _parent_bundle(path: Path | None) -> dict[str, str] | None:
+    """Which bundle a fine-tuned run started from (recorded in the new bundle's provenance)."""
+    if path is None:
+        return None
+    info = read_manifest(Path(path))
+    return {"path": str(path), "name": info.name, "version": info.version}
 
 
 def _stage_summaries(ctx: TrainContext) -> dict[str, Any]:

@@ -109,3 +109,36 @@ def test_config_and_data_errors_are_one_line_with_exit_2(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("latentseg train: error:") and needle in lines[0], lines
     assert not (tmp_path / "run").exists()
+
+
+def _main_train(args: list[str]) -> int:
+    from cli.main import main
+
+    handlers = logging.root.handlers[:]  # the command configures logging for its process
+    try:
+        return main(["train", *args])
+    finally:
+        logging.root.handlers[:] = handlers
+
+
+def test_init_from_fine_tunes_a_bundle_and_names_a_mismatch(
+    tmp_path: Path, phantoms: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from model.bundle import load_bundle, write_random_bundle
+    from training.config import load_train_config
+
+    model = load_train_config(TINY_CONFIG, {"data": [str(phantoms)]}).model
+    parent = write_random_bundle(tmp_path / "parent", seed=2, config=model)
+    common = ["--config", str(TINY_CONFIG), "--data", str(phantoms), "--device", "cpu"]
+    with caplog.at_level("INFO", logger="training.loops"):
+        assert _main_train(["all", *common, "--out", str(tmp_path / "run"), "--init-from", str(parent)]) == 0
+    assert any("starting from the weights of bundle" in r.getMessage() for r in caplog.records)
+    bundle = load_bundle(tmp_path / "run" / "bundle", device="cpu")
+    assert bundle.manifest.provenance["init_from"]["path"] == str(parent.resolve())
+    capsys.readouterr()
+
+    wider = model.model_copy(update={"image_vae": model.image_vae.model_copy(update={"channels": (8, 16, 16, 32)})})
+    other = write_random_bundle(tmp_path / "other", seed=2, config=wider)
+    assert _main_train(["image-vae", *common, "--out", str(tmp_path / "run2"), "--init-from", str(other)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "model.image_vae settings (channels)" in lines[0], lines

@@ -1,0 +1,94 @@
+"""`init_from`: stages start from a bundle's weights (fine-tuning), checked against the bundle's
+architecture; a checkpoint of the run itself still wins over the bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from model.bundle import load_bundle, write_random_bundle
+from training.finetune import FinetuneError
+from training.loops import STAGES, train
+
+# A learning rate this small leaves the weights where they started, to float precision.
+FROZEN = {"steps": 1, "batch_size": 2, "lr": 1e-12, "checkpoint_every": 1000}
+
+
+@pytest.fixture
+def parent(tmp_path: Path, train_config: Any) -> Path:
+    """A random bundle with the tiny config's architecture (not the seed the run would use)."""
+    return write_random_bundle(tmp_path / "parent", seed=11, config=train_config().model)
+
+
+def _checkpoint(config: Any, stage: str) -> dict[str, torch.Tensor]:
+    return torch.load(config.out / "checkpoints" / f"{stage}.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def test_every_stage_starts_from_the_bundle_weights(train_config: Any, parent: Path) -> None:
+    config = train_config(init_from=str(parent), mask_ae=FROZEN, image_vae=FROZEN, diffusion={**FROZEN, "scale_batches": 1})
+    train(config, STAGES)
+    source = load_bundle(parent, device="cpu").networks
+    for stage, network in (("mask-ae", source.mask_ae), ("image-vae", source.image_vae), ("diffusion", source.denoiser)):
+        trained = _checkpoint(config, stage)
+        for key, value in network.state_dict().items():
+            torch.testing.assert_close(trained[key], value, rtol=0, atol=1e-6, msg=f"{stage}: {key}")
+    result = load_bundle(config.out / "bundle", device="cpu")
+    assert result.manifest.provenance["init_from"] == {"path": str(parent), "name": "random-tiny", "version": "0.0.0"}
+
+    # Without init_from the same run starts from its own seeded initialisation instead.
+    fresh = train_config("fresh.yaml", out="fresh", mask_ae=FROZEN)
+    train(fresh, ("mask-ae",))
+    differs = [
+        not torch.allclose(_checkpoint(fresh, "mask-ae")[k], v) for k, v in source.mask_ae.state_dict().items() if v.ndim > 1
+    ]
+    assert all(differs)
+
+
+def test_a_checkpoint_of_the_run_wins_over_the_bundle(train_config: Any, parent: Path) -> None:
+    config = train_config(mask_ae={**FROZEN, "lr": 1e-3})
+    train(config, ("mask-ae",))
+    own = _checkpoint(config, "mask-ae")
+    longer = train_config(init_from=str(parent), mask_ae={**FROZEN, "steps": 2, "lr": 1e-12})
+    assert longer.out == config.out
+    train(longer, ("mask-ae",))
+    for key, value in own.items():
+        torch.testing.assert_close(_checkpoint(longer, "mask-ae")[key], value, rtol=0, atol=1e-6)
+
+
+def test_a_different_architecture_is_named(tmp_path: Path, train_config: Any) -> None:
+    base = train_config()
+    wider = base.model.model_copy(update={"mask_ae": base.model.mask_ae.model_copy(update={"base_channels": 8})})
+    parent = write_random_bundle(tmp_path / "wider", seed=1, config=wider)
+    config = train_config(init_from=str(parent), mask_ae=FROZEN)
+    with pytest.raises(FinetuneError, match=r"model\.mask_ae settings \(base_channels\)"):
+        train(config, ("mask-ae",))
+    # The image VAE has the same architecture in both, so that stage may start from this bundle.
+    train(train_config(init_from=str(parent), image_vae=FROZEN), ("image-vae",))
+
+
+def test_a_missing_bundle_is_a_clear_error(tmp_path: Path, train_config: Any) -> None:
+    config = train_config(init_from=str(tmp_path / "nowhere"), mask_ae=FROZEN)
+    with pytest.raises(FinetuneError, match="init_from: .*nowhere"):
+        train(config, ("mask-ae",))
+
+
+def test_zero_steps_keep_the_bundle_network_for_the_next_stage(train_config: Any, parent: Path) -> None:
+    zero = {"steps": 0}
+    config = train_config(init_from=str(parent), mask_ae=zero, image_vae=zero, diffusion={**FROZEN, "scale_batches": 1})
+    results = train(config, STAGES)
+    assert results["mask-ae"].steps == 0 and results["image-vae"].steps == 0
+    source = load_bundle(parent, device="cpu").networks
+    bundle = load_bundle(config.out / "bundle", device="cpu").networks
+    for mine, theirs in ((bundle.mask_ae, source.mask_ae), (bundle.image_vae, source.image_vae)):
+        for key, value in theirs.state_dict().items():
+            torch.testing.assert_close(mine.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_zero_steps_without_a_bundle_is_a_config_error(train_config: Any) -> None:
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"image_vae\.steps = 0 needs init_from"):
+        train_config(image_vae={"steps": 0})

@@ -1,0 +1,54 @@
+"""Starting a training run from a bundle's weights (``init_from``): fine-tuning the shipped model
+on new data, or continuing a finished bundle with a longer budget or a better auto-encoder.
+
+Each stage that has no checkpoint of its own copies its network from the bundle. The network's
+architecture settings must be the ones in the run's ``model`` config; anything else is a
+:class:`FinetuneError` naming the setting, before any step is taken.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from model.bundle import load_bundle
+from model.errors import BundleError
+from model.vocabulary import Vocabulary
+from training.config import TrainConfig
+
+
+class FinetuneError(ValueError):
+    pass
+
+
+_NETWORK_OF_STAGE = {"mask-ae": "mask_ae", "image-vae": "image_vae", "diffusion": "denoiser"}
+# The model settings that fix each network's shapes.
+_SETTINGS_OF_STAGE = {"mask-ae": ("mask_ae",), "image-vae": ("image_vae",), "diffusion": ("denoiser", "diffusion")}
+
+
+def initial_weights(config: TrainConfig, vocabulary: Vocabulary, stage: str) -> dict[str, torch.Tensor] | None:
+    """The state dict ``stage`` starts from: ``None`` without ``init_from``, else the bundle's network."""
+    if config.init_from is None:
+        return None
+    if stage not in _NETWORK_OF_STAGE:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(_NETWORK_OF_STAGE)}")
+    try:
+        bundle = load_bundle(Path(config.init_from), device="cpu")
+    except BundleError as exc:
+        raise FinetuneError(f"init_from: {exc}") from exc
+    for key in _SETTINGS_OF_STAGE[stage]:
+        ours, theirs = getattr(config.model, key), getattr(bundle.config, key)
+        if ours != theirs:
+            changed = sorted(k for k in ours.model_dump() if ours.model_dump()[k] != theirs.model_dump().get(k))
+            raise FinetuneError(
+                f"init_from: bundle {bundle.name} has different model.{key} settings ({', '.join(changed)}) "
+                f"than this config; {stage} cannot start from its weights"
+            )
+    if stage == "diffusion" and bundle.vocabulary.max_id != vocabulary.max_id:
+        raise FinetuneError(
+            f"init_from: bundle {bundle.name} has target ids up to {bundle.vocabulary.max_id}, this run's "
+            f"vocabulary up to {vocabulary.max_id}; the class-embedding tables differ"
+        )
+    network = getattr(bundle.networks, _NETWORK_OF_STAGE[stage])
+    return {k: v.detach().clone() for k, v in network.state_dict().items()}
