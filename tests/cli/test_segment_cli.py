@@ -114,3 +114,28 @@ def test_bad_bundle_is_one_line(tmp_path: Path) -> None:
     proc = latentseg("segment", str(src), "--targets", "liver", "--out", str(tmp_path / "o"),
                      bundle=tmp_path / "no-bundle")
     assert_one_line_error(proc, "no-bundle")
+
+
+def _components(mask: np.ndarray) -> int:
+    from scipy import ndimage
+
+    return int(ndimage.label(mask, structure=np.ones((3, 3, 3), bool))[1])
+
+
+def test_largest_component_flag_on_and_off(bundle: Path, tmp_path: Path) -> None:
+    data = np.full((44, 30, 6), -1000, np.int16)  # two bodies of tissue, far apart in air
+    rng = np.random.default_rng(3)
+    data[3:15, 5:25] = rng.normal(40, 60, (12, 20, 6))
+    data[29:41, 5:25] = rng.normal(40, 60, (12, 20, 6))
+    source = tmp_path / "two.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([-4.0, -4.0, 4.0, 1.0])), str(source))
+    liver = {}
+    for flag in ("--largest-component", "--no-largest-component"):
+        out = tmp_path / flag.strip("-")
+        proc = latentseg("segment", str(source), "--targets", "liver", "--out", str(out), "--steps", "2",
+                         "--ensemble", "2", "--seed", "0", "--quiet", flag, bundle=bundle)
+        assert proc.returncode == 0, proc.stderr
+        liver[flag] = np.asarray(nib.load(str(out / "liver_mean.nii.gz")).dataobj) > 0.5
+    assert _components(liver["--no-largest-component"]) > 1  # the random model speckles
+    assert _components(liver["--largest-component"]) == 1
+    assert not (liver["--largest-component"] & ~liver["--no-largest-component"]).any()  # only removes

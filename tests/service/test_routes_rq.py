@@ -201,3 +201,18 @@ def test_redis_down_is_a_quick_503(tmp_path: Path, small_nifti: Volume) -> None:
         assert response.status_code == 503 and response.headers["retry-after"] == "5"
         assert dead.get("/readyz").status_code == 503
     assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())
+
+
+def test_largest_component_reaches_the_job_payload(client: TestClient, small_nifti: Volume, redis_url: str) -> None:
+    connection = redis.Redis.from_url(redis_url)
+
+    def payload(**params: object) -> dict:
+        job_id = _submit(client, small_nifti, targets="liver", **params)["job_id"]
+        return Job.fetch(job_id, connection=connection, serializer=JSONSerializer).kwargs["payload"]
+
+    assert payload(largest_component="false")["largest_component"] is False
+    assert payload(largest_component="true")["largest_component"] is True
+    assert payload().get("largest_component") is None  # the bundle's default applies
+    bad = client.post("/segment", params={"targets": "liver", "largest_component": "maybe"},
+                      content=small_nifti.path.read_bytes())
+    assert bad.status_code == 422 and "largest_component" in bad.text
