@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 FLOORS: dict[str, float] = {"liver": 0.90, "spleen": 0.90, "kidney_right": 0.90, "kidney_left": 0.90, "pancreas": 0.75}
 SPLEEN8 = REPO.parent / "shared" / "data" / "msd-spleen8"
 COMMITTED_ABLATION = REPO / "docs" / "model_card" / "ablation.json"
+COMMITTED_DISCUSSION = REPO / "docs" / "model_card" / "discussion.md"
 
 log = logging.getLogger("model_card")
 
@@ -418,6 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.discussion is not None:
         discussion_md.parent.mkdir(parents=True, exist_ok=True)
         discussion_md.write_text(args.discussion.read_text())
+    if not discussion_md.is_file() and COMMITTED_DISCUSSION.is_file():
+        discussion_md = COMMITTED_DISCUSSION  # the analysis of the shipped bundle, kept in the repo
     discussion = discussion_md.read_text() if discussion_md.is_file() else None
 
     ablation_json = args.work / "ablation" / "ablation.json"
