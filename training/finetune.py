@@ -40,7 +40,8 @@ def initial_weights(config: TrainConfig, vocabulary: Vocabulary, stage: str) -> 
     for key in _SETTINGS_OF_STAGE[stage]:
         ours, theirs = getattr(config.model, key), getattr(bundle.config, key)
         if ours != theirs:
-            changed = sorted(k for k in ours.model_dump() if ours.model_dump()[k] != theirs.model_dump().get(k))
+            mine, bundled = ours.model_dump(), theirs.model_dump()
+            changed = sorted(k for k in mine if mine[k] != bundled.get(k))
             raise FinetuneError(
                 f"init_from: bundle {bundle.name} has different model.{key} settings ({', '.join(changed)}) "
                 f"than this config; {stage} cannot start from its weights"

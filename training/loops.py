@@ -215,22 +215,6 @@ def run_stage(
             if load_extra_state is not None and ranks[ctx.rank]["extra"] is not None:
                 load_extra_state(ranks[ctx.rank]["extra"])
         log.info("%s: resumed from %s at step %d", name, ckpt_path, start_step)
-    if start_step >= stage.steps:
-        if not ckpt_path.is_file() and ctx.is_main:  # steps: 0 with init_from: the bundle's network, as is
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            sampler_state = ctx.sampler.state()
-            torch.save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "ema": None if ema is None else ema.state_dict(), "step": 0, "sampler": sampler_state, "extra": None,
-                 "ranks": [{"sampler": sampler_state, "extra": None}], "final": {}, "seconds": 0.0},
-                ckpt_path,
-            )
-            log.info("%s: 0 steps: kept the network of bundle %s", name, ctx.config.init_from)
-        return (ema or model), StageResult(start_step, 0.0, state.get("final", {}))
-
-    wrapped: nn.Module = DistributedDataParallel(model) if ctx.world_size > 1 else model
-    use_amp = device.type == "cuda"
-    step_log = StepLog(ctx.out / "logs" / f"{name}.csv", ctx.is_main, start_step)
     started = time.time()
     recent: dict[str, list[float]] = {}
 
@@ -259,6 +243,16 @@ def run_stage(
             tmp,
         )
         tmp.replace(ckpt_path)
+
+    if start_step >= stage.steps:
+        if not ckpt_path.is_file():  # steps: 0 with init_from: the bundle's network, as is
+            save(start_step)
+            log.info("%s: 0 steps: kept the network of bundle %s", name, ctx.config.init_from)
+        return (ema or model), StageResult(start_step, 0.0, state.get("final", {}))
+
+    wrapped: nn.Module = DistributedDataParallel(model) if ctx.world_size > 1 else model
+    use_amp = device.type == "cuda"
+    step_log = StepLog(ctx.out / "logs" / f"{name}.csv", ctx.is_main, start_step)
 
     bar = tqdm(total=stage.steps, initial=start_step, desc=name, disable=not ctx.is_main, leave=False)
     step = start_step
