@@ -79,7 +79,7 @@ def main() -> None:
                 for m in range(args.ensemble):
                     z_image = bundle.encode_image(images[w : w + 1])
                     generator = torch.Generator().manual_seed(sample_seed(0, key, target_id, m))
-                    z0 = sample(process, bundle.denoiser, z_image.shape, generator=[generator],
+                    z0 = sample(process, bundle.denoiser, (1, *bundle.config.latent_shape), generator=[generator],
                                 model_kwargs={"z_image": z_image, "target_ids": torch.tensor([target_id])},
                                 sampler=bundle.config.sampling.sampler, eta=bundle.config.sampling.eta)
                     out[w, k, m] = torch.sigmoid(bundle.decode_mask(z0))[0, 0]

@@ -28,7 +28,7 @@ from model.diffusion.process import GaussianDiffusion
 from model.diffusion.respace import respace, sampling_timesteps
 from model.diffusion.schedule import make_betas
 from model.errors import BundleError
-from model.nets.autoencoder import MaskAutoencoder, build_image_vae, encode_image_mean
+from model.nets.autoencoder import MaskAutoencoder, build_image_vae, image_condition
 from model.nets.unet import LatentDenoiser
 from model.vocabulary import Vocabulary, default_vocabulary
 
@@ -95,6 +95,7 @@ def build_networks(
         denoiser=LatentDenoiser(
             config.denoiser,
             latent_channels=config.mask_ae.latent_channels,
+            condition_channels=config.image_condition_channels,
             num_target_ids=vocabulary.max_id + 1,
             out_multiplier=process.model_output_multiplier,
             text_embeddings=text_embeddings if config.denoiser.conditioning == "text" else None,
@@ -150,8 +151,10 @@ class LoadedBundle(BundleInfo):
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) image in [0, 1] -> scaled conditioning latent (B, C_z, h, w)."""
-        return encode_image_mean(self.networks.image_vae, image) * self.latent_scale.image
+        """(B, 1, H, W) image in [0, 1] -> the denoiser's image conditioning (B, C_image, h, w)."""
+        return image_condition(
+            self.networks.image_vae, image, self.latent_scale.image, pixel_factor=self.config.image_pixel_factor
+        )
 
     @torch.no_grad()
     def decode_mask(self, z_mask: torch.Tensor) -> torch.Tensor:

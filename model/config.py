@@ -79,6 +79,12 @@ class DenoiserConfig(FrozenConfig):
     norm_num_groups: int = 16
     conditioning: Literal["learnt", "text"] = "learnt"
     text_embedding_dim: int = 384
+    image_pixels: bool = Field(
+        False,
+        description="condition on the image window itself as well as on its latent: the window rearranged "
+        "space-to-depth onto the latent grid (f² channels, scaled to [-1, 1]) is concatenated to z_image. Off in "
+        "the paper's configuration; on in the CPU demo, whose 4×16×16 image latent loses small organs' contrast",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "DenoiserConfig":
@@ -142,6 +148,16 @@ class ModelConfig(FrozenConfig):
         h, w = self.preprocess.patch_size
         f = self.mask_ae.factor
         return (self.mask_ae.latent_channels, h // f, w // f)
+
+    @property
+    def image_pixel_factor(self) -> int:
+        """The space-to-depth factor of the pixel conditioning (the latent factor f), 0 without it."""
+        return self.image_vae.factor if self.denoiser.image_pixels else 0
+
+    @property
+    def image_condition_channels(self) -> int:
+        """Channels of the denoiser's image conditioning: the image latent, plus f² pixel channels."""
+        return self.image_vae.latent_channels + self.image_pixel_factor**2
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

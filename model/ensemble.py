@@ -72,7 +72,7 @@ def sample_window_probabilities(
     # Once per window, in memory-bounded sub-batches (the image VAE works at full window resolution).
     encode_batch = encode_batch_size(bundle.config, n)
     z_image = torch.cat([bundle.encode_image(images[i : i + encode_batch].to(device)) for i in range(0, n, encode_batch)])
-    latent_shape = tuple(z_image.shape[1:])
+    latent_shape = bundle.config.latent_shape
     # Flatten (window, target, member) pairs in a fixed order.
     pairs = [(w, k, m) for w in range(n) for k in range(num_targets) for m in range(ensemble)]
     out = torch.empty((len(pairs), height, width), dtype=torch.float32)

@@ -45,7 +45,7 @@ from model.bundle import BundleInfo, LoadedBundle, load_bundle, resolve_bundle_p
 from model.bundle_manifest import BundleManifest, file_sha256, read_manifest
 from model.config import ModelConfig
 from model.errors import BundleError
-from model.nets.autoencoder import encode_image_mean
+from model.nets.autoencoder import image_condition
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -84,9 +84,10 @@ class _ImageEncoder(nn.Module):
         super().__init__()
         self.vae = bundle.networks.image_vae
         self.scale = float(bundle.latent_scale.image)
+        self.pixel_factor = bundle.config.image_pixel_factor
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return encode_image_mean(self.vae, image) * self.scale
+        return image_condition(self.vae, image, self.scale, pixel_factor=self.pixel_factor)
 
 
 class _MaskDecoder(nn.Module):
@@ -116,7 +117,7 @@ def _example_inputs(config: ModelConfig, batch: int, generator: torch.Generator)
         "denoiser": (
             torch.randn(batch, c, h, w, generator=generator),
             torch.randint(0, config.diffusion.num_timesteps, (batch,), generator=generator),
-            torch.randn(batch, c, h, w, generator=generator),
+            torch.randn(batch, config.image_condition_channels, h, w, generator=generator),
             torch.randint(1, 10, (batch,), generator=generator),
         ),
         "mask_decoder": (torch.randn(batch, c, h, w, generator=generator),),

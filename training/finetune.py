@@ -3,7 +3,10 @@ on new data, or continuing a finished bundle with a longer budget or a better au
 
 Each stage that has no checkpoint of its own copies its network from the bundle. The network's
 architecture settings must be the ones in the run's ``model`` config; anything else is a
-:class:`FinetuneError` naming the setting, before any step is taken.
+:class:`FinetuneError` naming the setting, before any step is taken. One change is allowed:
+switching ``denoiser.image_pixels`` on. The denoiser's first convolution then gains the pixel
+channels with zero weights, so training starts from exactly the bundle's predictions and learns
+how much to use the pixels.
 """
 
 from __future__ import annotations
@@ -37,11 +40,16 @@ def initial_weights(config: TrainConfig, vocabulary: Vocabulary, stage: str) -> 
         bundle = load_bundle(Path(config.init_from), device="cpu")
     except BundleError as exc:
         raise FinetuneError(f"init_from: {exc}") from exc
+    adding_pixels = (
+        stage == "diffusion" and config.model.denoiser.image_pixels and not bundle.config.denoiser.image_pixels
+    )
     for key in _SETTINGS_OF_STAGE[stage]:
         ours, theirs = getattr(config.model, key), getattr(bundle.config, key)
         if ours != theirs:
             mine, bundled = ours.model_dump(), theirs.model_dump()
-            changed = sorted(k for k in mine if mine[k] != bundled.get(k))
+            changed = sorted(k for k in mine if mine[k] != bundled.get(k) and not (adding_pixels and k == "image_pixels"))
+            if not changed:
+                continue
             raise FinetuneError(
                 f"init_from: bundle {bundle.name} has different model.{key} settings ({', '.join(changed)}) "
                 f"than this config; {stage} cannot start from its weights"
@@ -52,4 +60,21 @@ def initial_weights(config: TrainConfig, vocabulary: Vocabulary, stage: str) -> 
             f"vocabulary up to {vocabulary.max_id}; the class-embedding tables differ"
         )
     network = getattr(bundle.networks, _NETWORK_OF_STAGE[stage])
-    return {k: v.detach().clone() for k, v in network.state_dict().items()}
+    state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    if adding_pixels:
+        state[_DENOISER_INPUT_CONV] = _with_zero_input_channels(state[_DENOISER_INPUT_CONV], config)
+    return state
+
+
+# The denoiser's first convolution, whose input channels are concat(z_t, z_image latent, pixels).
+_DENOISER_INPUT_CONV = "unet.conv_in.conv.weight"
+
+
+def _with_zero_input_channels(weight: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """Append zero input channels for the pixel conditioning (which comes last in z_image)."""
+    wanted = config.model.mask_ae.latent_channels + config.model.image_condition_channels
+    extra = wanted - weight.shape[1]
+    if extra <= 0:
+        raise FinetuneError(f"init_from: the denoiser's input has {weight.shape[1]} channels, expected fewer than {wanted}")
+    zeros = weight.new_zeros(weight.shape[0], extra, *weight.shape[2:])
+    return torch.cat([weight, zeros], dim=1)

@@ -32,7 +32,7 @@ from model.bundle import Networks, build_networks, build_process, save_bundle
 from model.bundle_manifest import LatentScale, read_manifest
 from model.hardware import cpu_model
 from model.diffusion.timestep_sampling import LossSecondMomentSampler, UniformSampler
-from model.nets.autoencoder import MaskAutoencoder, build_image_vae, encode_image_mean
+from model.nets.autoencoder import MaskAutoencoder, build_image_vae, encode_image_mean, image_condition
 from model.vocabulary import Vocabulary, default_vocabulary
 from training.config import StageConfig, TrainConfig, learning_rate
 from training.data import Batch, PatchSampler, prepare_sources, read_dataset
@@ -406,7 +406,7 @@ def train_diffusion(ctx: TrainContext) -> tuple[Path, StageResult]:
     def step(net: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16) if low_precision else nullcontext():
             z0 = mask_ae.encode(batch.masks).float() * scale.mask
-            z_image = encode_image_mean(vae, batch.images).float() * scale.image
+            z_image = image_condition(vae, batch.images, scale.image, pixel_factor=cfg.model.image_pixel_factor).float()
         t, weights = t_sampler.sample(z0.shape[0], generator)
         noise = torch.randn(z0.shape, generator=generator).to(z0.device)
         t, weights = t.to(z0.device), weights.to(z0.device)

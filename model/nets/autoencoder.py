@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from monai.networks.nets import AutoencoderKL
 from torch import nn
+from torch.nn import functional as F
 
 from model.config import ImageVAEConfig, MaskAEConfig
 
@@ -81,3 +82,13 @@ def encode_image_mean(vae: AutoencoderKL, image: torch.Tensor) -> torch.Tensor:
     """The posterior mean of q(z_y | y): the deterministic conditioning latent, (B, C_z, h, w)."""
     h = vae.encoder(image)
     return vae.quant_conv_mu(h)
+
+
+def image_condition(vae: AutoencoderKL, image: torch.Tensor, scale: float, *, pixel_factor: int = 0) -> torch.Tensor:
+    """The denoiser's image conditioning z_image: the scaled posterior mean, then (``pixel_factor`` > 0,
+    see ``ModelConfig.image_pixel_factor``) the window itself rearranged space-to-depth onto the latent
+    grid and mapped from [0, 1] to [-1, 1]."""
+    z = encode_image_mean(vae, image) * scale
+    if not pixel_factor:
+        return z
+    return torch.cat([z, F.pixel_unshuffle(image * 2.0 - 1.0, pixel_factor).to(z.dtype)], dim=1)

@@ -1,4 +1,5 @@
-"""The conditional denoiser: MONAI's ``DiffusionModelUNet`` on concat(z_t, z_image),
+"""The conditional denoiser: MONAI's ``DiffusionModelUNet`` on concat(z_t, z_image) (z_image: the image
+latent, optionally followed by the image's pixels space-to-depth, see ``image_condition``),
 conditioned on the target through a class embedding added to the time embedding.
 
 Two conditioning modes (config switch):
@@ -31,7 +32,7 @@ class TextClassEmbedding(nn.Module):
 class LatentDenoiser(nn.Module):
     """``forward(z_t, t, z_image, target_ids)`` -> (B, C_out, h, w).
 
-    z_t, z_image: (B, C_z, h, w); t: (B,) original-scale timesteps; target_ids: (B,) vocabulary ids.
+    z_t: (B, C_z, h, w); z_image: (B, C_image, h, w); t: (B,) original-scale timesteps; target_ids: (B,) vocabulary ids.
     C_out = C_z · out_multiplier (prediction, then variance values when the variance is learned).
     """
 
@@ -40,6 +41,7 @@ class LatentDenoiser(nn.Module):
         config: DenoiserConfig,
         *,
         latent_channels: int,
+        condition_channels: int | None = None,
         num_target_ids: int,
         out_multiplier: int,
         text_embeddings: torch.Tensor | None = None,
@@ -47,7 +49,7 @@ class LatentDenoiser(nn.Module):
         super().__init__()
         self.unet = DiffusionModelUNet(
             spatial_dims=2,
-            in_channels=2 * latent_channels,
+            in_channels=latent_channels + (latent_channels if condition_channels is None else condition_channels),
             out_channels=latent_channels * out_multiplier,
             channels=config.channels,
             attention_levels=config.attention_levels,

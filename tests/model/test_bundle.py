@@ -97,6 +97,35 @@ def test_text_conditioned_bundle_round_trip(tmp_path: Path) -> None:
     assert (out[0] - out[1]).abs().max() > 1e-4
 
 
+def pixel_config():
+    base = tiny_config()
+    return base.model_copy(update={"denoiser": base.denoiser.model_copy(update={"image_pixels": True})})
+
+
+def test_pixel_conditioned_bundle_sees_the_window_itself(tmp_path: Path) -> None:
+    config = type(pixel_config()).from_dict(pixel_config().to_dict())
+    f = config.image_vae.factor
+    assert config.image_condition_channels == config.image_vae.latent_channels + f * f
+    loaded = load_bundle(write_random_bundle(tmp_path / "pixels", config=config), device="cpu")
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 1, *config.preprocess.patch_size, generator=g)
+    z_image = loaded.encode_image(image)
+    c, h, w = config.latent_shape
+    assert z_image.shape == (2, config.image_condition_channels, h, w)
+    latent = config.image_vae.latent_channels
+    # The trailing channels are the window, space-to-depth, in [-1, 1]: they give it back exactly.
+    torch.testing.assert_close(torch.nn.functional.pixel_shuffle(z_image[:, latent:], f), image * 2 - 1)
+    # ... and the denoiser reads them: a change in one pixel's value changes its prediction.
+    brighter = image.clone()
+    brighter[:, :, 5, 5] += 0.5
+    z = torch.randn(2, c, h, w, generator=g)
+    t, ids = torch.tensor([500, 500]), torch.tensor([1, 6])
+    with torch.no_grad():
+        out = loaded.denoiser(z, t, z_image, ids)
+        moved = loaded.denoiser(z, t, loaded.encode_image(brighter), ids)
+    assert (out - moved).abs().max() > 1e-4
+
+
 def test_wrong_schema_version(bundle_copy: Path) -> None:
     edit_manifest(bundle_copy, lambda d: d.update(schema_version=SCHEMA_VERSION + 1))
     with pytest.raises(BundleError, match="schema_version"):

@@ -21,6 +21,7 @@ from model.onnx_backend import (
     onnx_providers,
 )
 from model.pipeline import SegmentationOptions, segment_volume
+from model.config import tiny_config
 from model.preprocessing import Volume
 
 pytest.importorskip("onnxruntime")
@@ -152,3 +153,21 @@ def test_process_matches_the_torch_bundle(torch_bundle: LoadedBundle, onnx_bundl
         assert np.array_equal(a.timestep_map, b.timestep_map) and np.allclose(a.betas, b.betas)
 
 
+
+
+def test_pixel_conditioned_bundle_exports_with_parity(tmp_path: Path) -> None:
+    base = tiny_config()
+    config = base.model_copy(update={"denoiser": base.denoiser.model_copy(update={"image_pixels": True})})
+    path = write_random_bundle(tmp_path / "pixels", seed=3, config=config)
+    torch_side = load_bundle(path, device="cpu")
+    onnx_side = load_onnx_bundle(path, export_onnx(path, tmp_path / "onnx"), threads=2)
+    image = torch.rand(3, 1, *config.preprocess.patch_size, generator=torch.Generator().manual_seed(0))
+    z_image = torch_side.encode_image(image)
+    assert z_image.shape[1] == config.image_condition_channels
+    assert (onnx_side.encode_image(image) - z_image).abs().max() < 1e-4
+    volume = body_volume()
+    options = SegmentationOptions(ensemble=2, steps=3, seed=1)
+    ref = segment_volume(torch_side, volume, "liver", options)
+    got = segment_volume(onnx_side, volume, "liver", options)
+    assert ref.mean["liver"].max() > 0.05
+    assert np.abs(got.mean["liver"] - ref.mean["liver"]).max() < 1e-3

@@ -92,3 +92,45 @@ def test_zero_steps_without_a_bundle_is_a_config_error(train_config: Any) -> Non
 
     with pytest.raises(ConfigError, match=r"image_vae\.steps = 0 needs init_from"):
         train_config(image_vae={"steps": 0})
+
+
+def _with_pixels(model: Any, on: bool) -> Any:
+    return model.model_copy(update={"denoiser": model.denoiser.model_copy(update={"image_pixels": on})})
+
+
+def test_switching_pixel_conditioning_on_starts_from_the_bundle_predictions(train_config: Any, parent: Path) -> None:
+    base = train_config()
+    config = train_config(
+        init_from=str(parent), model=_with_pixels(base.model, True).to_dict(),
+        mask_ae={"steps": 0}, image_vae={"steps": 0}, diffusion={**FROZEN, "scale_batches": 1},
+    )
+    train(config, STAGES)
+    before = load_bundle(parent, device="cpu")
+    after = load_bundle(config.out / "bundle", device="cpu")
+    assert after.config.denoiser.image_pixels and not before.config.denoiser.image_pixels
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 1, *base.model.preprocess.patch_size, generator=g)
+    z = torch.randn(2, *base.model.latent_shape, generator=g)
+    t, ids = torch.tensor([900, 100]), torch.tensor([1, 6])
+    z_latent = before.encode_image(image)
+    pixels = torch.nn.functional.pixel_unshuffle(image * 2 - 1, base.model.image_vae.factor)
+    with torch.no_grad():
+        old = before.denoiser(z, t, z_latent, ids)
+        new = after.denoiser(z, t, torch.cat([z_latent, pixels], dim=1), ids)
+    assert after.encode_image(image).shape[1] == z_latent.shape[1] + pixels.shape[1]
+    # Zero weights on the new pixel channels: exactly the parent's predictions to start with.
+    torch.testing.assert_close(new, old, rtol=0, atol=1e-5)
+    conv = after.networks.denoiser.unet.conv_in.conv.weight
+    first = before.networks.denoiser.unet.conv_in.conv.weight
+    torch.testing.assert_close(conv[:, : first.shape[1]], first, rtol=0, atol=1e-6)
+    assert conv[:, first.shape[1] :].abs().max() < 1e-6
+
+
+def test_pixel_conditioning_cannot_be_dropped(tmp_path: Path, train_config: Any) -> None:
+    base = train_config()
+    parent = write_random_bundle(tmp_path / "pixels", seed=2, config=_with_pixels(base.model, True))
+    config = train_config(
+        init_from=str(parent), mask_ae={"steps": 0}, image_vae={"steps": 0}, diffusion={**FROZEN, "scale_batches": 1}
+    )
+    with pytest.raises(FinetuneError, match=r"model\.denoiser settings \(image_pixels\)"):
+        train(config, STAGES)
