@@ -42,7 +42,6 @@ can run in the API process. :func:`read_dicom_series` imports ``model.preprocess
 from __future__ import annotations
 
 import logging
-import os
 import re
 import stat
 import tempfile
@@ -58,6 +57,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from model.errors import InputError
+from model.file_walk import regular_files
 
 if TYPE_CHECKING:
     from model.preprocessing import Volume
@@ -153,15 +153,10 @@ def is_dicom_input(path: str | Path) -> bool:
 def find_dicom_files(folder: Path, limits: DicomLimits = DicomLimits()) -> list[Path]:
     """Every regular file under ``folder`` (recursively, symlinks not followed), capped in count."""
     files: list[Path] = []
-    for root, dirs, names in os.walk(folder, followlinks=False):
-        dirs.sort()
-        for name in sorted(names):
-            path = Path(root) / name
-            if path.is_symlink() or not path.is_file():
-                continue
-            files.append(path)
-            if len(files) > limits.max_files:
-                raise InputError(f"{folder}: more than {limits.max_files} files; send one series")
+    for path in regular_files(folder):
+        files.append(path)
+        if len(files) > limits.max_files:
+            raise InputError(f"{folder}: more than {limits.max_files} files; send one series")
     return files
 
 

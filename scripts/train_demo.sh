@@ -44,5 +44,17 @@ export OMP_NUM_THREADS=2
 $LS train mask-ae --config "$FINETUNE"                       # 0 steps: v0.1's mask AE as it is
 time $LS train image-vae --config "$FINETUNE" "${VAE_DATA[@]}"
 time $LS train diffusion --config "$FINETUNE"
-rm -rf model/bundles/demo && mkdir -p model/bundles && cp -r runs/demo/finetune/bundle model/bundles/demo
+                                                             # v0.2: runs/demo/finetune/bundle
+# v0.3 (training/configs/demo_pixels.yaml explains why): fine-tune v0.2 with pixel conditioning
+# switched on, both auto-encoders kept, the denoiser on 320 phantoms (160 more, seed 2000).
+[ -f runs/demo/data/phantoms_s2000/dataset.json ] || $LS phantoms --out runs/demo/data/phantoms_s2000 --cases 160 --seed 2000
+PIXELS=training/configs/demo_pixels.yaml
+if [ "$CONFIG" != training/configs/demo.yaml ]; then
+  sed -e '/spleen8/d' -e '/dataset_weights/d' "$PIXELS" > runs/demo/demo-pixels-phantoms-only.yaml
+  PIXELS=runs/demo/demo-pixels-phantoms-only.yaml
+fi
+$LS train mask-ae --config "$PIXELS"                         # 0 steps: kept
+$LS train image-vae --config "$PIXELS"                       # 0 steps: kept
+time $LS train diffusion --config "$PIXELS"
+rm -rf model/bundles/demo && mkdir -p model/bundles && cp -r runs/demo/pixels/bundle model/bundles/demo
 echo "demo bundle: model/bundles/demo"

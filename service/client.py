@@ -13,6 +13,8 @@ from typing import IO, Any
 
 import httpx
 
+from model.file_walk import regular_files
+
 __all__ = ["ApiError", "LatentsegClient", "input_stem", "zip_folder"]
 
 TERMINAL = frozenset({"finished", "failed", "canceled"})
@@ -41,14 +43,9 @@ def zip_folder(folder: Path, out: IO[bytes]) -> int:
     on ``out``; returns the member count. The server picks the DICOM slices out of it."""
     count = 0
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        for root, dirs, names in os.walk(folder, followlinks=False):
-            dirs.sort()
-            for name in sorted(names):
-                path = Path(root) / name
-                if path.is_symlink() or not path.is_file():
-                    continue
-                archive.write(path, arcname=path.relative_to(folder).as_posix())
-                count += 1
+        for path in regular_files(folder):
+            archive.write(path, arcname=path.relative_to(folder).as_posix())
+            count += 1
     return count
 
 
