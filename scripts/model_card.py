@@ -98,6 +98,80 @@ def parameter_counts(bundle_dir: Path) -> dict[str, int]:
     return counts
 
 
+# --------------------------------------------------------------------------- lineage
+# What each demo training config does, for the card (the configs' headers give the why).
+DEMO_RUN_NOTES: dict[str, str] = {
+    "demo.yaml": "from scratch; the two auto-encoders side by side, one thread each (so their times overlap), "
+    "then the diffusion stage.",
+    "demo_finetune.yaml": "the mask AE kept as is (0 steps), the image VAE trained on (on run 1's 36 phantoms and "
+    "the real case, `--data`), the denoiser fine-tuned on the new image latents with more phantoms.",
+    "demo_pixels.yaml": "both auto-encoders kept (0 steps); the denoiser gains pixel conditioning "
+    "(`denoiser.image_pixels`: the window itself, space-to-depth, beside the image latent; the new input weights "
+    "start at zero, so training starts from the previous predictions) and trains on 320 phantoms.",
+}
+# The phantom sets scripts/train_demo.sh writes: folder name -> `latentseg phantoms` arguments.
+DEMO_PHANTOMS: dict[str, str] = {
+    "phantoms": "--cases 36 --seed 1000",
+    "phantoms160": "--cases 160 --seed 1000",
+    "phantoms_s2000": "--cases 160 --seed 2000",
+}
+
+
+def demo_configs() -> dict[str, dict[str, str]]:
+    """bundle version -> {file, out, note} of the demo training configs in ``training/configs``."""
+    import yaml
+
+    out: dict[str, dict[str, str]] = {}
+    for name, note in DEMO_RUN_NOTES.items():
+        path = REPO / "training" / "configs" / name
+        if not path.is_file():
+            continue
+        raw = yaml.safe_load(path.read_text())
+        run_dir = (path.parent / str(raw.get("out", ""))).resolve()
+        shown = run_dir.relative_to(REPO) if run_dir.is_relative_to(REPO) else run_dir
+        data = ",".join(Path(str(d)).name for d in raw.get("data", []))
+        out[str(raw.get("bundle_version"))] = {
+            "file": f"training/configs/{name}", "out": str(shown), "note": note, "data": data,
+        }
+    return out
+
+
+def lineage(bundle_meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifests of the bundles ``bundle_meta`` was fine-tuned from (provenance ``init_from``), oldest
+    first; the chain stops, with a warning, at a parent whose folder is gone."""
+    chain: list[dict[str, Any]] = []
+    meta = bundle_meta
+    while (parent := (meta.get("provenance", {}).get("init_from") or {}).get("path")) and len(chain) < 32:
+        manifest = Path(parent) / "bundle.json"
+        if not manifest.is_file():
+            log.warning("parent bundle %s not found: it and earlier training runs are left out of the card", parent)
+            break
+        meta = json.loads(manifest.read_text())
+        chain.append(meta)
+    return chain[::-1]
+
+
+def phantom_data_line(metas: Sequence[dict[str, Any]], configs: dict[str, dict[str, str]]) -> str:
+    """Which phantom sets the runs' configs train on, with the commands that write them."""
+    used: dict[str, list[int]] = {}
+    for i, meta in enumerate(metas, 1):
+        config = configs.get(meta.get("version", ""))
+        for name in config["data"].split(",") if config else []:
+            if name in DEMO_PHANTOMS:
+                used.setdefault(name, []).append(i)
+    if not used:
+        return "- Phantoms: procedural abdominal CT with exact labels (`latentseg phantoms`)."
+    parts = [
+        f"`--out runs/demo/data/{name} {DEMO_PHANTOMS[name]}` (run{'s' if len(runs) > 1 else ''} "
+        f"{', '.join(map(str, runs))}{'; the first 36 are the 36 above: a case depends only on the seed and its index' if name == 'phantoms160' and 'phantoms' in used else ''})"
+        for name, runs in used.items()
+    ]
+    return (
+        "- Phantoms (`latentseg phantoms`; procedural abdominal CT with exact labels; random anatomy, spacing, "
+        "orientation, noise): " + "; ".join(parts) + "."
+    )
+
+
 # --------------------------------------------------------------------------- rendering
 def _f(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
@@ -138,9 +212,9 @@ def render_card(
     command: str,
     ceiling: list[dict[str, Any]] | None = None,
     discussion: str | None = None,
-    parent_meta: dict[str, Any] | None = None,
-    parent_seconds: dict[str, float | None] | None = None,
+    earlier_runs: Sequence[tuple[dict[str, Any], dict[str, float | None]]] = (),
 ) -> str:
+    """``earlier_runs``: the (manifest, stage seconds) of the bundles this one was fine-tuned from, oldest first."""
     prov = bundle_meta.get("provenance", {})
     cfg = bundle_meta["config"]
     pre, samp = cfg["preprocess"], cfg["sampling"]
@@ -187,14 +261,9 @@ def render_card(
     for path in prov.get("data", []):
         add(f"- `{Path(path).relative_to(REPO) if Path(path).is_relative_to(REPO) else path}`")
     add(f"- Datasets (sampled by dataset weight, then case): {', '.join(f'`{d}`' for d in prov.get('datasets', []))}")
-    add(
-        "- Phantoms: `latentseg phantoms --out runs/demo/data/phantoms --cases 36 --seed 1000` for run 1 and the image "
-        "VAE of run 2; `--out runs/demo/data/phantoms160 --cases 160 --seed 1000` (the same 36 and 124 more) for run 2's "
-        "denoiser. Procedural abdominal CT with exact labels; random anatomy, spacing, orientation, noise."
-        if parent_meta is not None else
-        "- Phantoms: `latentseg phantoms --out runs/demo/data/phantoms --cases 36 --seed 1000` (procedural abdominal "
-        "CT with exact labels; random anatomy, spacing, orientation, noise)."
-    )
+    metas = [meta for meta, _ in earlier_runs] + [bundle_meta]
+    configs = demo_configs()
+    add(phantom_data_line(metas, configs))
     if spleen_in_training:
         add(
             "- Real: MSD Task09 `spleen_8` from `../shared/data/msd-spleen8` (CC BY-SA 4.0), spleen label only "
@@ -203,19 +272,19 @@ def render_card(
     add("")
     add("## How it was trained")
     add("One command, on the machine below: `bash scripts/train_demo.sh`. It writes the phantoms, links the real case, "
-        "and trains in two runs:")
+        f"and trains in {len(metas)} run{'s' if len(metas) > 1 else ''}"
+        + (", each starting every stage from the previous run's bundle (`init_from`):" if len(metas) > 1 else ":"))
     add("")
-    add("1. `training/configs/demo.yaml` from scratch (`runs/demo/train`): the two auto-encoders side by side, one "
-        "thread each (so their times overlap), then the diffusion stage.")
-    add("2. `training/configs/demo_finetune.yaml` (`runs/demo/finetune`), which starts every stage from run 1's bundle "
-        "(`init_from`): the mask AE is kept as is (0 steps), the image VAE trains on, and the denoiser is fine-tuned "
-        "on the new image latents with more phantoms. That config's header gives the measurements behind it. "
-        "Its bundle is copied here."
-        if parent_meta is not None else
-        "(No second run: this bundle was trained from scratch.)")
+    for i, meta in enumerate(metas, 1):
+        config = configs.get(meta.get("version", ""))
+        if config is None:
+            add(f"{i}. version {meta.get('version', '?')} (no demo config of that version in `training/configs/`).")
+        else:
+            add(f"{i}. `{config['file']}` (version {meta['version']}, `{config['out']}`): {config['note']}")
     add("")
-    runs = ([("1", parent_meta, parent_seconds or {})] if parent_meta is not None else []) + [
-        ("2" if parent_meta is not None else "1", bundle_meta, seconds)]
+    add("Each config's header gives the measurements behind it. The last run's bundle is copied here.")
+    add("")
+    runs = [(str(i), meta, secs) for i, (meta, secs) in enumerate([*earlier_runs, (bundle_meta, seconds)], 1)]
     add("| run | stage | optimizer steps | wall time | final loss terms |")
     add("|---|---|---:|---:|---|")
     total = 0.0
@@ -354,7 +423,7 @@ def ablation_table(ablation: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "model" / "bundles" / "demo")
-    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo" / "finetune", help="the demo's (last) training run")
+    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo" / "pixels", help="the demo's (last) training run")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "model_card")
     parser.add_argument("--card", type=Path, default=REPO / "MODEL_CARD.md")
     parser.add_argument("--cases", type=int, default=6, help="held-out phantom cases")
@@ -442,13 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ablation["note"] = args.ablation_note
         ablation_json.write_text(json.dumps(ablation, indent=2) + "\n")
 
-    parent_meta, parent_seconds = None, None
-    parent = (bundle_meta.get("provenance", {}).get("init_from") or {}).get("path")
-    if parent and (Path(parent) / "bundle.json").is_file():
-        parent_meta = json.loads((Path(parent) / "bundle.json").read_text())
-        parent_seconds = stage_seconds(parent_meta, None)
-    elif parent:
-        log.warning("parent bundle %s not found: its training runs are left out of the card", parent)
+    earlier_runs = [(meta, stage_seconds(meta, None)) for meta in lineage(bundle_meta)]
     data_paths = [Path(p) for p in bundle_meta.get("provenance", {}).get("data", [])]
     spleen_in_training = any("spleen" in p.name for p in data_paths)
     card = render_card(
@@ -456,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reports.get("heldout"), reports.get("spleen8"), spleen_in_training, ablation,
         eval_hardware=f"{cpu_description()}, {platform.system()}", command="python scripts/model_card.py"
         + (" --ablation" if ablation is not None else ""),
-        ceiling=ceiling, discussion=discussion, parent_meta=parent_meta, parent_seconds=parent_seconds,
+        ceiling=ceiling, discussion=discussion, earlier_runs=earlier_runs,
     )
     args.card.write_text(card)
     sys.stdout.write(f"wrote {args.card}\n")
