@@ -212,6 +212,7 @@ def render_card(
     command: str,
     ceiling: list[dict[str, Any]] | None = None,
     discussion: str | None = None,
+    grid_ceiling: list[dict[str, Any]] | None = None,
     earlier_runs: Sequence[tuple[dict[str, Any], dict[str, float | None]]] = (),
 ) -> str:
     """``earlier_runs``: the (manifest, stage seconds) of the bundles this one was fine-tuned from, oldest first."""
@@ -320,22 +321,30 @@ def render_card(
         add("")
         add(f"Floors: {'all met' if not missed else 'missed for ' + ', '.join(missed)}.")
     if ceiling:
+        grid = {row["target"]: row for row in grid_ceiling or []}
         add("")
-        add("### Mask auto-encoder ceiling")
+        add("### Ceilings: the grid and the mask auto-encoder")
         add(
-            "Dice of the held-out ground truth sent through the mask auto-encoder alone (`decode(encode(truth))`, "
-            "slice by slice on the model grid): the best the denoiser could reach with this auto-encoder, grid "
-            "and latent size (`training/ceiling.py`). Sampled Dice from the table above beside it; the sampled "
-            "Dice is measured on the input grid, the ceiling on the model grid."
+            "Two upper bounds, measured on the same held-out cases (`training/ceiling.py`). **Grid ceiling**: the "
+            "ground truth taken to the model grid as training takes it (nearest neighbour) and back to the input grid "
+            "as inference returns a mean mask (linear, > 0.5), scored on the input grid: what a perfect model would "
+            "score at this spacing. **AE ceiling**: the ground truth sent through the mask auto-encoder alone "
+            "(`decode(encode(truth))`, slice by slice, on the model grid): the best the denoiser could reach with "
+            "this auto-encoder and latent size. Sampled Dice from the table above beside them."
         )
         add("")
-        add("| target | cases | AE ceiling Dice mean (worst) | sampled Dice | share of the ceiling |")
-        add("|---|---:|---:|---:|---:|")
+        add("| target | cases | grid ceiling mean (worst) | AE ceiling mean (worst) | sampled Dice | share of the AE ceiling |")
+        add("|---|---:|---:|---:|---:|---:|")
         sampled = {s.target: s.dice_mean for s in heldout.summary} if heldout is not None else {}
         for row in ceiling:
             got = sampled.get(row["target"])
             share = "n/a" if got is None or not row["dice_mean"] else f"{got / row['dice_mean']:.0%}"
-            add(f"| {row['target']} | {row['cases']} | {row['dice_mean']:.3f} ({row['dice_min']:.3f}) | {_f(got)} | {share} |")
+            g = grid.get(row["target"])
+            grid_cell = "n/a" if g is None else f"{g['dice_mean']:.3f} ({g['dice_min']:.3f})"
+            add(
+                f"| {row['target']} | {row['cases']} | {grid_cell} | {row['dice_mean']:.3f} ({row['dice_min']:.3f}) "
+                f"| {_f(got)} | {share} |"
+            )
     if discussion:
         add("")
         add("### Discussion")
@@ -484,6 +493,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = mask_ae_ceiling(bundle, heldout_phantoms(heldout_dir, args.cases, args.seed), targets=targets)
         ceiling_json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     ceiling = json.loads(ceiling_json.read_text()) if ceiling_json.is_file() else None
+    grid_json = args.work / "grid_ceiling.json"
+    if not (args.reuse and grid_json.is_file()) and "heldout" in reports:
+        from dataclasses import asdict
+
+        from training.ceiling import grid_ceiling
+
+        bundle = bundle or load_bundle(args.bundle)
+        folder = heldout_phantoms(heldout_dir, args.cases, args.seed)
+        rows = grid_ceiling(bundle.config.preprocess, folder, bundle.vocabulary, targets=targets)
+        grid_json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    grid_rows = json.loads(grid_json.read_text()) if grid_json.is_file() else None
     discussion_md = args.work / "discussion.md"
     if args.discussion is not None:
         discussion_md.parent.mkdir(parents=True, exist_ok=True)
@@ -519,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reports.get("heldout"), reports.get("spleen8"), spleen_in_training, ablation,
         eval_hardware=f"{cpu_description()}, {platform.system()}", command="python scripts/model_card.py"
         + (" --ablation" if ablation is not None else ""),
-        ceiling=ceiling, discussion=discussion, earlier_runs=earlier_runs,
+        ceiling=ceiling, discussion=discussion, earlier_runs=earlier_runs, grid_ceiling=grid_rows,
     )
     args.card.write_text(card)
     sys.stdout.write(f"wrote {args.card}\n")

@@ -60,3 +60,24 @@ def test_trained_demo_auto_encoder_reconstructs_the_liver(msd_phantoms: Path) ->
     assert isinstance(bundle.config, ModelConfig)
     (liver,) = mask_ae_ceiling(bundle, msd_phantoms, max_cases=1, targets=["liver"])
     assert liver.dice_mean > 0.85
+
+
+def test_grid_ceiling_is_what_the_spacing_costs(tmp_path: Path) -> None:
+    from model.config import PreprocessConfig
+    from model.vocabulary import default_vocabulary
+    from training.ceiling import grid_ceiling
+    from training.phantoms import PhantomSpec, write_phantom_dataset
+
+    # One phantom at 3 mm (the small test phantoms are 6 mm: any coarser grid would be the same grid).
+    data = write_phantom_dataset(tmp_path / "fine", 1, 3, PhantomSpec(shape=(128, 128, 48), spacing=(3.0, 3.0, 3.0)))
+    vocabulary = default_vocabulary()
+    same = {r.target: r for r in grid_ceiling(PreprocessConfig(spacing=(3.0, 3.0, 3.0)), data, vocabulary)}
+    coarse = {r.target: r for r in grid_ceiling(PreprocessConfig(spacing=(9.0, 9.0, 9.0)), data, vocabulary)}
+    assert set(coarse) == set(same) and {"liver", "spleen", "kidney_left", "gallbladder"} <= set(coarse)
+    for name in ("liver", "spleen", "kidney_left", "kidney_right"):
+        assert same[name].dice_mean > 0.97  # (almost) the phantom's own grid: little is lost
+        assert coarse[name].dice_mean < same[name].dice_mean  # a coarser grid loses more
+    # ... and more of a small organ than of a big one.
+    assert coarse["liver"].dice_mean > coarse["gallbladder"].dice_mean
+    only = grid_ceiling(PreprocessConfig(), data, vocabulary, targets=["liver"])
+    assert [(r.target, r.cases) for r in only] == [("liver", 1)]
