@@ -43,8 +43,8 @@ def network_inputs(config: Any, name: str, batch: int) -> tuple[torch.Tensor, ..
         return (torch.rand(batch, 1, *config.preprocess.patch_size, generator=g),)
     if name == "decode_mask":  # channels-last, as model.ensemble passes it
         return (torch.randn(batch, c, h, w, generator=g).contiguous(memory_format=torch.channels_last),)
-    return (torch.randn(batch, c, h, w, generator=g), torch.full((batch,), 500), torch.randn(batch, c, h, w, generator=g),
-            torch.full((batch,), 5))
+    return (torch.randn(batch, c, h, w, generator=g), torch.full((batch,), 500),
+            torch.randn(batch, config.image_condition_channels, h, w, generator=g), torch.full((batch,), 5))
 
 
 def interleaved_ms(bundles: dict[str, Any], name: str, batch: int, repeats: int) -> tuple[float, float]:
