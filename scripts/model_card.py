@@ -216,6 +216,8 @@ def render_card(
     earlier_runs: Sequence[tuple[dict[str, Any], dict[str, float | None]]] = (),
 ) -> str:
     """``earlier_runs``: the (manifest, stage seconds) of the bundles this one was fine-tuned from, oldest first."""
+    from model.config import ModelConfig
+
     prov = bundle_meta.get("provenance", {})
     cfg = bundle_meta["config"]
     pre, samp = cfg["preprocess"], cfg["sampling"]
@@ -243,7 +245,10 @@ def render_card(
         f"- Networks: mask AE {params.get('mask_ae', 0) / 1e6:.2f} M, image VAE {params.get('image_vae', 0) / 1e6:.2f} M, "
         f"denoiser {params.get('denoiser', 0) / 1e6:.2f} M parameters; prediction `{cfg['diffusion']['mean_type']}`, "
         f"variance `{cfg['diffusion']['var_type']}`, loss `{cfg['diffusion']['loss_type']}`, "
-        f"conditioning `{cfg['denoiser']['conditioning']}`"
+        f"conditioning `{cfg['denoiser']['conditioning']}`; the denoiser sees the image through "
+        + ("its latent and its pixels (`image_pixels`: the window space-to-depth, "
+           f"{ModelConfig.from_dict(cfg).image_condition_channels} channels in all)"
+           if cfg["denoiser"].get("image_pixels") else "its latent only")
     )
     add(
         f"- Default sampling: {samp['steps']} {samp['sampler']} steps, ensemble {samp['ensemble']}, "
