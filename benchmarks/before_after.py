@@ -56,11 +56,10 @@ def old_pipeline(commit: str, folder: Path) -> ModuleType:
 def latent_only_bundle(config: ModelConfig) -> Path:
     """A random bundle (cached under runs/bench) of ``config`` with ``denoiser.image_pixels`` off."""
     from model.bundle import write_random_bundle
+    from model.bundle_manifest import read_manifest
 
     path = BENCH_DIR / "random-latent-only"
     latent_only = config.model_copy(update={"denoiser": config.denoiser.model_copy(update={"image_pixels": False})})
-    from model.bundle_manifest import read_manifest
-
     if not (path / "bundle.json").is_file() or read_manifest(path).config != latent_only.to_dict():
         write_random_bundle(path, seed=0, config=latent_only)
     return path

@@ -109,11 +109,12 @@ DEMO_RUN_NOTES: dict[str, str] = {
     "(`denoiser.image_pixels`: the window itself, space-to-depth, beside the image latent; the new input weights "
     "start at zero, so training starts from the previous predictions) and trains on 320 phantoms.",
 }
-# The phantom sets scripts/train_demo.sh writes: folder name -> `latentseg phantoms` arguments.
-DEMO_PHANTOMS: dict[str, str] = {
-    "phantoms": "--cases 36 --seed 1000",
-    "phantoms160": "--cases 160 --seed 1000",
-    "phantoms_s2000": "--cases 160 --seed 2000",
+# The phantom sets scripts/train_demo.sh writes: folder name -> (`latentseg phantoms` arguments, a note).
+DEMO_PHANTOMS: dict[str, tuple[str, str]] = {
+    "phantoms": ("--cases 36 --seed 1000", ""),
+    "phantoms160": ("--cases 160 --seed 1000", "the first 36 are those of `phantoms`: a case depends only on the seed "
+                    "and its index"),
+    "phantoms_s2000": ("--cases 160 --seed 2000", ""),
 }
 
 
@@ -161,11 +162,11 @@ def phantom_data_line(metas: Sequence[dict[str, Any]], configs: dict[str, dict[s
                 used.setdefault(name, []).append(i)
     if not used:
         return "- Phantoms: procedural abdominal CT with exact labels (`latentseg phantoms`)."
-    parts = [
-        f"`--out runs/demo/data/{name} {DEMO_PHANTOMS[name]}` (run{'s' if len(runs) > 1 else ''} "
-        f"{', '.join(map(str, runs))}{'; the first 36 are the 36 above: a case depends only on the seed and its index' if name == 'phantoms160' and 'phantoms' in used else ''})"
-        for name, runs in used.items()
-    ]
+    parts = []
+    for name, runs in used.items():
+        arguments, note = DEMO_PHANTOMS[name]
+        where = f"run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))}" + (f"; {note}" if note else "")
+        parts.append(f"`--out runs/demo/data/{name} {arguments}` ({where})")
     return (
         "- Phantoms (`latentseg phantoms`; procedural abdominal CT with exact labels; random anatomy, spacing, "
         "orientation, noise): " + "; ".join(parts) + "."
@@ -488,26 +489,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         write_report(reports[key], args.work / key)
 
-    ceiling_json = args.work / "ceiling.json"
-    if not (args.reuse and ceiling_json.is_file()) and "heldout" in reports:
+    # The two ceilings (training/ceiling.py), on the held-out phantoms; each computed unless --reuse finds it.
+    ceiling_json, grid_json = args.work / "ceiling.json", args.work / "grid_ceiling.json"
+    missing = [p for p in (ceiling_json, grid_json) if not (args.reuse and p.is_file())]
+    if missing and "heldout" in reports:
         from dataclasses import asdict
 
-        from training.ceiling import mask_ae_ceiling
-
-        bundle = bundle or load_bundle(args.bundle)
-        rows = mask_ae_ceiling(bundle, heldout_phantoms(heldout_dir, args.cases, args.seed), targets=targets)
-        ceiling_json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
-    ceiling = json.loads(ceiling_json.read_text()) if ceiling_json.is_file() else None
-    grid_json = args.work / "grid_ceiling.json"
-    if not (args.reuse and grid_json.is_file()) and "heldout" in reports:
-        from dataclasses import asdict
-
-        from training.ceiling import grid_ceiling
+        from training.ceiling import grid_ceiling, mask_ae_ceiling
 
         bundle = bundle or load_bundle(args.bundle)
         folder = heldout_phantoms(heldout_dir, args.cases, args.seed)
-        rows = grid_ceiling(bundle.config.preprocess, folder, bundle.vocabulary, targets=targets)
-        grid_json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+        if ceiling_json in missing:
+            rows = mask_ae_ceiling(bundle, folder, targets=targets)
+            ceiling_json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+        if grid_json in missing:
+            rows = grid_ceiling(bundle.config.preprocess, folder, bundle.vocabulary, targets=targets)
+            grid_json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    ceiling = json.loads(ceiling_json.read_text()) if ceiling_json.is_file() else None
     grid_rows = json.loads(grid_json.read_text()) if grid_json.is_file() else None
     discussion_md = args.work / "discussion.md"
     if args.discussion is not None:

@@ -28,6 +28,8 @@ class FinetuneError(ValueError):
 _NETWORK_OF_STAGE = {"mask-ae": "mask_ae", "image-vae": "image_vae", "diffusion": "denoiser"}
 # The model settings that fix each network's shapes.
 _SETTINGS_OF_STAGE = {"mask-ae": ("mask_ae",), "image-vae": ("image_vae",), "diffusion": ("denoiser", "diffusion")}
+# The denoiser's first convolution, whose input channels are concat(z_t, z_image latent, pixels).
+_DENOISER_INPUT_CONV = "unet.conv_in.conv.weight"
 
 
 def initial_weights(config: TrainConfig, vocabulary: Vocabulary, stage: str) -> dict[str, torch.Tensor] | None:
@@ -65,9 +67,6 @@ def initial_weights(config: TrainConfig, vocabulary: Vocabulary, stage: str) -> 
         state[_DENOISER_INPUT_CONV] = _with_zero_input_channels(state[_DENOISER_INPUT_CONV], config)
     return state
 
-
-# The denoiser's first convolution, whose input channels are concat(z_t, z_image latent, pixels).
-_DENOISER_INPUT_CONV = "unet.conv_in.conv.weight"
 
 
 def _with_zero_input_channels(weight: torch.Tensor, config: TrainConfig) -> torch.Tensor:
