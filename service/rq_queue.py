@@ -32,6 +32,17 @@ __all__ = ["RqJobQueue", "connect_redis"]
 log = logging.getLogger(__name__)
 
 
+# Records written before workers reported their key's TTL: three beats of the default 10 s.
+_DEFAULT_HEARTBEAT_TTL_MS = 30_000
+
+
+def _heartbeat_ttl_ms(record: Mapping[str, Any]) -> int:
+    try:
+        return int(record.get("heartbeat_ttl_ms") or _DEFAULT_HEARTBEAT_TTL_MS)
+    except (TypeError, ValueError):
+        return _DEFAULT_HEARTBEAT_TTL_MS
+
+
 def connect_redis(url: str) -> Any:
     from redis import Redis
 
@@ -102,10 +113,17 @@ class RqJobQueue:
             pipe.exists(alive_key(self._queue_name, job_id))
         alive = pipe.execute()
         reasons: dict[str, str] = {}
+        uptime_ms: int | None = None
         for record, job, beating in zip(records, jobs, alive, strict=True):
             job_id = str(record["job_id"])
             if record["status"] == JobState.STARTED.value and not beating:
                 # The worker sets the key before it writes "started" and refreshes it while it runs.
+                # A Redis that restarted less than one key TTL ago may have lost the key, or let it
+                # expire while it was down: the worker has not had its chance to beat again yet.
+                if uptime_ms is None:
+                    uptime_ms = self._redis_uptime_ms()
+                if uptime_ms < _heartbeat_ttl_ms(record):
+                    continue
                 reasons[job_id] = "the worker running this job stopped (killed or crashed) before it finished"
                 continue
             if job is None:
@@ -117,6 +135,9 @@ class RqJobQueue:
             elif status == JobStatus.STOPPED:
                 reasons[job_id] = "the job was stopped on the worker"
         return reasons
+
+    def _redis_uptime_ms(self) -> int:
+        return int(self._redis.info("server")["uptime_in_seconds"]) * 1000  # rounded down: errs towards waiting
 
     def cancel(self, job_id: str) -> bool:
         try:

@@ -96,7 +96,9 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._beat()
+        # The first beat must land before the record says "started"; a Redis restarting just as
+        # the job was popped delays the job instead of failing it.
+        _retrying(self._beat)
         self._thread = threading.Thread(target=self._run, name="latentseg-job-heartbeat", daemon=True)
         self._thread.start()
 
@@ -237,6 +239,7 @@ def rq_reporter(heartbeat_s: float = 10.0) -> RecordReporter:
     connection = job.connection
     key = record_key(job.origin, job.id)
     transition = connection.register_script(TRANSITION_LUA)
+    ttl_ms = max(1000, int(heartbeat_s * 3000))
 
     def update(fields: Mapping[str, Any]) -> None:
         def write() -> None:
@@ -250,7 +253,8 @@ def rq_reporter(heartbeat_s: float = 10.0) -> RecordReporter:
 
     def claim(fields: Mapping[str, Any]) -> bool:
         args: list[str] = [encode_fields({"status": JobState.QUEUED.value})["status"]]
-        for name, value in encode_fields(fields).items():
+        # The API needs the key's TTL to tell a dead worker from a Redis that has just restarted.
+        for name, value in encode_fields({**fields, "heartbeat_ttl_ms": ttl_ms}).items():
             args += [name, value]
         return bool(_retrying(lambda: transition(keys=[key], args=args)))
 
@@ -262,7 +266,6 @@ def rq_reporter(heartbeat_s: float = 10.0) -> RecordReporter:
             log.warning("job %s: could not save progress meta", job.id, exc_info=True)
 
     alive = alive_key(job.origin, job.id)
-    ttl_ms = max(1000, int(heartbeat_s * 3000))
 
     def beat() -> None:
         connection.set(alive, "1", px=ttl_ms)

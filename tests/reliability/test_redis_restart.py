@@ -59,8 +59,35 @@ def test_jobs_survive_a_redis_kill_the_api_answers_503_quickly_and_recovers(
         private_redis.start()
         late = _submit(http, quick_volume, seed=9)
         for job_id in [*accepted, late]:
-            assert wait_status(http, job_id, {"finished", "failed"}, 120)["status"] == "finished"
+            final = wait_status(http, job_id, {"finished", "failed"}, 120)
+            assert final["status"] == "finished", final
         assert http.get("/readyz").json()["workers"] == 1
+
+
+def test_a_job_running_through_an_outage_longer_than_its_heartbeat_ttl_is_not_declared_dead(
+    private_redis: PrivateRedis, serve, work, long_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    storage = tmp_path / "storage"
+    work(private_redis.url, "rel", storage, heartbeat_s=1.0)  # the job's alive key lives 3 s
+    server = serve(rq_env(private_redis.url, storage))
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        job_id = _submit_long(http, long_volume)
+        wait_status(http, job_id, {"started"}, 60)
+        private_redis.kill()
+        time.sleep(4.0)  # the key's expiry passes while Redis is down; the worker keeps computing
+        private_redis.start()
+        # Read at once, before the worker's next beat: a missing key is not yet evidence of death.
+        assert http.get(f"/jobs/{job_id}").json()["status"] == "started"
+        time.sleep(4.0)  # past one TTL of uptime: the worker has beaten again and is judged alive
+        assert http.get(f"/jobs/{job_id}").json()["status"] == "started"
+        final = wait_status(http, job_id, {"finished", "failed"}, 240)
+        assert final["status"] == "finished", final
+
+
+def _submit_long(http: httpx.Client, path: Path) -> str:
+    response = http.post("/segment", params={"targets": "liver", "ensemble": 8, "steps": 1000}, content=path.read_bytes())
+    assert response.status_code == 202, response.text
+    return str(response.json()["job_id"])
 
 
 def test_a_redis_that_lost_everything_is_rebuilt_from_storage_at_start_up(
