@@ -27,7 +27,7 @@ from model.bundle import load_bundle
 from model.diffusion.samplers import sample
 from model.ensemble import WindowKey, sample_seed, sample_window_probabilities
 from model.pipeline import body_box
-from model.preprocessing import axial_slices, body_mask, load_nifti, scale_intensity, to_model_grid
+from model.preprocessing import axial_slices, body_mask, load_nifti, scale_intensity, to_model_grid, with_context
 
 TARGETS = ("liver", "pancreas")
 
@@ -42,7 +42,8 @@ def windows(bundle, count: int) -> tuple[torch.Tensor, list[WindowKey]]:
     with_body = torch.nonzero(body[rows, cols].flatten(0, 1).any(0)).flatten()
     middle = int(with_body[len(with_body) // 2])
     z = slice(max(0, middle - count // 2), max(0, middle - count // 2) + count)
-    images = axial_slices(scale_intensity(grid.hu[rows, cols, z], pre))
+    slices = with_context(axial_slices(scale_intensity(grid.hu[rows, cols], pre)), bundle.config.denoiser.context_slices)
+    images = slices[z]
     keys = [WindowKey(z.start + i, rows.start, cols.start) for i in range(images.shape[0])]
     return images, keys
 

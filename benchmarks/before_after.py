@@ -59,7 +59,7 @@ def latent_only_bundle(config: ModelConfig) -> Path:
     from model.bundle_manifest import read_manifest
 
     path = BENCH_DIR / "random-latent-only"
-    latent_only = config.model_copy(update={"denoiser": config.denoiser.model_copy(update={"image_pixels": False})})
+    latent_only = config.model_copy(update={"denoiser": config.denoiser.model_copy(update={"image_pixels": False, "context_slices": 0})})
     if not (path / "bundle.json").is_file() or read_manifest(path).config != latent_only.to_dict():
         write_random_bundle(path, seed=0, config=latent_only)
     return path

@@ -3,7 +3,7 @@
 Both networks are the demo bundle's denoiser design (MONAI ``DiffusionModelUNet`` with the
 bundle's channels, res blocks, attention levels and target embedding); only the input
 differs: latent (z_t ‖ z_image) = 4 + the bundle's image-conditioning channels at 16×16 (4, or
-4 + 64 with ``denoiser.image_pixels``), pixel (mask_t ‖ image) = 2·1 channels at 128×128. Forward time per sample per step, in one run, at the same batch sizes.
+4 + 64 with ``denoiser.image_pixels``, 4 + 64·(1 + 2k) with ``context_slices`` k), pixel (mask_t ‖ image) = 2·1 channels at 128×128. Forward time per sample per step, in one run, at the same batch sizes.
 
     python -m benchmarks.latent_vs_pixel [--repeats 3]
 """

@@ -151,7 +151,8 @@ class LoadedBundle(BundleInfo):
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) image in [0, 1] -> the denoiser's image conditioning (B, C_image, h, w)."""
+        """(B, C_window, H, W) image windows in [0, 1] (``ModelConfig.image_window_channels``: the slice,
+        then its context slices) -> the denoiser's image conditioning (B, C_image, h, w)."""
         return image_condition(
             self.networks.image_vae, image, self.latent_scale.image, pixel_factor=self.config.image_pixel_factor
         )

@@ -85,6 +85,14 @@ class DenoiserConfig(FrozenConfig):
         "space-to-depth onto the latent grid (f² channels, scaled to [-1, 1]) is concatenated to z_image. Off in "
         "the paper's configuration; on in the CPU demo, whose 4×16×16 image latent loses small organs' contrast",
     )
+    context_slices: int = Field(
+        0,
+        ge=0,
+        le=4,
+        description="through-plane context (2.5-D): the k axial slices either side of the window's slice join the "
+        "pixel conditioning, k × 2 more windows of f² channels each (the image latent stays the centre slice's). "
+        "Needs image_pixels",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "DenoiserConfig":
@@ -92,6 +100,8 @@ class DenoiserConfig(FrozenConfig):
             raise ValueError("attention_levels needs one entry per channel level")
         if any(c % self.norm_num_groups for c in self.channels):
             raise ValueError("every channel count must be divisible by norm_num_groups")
+        if self.context_slices and not self.image_pixels:
+            raise ValueError("context_slices needs image_pixels: the neighbouring slices reach the denoiser as pixels")
         return self
 
 
@@ -155,9 +165,15 @@ class ModelConfig(FrozenConfig):
         return self.image_vae.factor if self.denoiser.image_pixels else 0
 
     @property
+    def image_window_channels(self) -> int:
+        """Channels of an image window: its slice, then the ``context_slices`` neighbours (see
+        :func:`model.preprocessing.context_offsets`)."""
+        return 1 + 2 * self.denoiser.context_slices
+
+    @property
     def image_condition_channels(self) -> int:
-        """Channels of the denoiser's image conditioning: the image latent, plus f² pixel channels."""
-        return self.image_vae.latent_channels + self.image_pixel_factor**2
+        """Channels of the denoiser's image conditioning: the image latent, plus f² pixel channels per window channel."""
+        return self.image_vae.latent_channels + self.image_window_channels * self.image_pixel_factor**2
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

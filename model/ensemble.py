@@ -61,7 +61,7 @@ def sample_window_probabilities(
 ) -> torch.Tensor:
     """Per-member mask probabilities for each window and target.
 
-    images: (n, 1, H, W) in [0, 1] on the bundle's device. ``max_batch`` caps the denoiser's
+    images: (n, C_window, H, W) in [0, 1] on the bundle's device (the slice, then any context slices). ``max_batch`` caps the denoiser's
     batch, ``decode_batch`` the mask decoder's (None: :func:`decode_batch_size`); neither
     changes the result.
     Returns (n, T, E, H, W) float32 probabilities (sigmoid of the decoded logits).

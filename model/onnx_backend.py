@@ -2,7 +2,7 @@
 
 An export folder (``latentseg export-onnx --bundle B --out DIR``; default ``B/onnx``) holds::
 
-    image_encoder.onnx   (B, 1, H, W) image in [0, 1] -> scaled conditioning latent (B, C_z, h, w)
+    image_encoder.onnx   (B, C_window, H, W) image windows in [0, 1] -> scaled conditioning (B, C_image, h, w)
     denoiser.onnx        z_t, t (int64), z_image, target_ids (int64) -> (B, C_out, h, w)
     mask_decoder.onnx    scaled mask latent -> (B, 1, H, W) logits (1/scale folded in)
     onnx.json            ties the export to the bundle's ``weights_sha256``, with each file's sha256
@@ -113,7 +113,7 @@ def _example_inputs(config: ModelConfig, batch: int, generator: torch.Generator)
     c, h, w = config.latent_shape
     ph, pw = config.preprocess.patch_size
     return {
-        "image_encoder": (torch.rand(batch, 1, ph, pw, generator=generator),),
+        "image_encoder": (torch.rand(batch, config.image_window_channels, ph, pw, generator=generator),),
         "denoiser": (
             torch.randn(batch, c, h, w, generator=generator),
             torch.randint(0, config.diffusion.num_timesteps, (batch,), generator=generator),
@@ -318,7 +318,7 @@ class OnnxBundle(BundleInfo):
         return torch.from_numpy(self.sessions[name].run(None, feeds)[0])
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) image in [0, 1] -> scaled conditioning latent (B, C_z, h, w)."""
+        """(B, C_window, H, W) image windows in [0, 1] -> scaled conditioning (B, C_image, h, w)."""
         return self._run("image_encoder", {"image": _to_numpy(image, np.float32)})
 
     def decode_mask(self, z_mask: torch.Tensor) -> torch.Tensor:

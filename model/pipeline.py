@@ -49,6 +49,7 @@ from model.preprocessing import (
     scale_intensity,
     to_model_grid,
     to_source_grid,
+    with_context,
 )
 from model.vocabulary import Target
 
@@ -232,7 +233,9 @@ def predict_model_grid(
         _report(progress, SAMPLING_SHARE)
         return prediction
     rows, cols = box
-    image_slices = axial_slices(scale_intensity(hu[rows, cols], pre))  # (Z, 1, x, y)
+    # (Z, C_window, x, y): each slice, then its context slices
+    image_slices = with_context(axial_slices(scale_intensity(hu[rows, cols], pre)), cfg.denoiser.context_slices)
+    channels = image_slices.shape[1]
     body_slices = axial_slices(body[rows, cols].float())
     slice_has_body = body_slices.flatten(1).amax(dim=1) > 0
     num_slices = image_slices.shape[0]
@@ -251,12 +254,12 @@ def predict_model_grid(
     for chunk_start in range(0, num_slices, chunk_slices):
         chunk = slice(chunk_start, min(chunk_start + chunk_slices, num_slices))
         if bool(slice_has_body[chunk].any()):
-            inputs = torch.cat([image_slices[chunk], body_slices[chunk]], dim=1)  # (z, 2, x, y)
+            inputs = torch.cat([image_slices[chunk], body_slices[chunk]], dim=1)  # (z, C_window + 1, x, y)
 
             def predictor(windows: torch.Tensor, coords: list[list[slice]], offset: int = chunk_start) -> torch.Tensor:
                 n, _, h, w = windows.shape
                 out = torch.zeros((n, pairs_per_window, h, w), dtype=torch.float32)
-                has_body = windows[:, 1].flatten(1).amax(dim=1) > 0
+                has_body = windows[:, channels].flatten(1).amax(dim=1) > 0
                 keep = torch.nonzero(has_body).flatten().tolist()
                 if keep:
                     keys = [
@@ -264,7 +267,7 @@ def predict_model_grid(
                         for i in keep
                     ]
                     probs = sample_window_probabilities(
-                        bundle, process, windows[keep, :1], keys, target_ids,
+                        bundle, process, windows[keep, :channels], keys, target_ids,
                         ensemble=ensemble, seed=options.seed, sampler=sampler,
                         eta=cfg.sampling.eta, max_batch=max_batch,
                     )

@@ -110,6 +110,23 @@ def axial_slices(volume: torch.Tensor) -> torch.Tensor:
     return volume.permute(2, 0, 1).unsqueeze(1).contiguous()
 
 
+def context_offsets(context_slices: int) -> tuple[int, ...]:
+    """Slice offsets of an image window's channels: the slice itself first, then -1, +1, -2, +2, ...
+
+    The centre comes first so that a bundle gains context by appending input channels."""
+    return (0, *(sign * k for k in range(1, context_slices + 1) for sign in (-1, 1)))
+
+
+def with_context(slices: torch.Tensor, context_slices: int) -> torch.Tensor:
+    """(Z, 1, X, Y) axial slices -> (Z, 1 + 2k, X, Y): each slice with its neighbours (the edge slice repeats
+    past the ends of the volume, as training patches do)."""
+    if not context_slices:
+        return slices
+    z = torch.arange(slices.shape[0])
+    index = torch.stack([(z + o).clamp(0, slices.shape[0] - 1) for o in context_offsets(context_slices)], dim=1)
+    return slices[:, 0][index]
+
+
 def from_axial_slices(slices: torch.Tensor) -> torch.Tensor:
     """(Z, C, X, Y) -> (C, X, Y, Z)."""
     return slices.permute(1, 2, 3, 0).contiguous()

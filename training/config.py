@@ -60,7 +60,8 @@ class DiffusionStage(StageConfig):
     encoder_dtype: Literal["float32", "bfloat16"] = Field(
         "float32",
         description="precision of the frozen auto-encoders' forward pass on CPU (bfloat16: ~4x faster image "
-        "encoding where the CPU has bf16 instructions; CUDA runs the whole step in bf16 autocast anyway)",
+        "encoding where the CPU has bf16 instructions, AVX512-BF16 or AMX; elsewhere float32 is used with a "
+        "warning, as emulated bf16 is ~10x slower; CUDA runs the whole step in bf16 autocast anyway)",
     )
 
 

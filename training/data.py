@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from model.config import PreprocessConfig
-from model.preprocessing import Volume, body_mask, load_nifti, scale_intensity, to_model_grid
+from model.preprocessing import Volume, body_mask, context_offsets, load_nifti, scale_intensity, to_model_grid
 from model.vocabulary import DatasetLabelMap, UnknownDatasetError, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -324,16 +324,23 @@ def prepare_sources(
 # --------------------------------------------------------------------------- sampling
 @dataclass(frozen=True)
 class Batch:
-    images: torch.Tensor  # (B, 1, H, W) in [0, 1]
+    images: torch.Tensor  # (B, C_window, H, W) in [0, 1]: the slice, then any context slices
     masks: torch.Tensor  # (B, 1, H, W) in {0, 1}
     target_ids: torch.Tensor  # (B,) int64 vocabulary ids
+
+    @property
+    def slices(self) -> torch.Tensor:
+        """(B, 1, H, W): the annotated slice of each window, without context (what the image VAE sees)."""
+        return self.images[:, :1]
 
 
 class PatchSampler:
     """Paper §3.1: a dataset uniformly (or by ``dataset_weights``), then a case, then a 2-D axial patch and one of the
     dataset's annotated targets; with probability ``foreground_prob`` the patch is centred
     on a voxel of a target present in the case (foreground oversampling), otherwise it is
-    uniform over the case (so empty masks of annotated targets occur naturally)."""
+    uniform over the case (so empty masks of annotated targets occur naturally). With
+    ``context_slices`` k, each image patch also carries the k slices either side
+    (:func:`model.preprocessing.context_offsets`; the edge slice repeats past the volume's ends)."""
 
     def __init__(
         self,
@@ -343,8 +350,10 @@ class PatchSampler:
         foreground_prob: float = 0.7,
         seed: int = 0,
         dataset_weights: dict[str, float] | None = None,
+        context_slices: int = 0,
     ) -> None:
         self.cases = {k: v for k, v in cases.items() if v}
+        self.offsets = context_offsets(context_slices)
         if not self.cases:
             raise ValueError("no training cases")
         self.datasets = sorted(self.cases)
@@ -405,7 +414,8 @@ class PatchSampler:
             z = int(rng.integers(case.image.shape[2]))
             cx = int(rng.integers(case.image.shape[0]))
             cy = int(rng.integers(case.image.shape[1]))
-        image = self._patch(case.image, int(z), int(cx), int(cy))
+        depth = case.image.shape[2]
+        image = np.stack([self._patch(case.image, min(max(int(z) + o, 0), depth - 1), int(cx), int(cy)) for o in self.offsets])
         bits = self._patch(case.bits, int(z), int(cx), int(cy))
         mask = ((bits >> np.uint64(target)) & np.uint64(1)).astype(np.float32)
         return image, mask, int(target)
@@ -413,7 +423,7 @@ class PatchSampler:
     def batch(self, batch_size: int) -> Batch:
         examples = [self.example() for _ in range(batch_size)]
         return Batch(
-            images=torch.from_numpy(np.stack([e[0] for e in examples]))[:, None].float(),
+            images=torch.from_numpy(np.stack([e[0] for e in examples])).float(),
             masks=torch.from_numpy(np.stack([e[1] for e in examples]))[:, None].float(),
             target_ids=torch.tensor([e[2] for e in examples], dtype=torch.long),
         )

@@ -3,10 +3,11 @@ on new data, or continuing a finished bundle with a longer budget or a better au
 
 Each stage that has no checkpoint of its own copies its network from the bundle. The network's
 architecture settings must be the ones in the run's ``model`` config; anything else is a
-:class:`FinetuneError` naming the setting, before any step is taken. One change is allowed:
-switching ``denoiser.image_pixels`` on. The denoiser's first convolution then gains the pixel
-channels with zero weights, so training starts from exactly the bundle's predictions and learns
-how much to use the pixels.
+:class:`FinetuneError` naming the setting, before any step is taken. One kind of change is
+allowed: widening the image conditioning, by switching ``denoiser.image_pixels`` on and/or
+raising ``denoiser.context_slices``. The denoiser's first convolution then gains the new
+channels (which come last in z_image) with zero weights, so training starts from exactly the
+bundle's predictions and learns how much to use the new input.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from model.bundle import load_bundle
+from model.bundle import LatentScale, load_bundle
+from model.config import DenoiserConfig
 from model.errors import BundleError
 from model.vocabulary import Vocabulary
 from training.config import TrainConfig
@@ -42,14 +44,12 @@ def initial_weights(config: TrainConfig, vocabulary: Vocabulary, stage: str) -> 
         bundle = load_bundle(Path(config.init_from), device="cpu")
     except BundleError as exc:
         raise FinetuneError(f"init_from: {exc}") from exc
-    adding_pixels = (
-        stage == "diffusion" and config.model.denoiser.image_pixels and not bundle.config.denoiser.image_pixels
-    )
+    widening = stage == "diffusion" and _widens_image_conditioning(config, bundle.config.denoiser)
     for key in _SETTINGS_OF_STAGE[stage]:
         ours, theirs = getattr(config.model, key), getattr(bundle.config, key)
         if ours != theirs:
             mine, bundled = ours.model_dump(), theirs.model_dump()
-            changed = sorted(k for k in mine if mine[k] != bundled.get(k) and not (adding_pixels and k == "image_pixels"))
+            changed = sorted(k for k in mine if mine[k] != bundled.get(k) and not (widening and k in _WIDENING))
             if not changed:
                 continue
             raise FinetuneError(
@@ -63,14 +63,44 @@ def initial_weights(config: TrainConfig, vocabulary: Vocabulary, stage: str) -> 
         )
     network = getattr(bundle.networks, _NETWORK_OF_STAGE[stage])
     state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-    if adding_pixels:
+    if widening:
         state[_DENOISER_INPUT_CONV] = _with_zero_input_channels(state[_DENOISER_INPUT_CONV], config)
     return state
 
 
+# Denoiser settings that only append image-conditioning channels.
+_WIDENING = ("image_pixels", "context_slices")
+
+
+def _widens_image_conditioning(config: TrainConfig, theirs: DenoiserConfig) -> bool:
+    """The run's denoiser differs from the bundle's at most by appended image-conditioning channels."""
+    ours = config.model.denoiser
+    if (ours.image_pixels, ours.context_slices) == (theirs.image_pixels, theirs.context_slices):
+        return False
+    if theirs.image_pixels and not ours.image_pixels:
+        return False
+    return ours.context_slices >= theirs.context_slices or not theirs.image_pixels
+
+
+
+def inherited_latent_scale(config: TrainConfig, measured: LatentScale) -> LatentScale:
+    """The latent scale factors of a run: a factor whose auto-encoder is the ``init_from`` bundle's,
+    unchanged (0 steps), is the bundle's factor, so the denoiser's inputs keep the distribution it
+    was trained on; a retrained auto-encoder keeps its ``measured`` factor."""
+    if config.init_from is None or (config.mask_ae.steps and config.image_vae.steps):
+        return measured
+    try:
+        bundled = load_bundle(Path(config.init_from), device="cpu").latent_scale
+    except BundleError as exc:
+        raise FinetuneError(f"init_from: {exc}") from exc
+    return LatentScale(
+        mask=bundled.mask if config.mask_ae.steps == 0 else measured.mask,
+        image=bundled.image if config.image_vae.steps == 0 else measured.image,
+    )
+
 
 def _with_zero_input_channels(weight: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    """Append zero input channels for the pixel conditioning (which comes last in z_image)."""
+    """Append zero input channels for the new pixel or context channels (which come last in z_image)."""
     wanted = config.model.mask_ae.latent_channels + config.model.image_condition_channels
     extra = wanted - weight.shape[1]
     if extra <= 0:

@@ -30,13 +30,13 @@ from tqdm import tqdm
 
 from model.bundle import Networks, build_networks, build_process, save_bundle
 from model.bundle_manifest import LatentScale, read_manifest
-from model.hardware import cpu_model
+from model.hardware import cpu_has_fast_bfloat16, cpu_model
 from model.diffusion.timestep_sampling import LossSecondMomentSampler, UniformSampler
 from model.nets.autoencoder import MaskAutoencoder, build_image_vae, encode_image_mean, image_condition
 from model.vocabulary import Vocabulary, default_vocabulary
 from training.config import StageConfig, TrainConfig, learning_rate
 from training.data import Batch, PatchSampler, prepare_sources, read_dataset
-from training.finetune import initial_weights
+from training.finetune import inherited_latent_scale, initial_weights
 from training.losses import mask_ae_loss, vae_loss
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def make_context(config: TrainConfig, rank: int, world: int, device: torch.devic
     annotated = sorted({name for s in sources for name in s.label_map.annotated}, key=lambda n: vocabulary.get(n).id)
     sampler = PatchSampler(
         cases, config.model.preprocess.patch_size, foreground_prob=config.foreground_prob, seed=config.seed * 1000 + rank,
-        dataset_weights=config.dataset_weights,
+        dataset_weights=config.dataset_weights, context_slices=config.model.denoiser.context_slices,
     )
     return TrainContext(config, vocabulary, device, sampler, tuple(annotated), rank, world)
 
@@ -336,9 +336,9 @@ def train_image_vae(ctx: TrainContext) -> tuple[nn.Module, StageResult]:
     perceptual = _perceptual_loss(ctx)
 
     def step(net: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        recon, mu, sigma = net(batch.images)
-        p = perceptual(recon.float(), batch.images) if perceptual is not None else None
-        return vae_loss(recon.float(), batch.images, mu.float(), sigma.float(), stage.kl_weight, p, stage.perceptual_weight)
+        recon, mu, sigma = net(batch.slices)
+        p = perceptual(recon.float(), batch.slices) if perceptual is not None else None
+        return vae_loss(recon.float(), batch.slices, mu.float(), sigma.float(), stage.kl_weight, p, stage.perceptual_weight)
 
     return run_stage(ctx, "image-vae", stage, model, step)
 
@@ -360,7 +360,7 @@ def measure_latent_scale(ctx: TrainContext, mask_ae: MaskAutoencoder, vae: nn.Mo
     for _ in range(batches):
         batch = ctx.sampler.batch(ctx.config.diffusion.batch_size)
         masks.append(mask_ae.encode(batch.masks.to(ctx.device)).float().cpu())
-        images.append(encode_image_mean(vae, batch.images.to(ctx.device)).float().cpu())
+        images.append(encode_image_mean(vae, batch.slices.to(ctx.device)).float().cpu())
     ctx.sampler.set_state(state)
     mask_std = float(torch.cat(masks).std())
     image_std = float(torch.cat(images).std())
@@ -382,12 +382,26 @@ def load_text_embeddings(ctx: TrainContext) -> torch.Tensor | None:
     return torch.from_numpy(np.load(path)).float()
 
 
+def encoder_in_bfloat16(encoder_dtype: str, device: torch.device) -> bool:
+    """Whether the frozen encoders run in bfloat16: asked for, on a CPU that has bf16 instructions.
+    Elsewhere float32 is used with a warning (emulated bf16 is ~10x slower, not faster)."""
+    if encoder_dtype != "bfloat16" or device.type != "cpu":
+        return False
+    if not cpu_has_fast_bfloat16():
+        log.warning(
+            "diffusion.encoder_dtype = bfloat16, but this CPU (%s) has no native bf16 convolutions; "
+            "encoding in float32 instead (emulated bf16 would be ~10x slower)", cpu_model()
+        )
+        return False
+    return True
+
+
 def train_diffusion(ctx: TrainContext) -> tuple[Path, StageResult]:
     """Train the denoiser on frozen auto-encoders and write the bundle to ``out/bundle``."""
     cfg = ctx.config
     mask_ae = _load_stage_model(ctx, "mask-ae", MaskAutoencoder(cfg.model.mask_ae))
     vae = _load_stage_model(ctx, "image-vae", build_image_vae(cfg.model.image_vae))
-    scale = measure_latent_scale(ctx, mask_ae, vae, cfg.diffusion.scale_batches)
+    scale = inherited_latent_scale(cfg, measure_latent_scale(ctx, mask_ae, vae, cfg.diffusion.scale_batches))
     log.info("latent scale factors: mask %.4f, image %.4f", scale.mask, scale.image)
     process = build_process(cfg.model)
     text = load_text_embeddings(ctx)
@@ -401,7 +415,7 @@ def train_diffusion(ctx: TrainContext) -> tuple[Path, StageResult]:
     )
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + ctx.rank)
 
-    low_precision = cfg.diffusion.encoder_dtype == "bfloat16" and ctx.device.type == "cpu"
+    low_precision = encoder_in_bfloat16(cfg.diffusion.encoder_dtype, ctx.device)
 
     def step(net: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16) if low_precision else nullcontext():

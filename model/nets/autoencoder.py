@@ -85,10 +85,11 @@ def encode_image_mean(vae: AutoencoderKL, image: torch.Tensor) -> torch.Tensor:
 
 
 def image_condition(vae: AutoencoderKL, image: torch.Tensor, scale: float, *, pixel_factor: int = 0) -> torch.Tensor:
-    """The denoiser's image conditioning z_image: the scaled posterior mean, then (``pixel_factor`` > 0,
-    see ``ModelConfig.image_pixel_factor``) the window itself rearranged space-to-depth onto the latent
-    grid and mapped from [0, 1] to [-1, 1]."""
-    z = encode_image_mean(vae, image) * scale
+    """The denoiser's image conditioning z_image: the scaled posterior mean of the window's own slice
+    (channel 0), then (``pixel_factor`` > 0, see ``ModelConfig.image_pixel_factor``) every channel of the
+    window (its slice and any context slices) rearranged space-to-depth onto the latent grid and mapped
+    from [0, 1] to [-1, 1]."""
+    z = encode_image_mean(vae, image[:, :1]) * scale
     if not pixel_factor:
         return z
     return torch.cat([z, F.pixel_unshuffle(image * 2.0 - 1.0, pixel_factor).to(z.dtype)], dim=1)

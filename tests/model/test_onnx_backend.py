@@ -155,13 +155,15 @@ def test_process_matches_the_torch_bundle(torch_bundle: LoadedBundle, onnx_bundl
 
 
 
-def test_pixel_conditioned_bundle_exports_with_parity(tmp_path: Path) -> None:
+@pytest.mark.parametrize("context_slices", [0, 1])
+def test_pixel_conditioned_bundle_exports_with_parity(tmp_path: Path, context_slices: int) -> None:
     base = tiny_config()
-    config = base.model_copy(update={"denoiser": base.denoiser.model_copy(update={"image_pixels": True})})
+    denoiser = base.denoiser.model_copy(update={"image_pixels": True, "context_slices": context_slices})
+    config = base.model_copy(update={"denoiser": denoiser})
     path = write_random_bundle(tmp_path / "pixels", seed=3, config=config)
     torch_side = load_bundle(path, device="cpu")
     onnx_side = load_onnx_bundle(path, export_onnx(path, tmp_path / "onnx"), threads=2)
-    image = torch.rand(3, 1, *config.preprocess.patch_size, generator=torch.Generator().manual_seed(0))
+    image = torch.rand(3, config.image_window_channels, *config.preprocess.patch_size, generator=torch.Generator().manual_seed(0))
     z_image = torch_side.encode_image(image)
     assert z_image.shape[1] == config.image_condition_channels
     assert (onnx_side.encode_image(image) - z_image).abs().max() < 1e-4

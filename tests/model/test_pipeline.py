@@ -206,3 +206,20 @@ def test_largest_component_applies_to_connected_targets_only(random_bundle: Load
     # The bundle's default (off in the tiny config) is what a request without the option gets.
     assert not random_bundle.config.sampling.largest_component
     np.testing.assert_array_equal(segment_volume(random_bundle, volume, targets, OPTS).mean["liver"], raw.mean["liver"])
+
+
+def test_a_context_bundle_reads_the_neighbouring_slices(tmp_path: Path) -> None:
+    base = tiny_config()
+    denoiser = base.denoiser.model_copy(update={"image_pixels": True, "context_slices": 1})
+    config = type(base).from_dict(base.model_copy(update={"denoiser": denoiser}).to_dict())
+    from model.bundle import write_random_bundle
+
+    bundle = load_bundle(write_random_bundle(tmp_path / "context", seed=4, config=config), device="cpu")
+    volume = body_volume()
+    ref = segment_volume(bundle, volume, "liver", OPTS).mean["liver"]
+    # Brighten slice 3 only: with one context slice each side, slices 2-4 change and slices 0-1 and 5 do not.
+    data = volume.data.copy()
+    data[4:-4, 4:-4, 3] += 150.0
+    got = segment_volume(bundle, Volume(data=data, affine=volume.affine), "liver", OPTS).mean["liver"]
+    changed = [bool(np.abs(got[..., z] - ref[..., z]).max() > 1e-4) for z in range(volume.data.shape[2])]
+    assert changed == [False, False, True, True, True, False]

@@ -17,12 +17,14 @@ from model.pipeline import segment_file
 from model.preprocessing import (
     Volume,
     axial_slices,
+    context_offsets,
     from_axial_slices,
     load_nifti,
     sanitize_hu,
     scale_intensity,
     to_model_grid,
     to_source_grid,
+    with_context,
 )
 
 CENTRE = np.array([12.0, -20.0, 35.0])  # world (RAS, mm)
@@ -121,6 +123,20 @@ def test_scale_intensity_and_slices() -> None:
     assert slices.shape == (4, 1, 2, 3)
     assert torch.equal(slices[1, 0], volume[:, :, 1])
     assert torch.equal(from_axial_slices(slices)[0], volume)
+
+
+def test_context_slices_come_after_the_slice_and_repeat_the_edge() -> None:
+    assert context_offsets(0) == (0,)
+    assert context_offsets(2) == (0, -1, 1, -2, 2)
+    volume = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 4)
+    slices = axial_slices(volume)
+    assert with_context(slices, 0) is slices
+    stacked = with_context(slices, 1)
+    assert stacked.shape == (4, 3, 2, 3)
+    for z in range(4):
+        assert torch.equal(stacked[z, 0], volume[:, :, z])
+        assert torch.equal(stacked[z, 1], volume[:, :, max(z - 1, 0)])
+        assert torch.equal(stacked[z, 2], volume[:, :, min(z + 1, 3)])
 
 
 def save(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:

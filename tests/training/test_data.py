@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from model.config import tiny_config
@@ -430,3 +431,17 @@ def test_msd_json_paths_may_be_written_with_or_without_dot(tmp_path: Path, msd_p
     meta["training"] = [{k: v.removeprefix("./") for k, v in c.items()} for c in meta["training"]]
     (root / "dataset.json").write_text(json.dumps(meta))
     assert len(read_dataset(root, VOCABULARY).cases) == 3
+
+
+def test_context_patches_carry_the_neighbouring_slices(msd_phantoms: Path) -> None:
+    source = read_dataset(msd_phantoms, VOCABULARY)
+    cases = prepare_sources([source], VOCABULARY, PREPROCESS, None)
+    plain = PatchSampler(cases, PREPROCESS.patch_size, seed=7)
+    context = PatchSampler(cases, PREPROCESS.patch_size, seed=7, context_slices=1)
+    a, b = plain.batch(16), context.batch(16)
+    assert b.images.shape == (16, 3, *PREPROCESS.patch_size) and b.slices.shape == a.images.shape
+    # The same draws: the slice channel is the plain patch, and its neighbours are nearby but different slices.
+    assert torch.equal(b.slices, a.images) and torch.equal(b.masks, a.masks)
+    differs = (b.images[:, 1:] - b.images[:, :1]).flatten(1).abs().amax(1) > 0
+    assert int(differs.sum()) >= 12
+    assert float((b.images[:, 1:] - b.images[:, :1]).abs().mean()) < float((b.images[:8] - b.images[8:]).abs().mean())

@@ -134,3 +134,38 @@ def test_pixel_conditioning_cannot_be_dropped(tmp_path: Path, train_config: Any)
     )
     with pytest.raises(FinetuneError, match=r"model\.denoiser settings \(image_pixels\)"):
         train(config, STAGES)
+
+
+def _with_context(model: Any, slices: int) -> Any:
+    denoiser = model.denoiser.model_copy(update={"image_pixels": True, "context_slices": slices})
+    return model.model_copy(update={"denoiser": denoiser})
+
+
+def test_adding_context_slices_to_a_pixel_bundle_starts_from_its_predictions(tmp_path: Path, train_config: Any) -> None:
+    base = train_config()
+    parent = write_random_bundle(tmp_path / "pixels", seed=3, config=_with_pixels(base.model, True))
+    config = train_config(
+        init_from=str(parent), model=_with_context(base.model, 1).to_dict(),
+        mask_ae={"steps": 0}, image_vae={"steps": 0}, diffusion={**FROZEN, "scale_batches": 1},
+    )
+    train(config, STAGES)
+    before = load_bundle(parent, device="cpu")
+    after = load_bundle(config.out / "bundle", device="cpu")
+    assert after.config.image_window_channels == 3
+    assert after.latent_scale == before.latent_scale  # both auto-encoders kept: so are their scale factors
+    g = torch.Generator().manual_seed(0)
+    windows = torch.rand(2, 3, *base.model.preprocess.patch_size, generator=g)
+    z = torch.randn(2, *base.model.latent_shape, generator=g)
+    t, ids = torch.tensor([900, 100]), torch.tensor([1, 6])
+    with torch.no_grad():
+        old = before.denoiser(z, t, before.encode_image(windows[:, :1]), ids)
+        # The parent's conditioning is a prefix of the new one: the slice's latent and pixels come first.
+        new = after.denoiser(z, t, after.encode_image(windows), ids)
+    torch.testing.assert_close(new, old, rtol=0, atol=1e-5)
+
+    narrower = train_config(
+        name="narrow.yaml", init_from=str(config.out / "bundle"), model=_with_pixels(base.model, True).to_dict(),
+        mask_ae={"steps": 0}, image_vae={"steps": 0}, diffusion={**FROZEN, "scale_batches": 1}, out=str(tmp_path / "narrow"),
+    )
+    with pytest.raises(FinetuneError, match=r"model\.denoiser settings \(context_slices\)"):
+        train(narrower, STAGES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,14 @@ def test_resume_after_a_crash_does_not_log_steps_twice(train_config: Any) -> Non
     checkpoint.write_bytes(at_step_4)
     train(longer, ("mask-ae",))
     assert [row["step"] for row in read_log(log_path)] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_bfloat16_encoding_only_where_the_cpu_has_it(caplog: pytest.LogCaptureFixture) -> None:
+    from model.hardware import cpu_has_fast_bfloat16
+    from training.loops import encoder_in_bfloat16
+
+    assert not encoder_in_bfloat16("float32", torch.device("cpu"))
+    with caplog.at_level(logging.WARNING, logger="training.loops"):
+        used = encoder_in_bfloat16("bfloat16", torch.device("cpu"))
+    assert used == cpu_has_fast_bfloat16()
+    assert ("no native bf16" in caplog.text) == (not used)
