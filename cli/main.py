@@ -28,6 +28,11 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+# Sub-commands that run the networks: MONAI is imported up front without `transformers`
+# (model.monai_import), which a fresh `latentseg segment` would otherwise spend ~2 s on.
+MONAI_COMMANDS = frozenset({"segment", "evaluate", "worker", "export_onnx"})
+
+
 class CliError(Exception):
     """An error the user can fix; printed as one line, exit status 2."""
 
@@ -49,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in MONAI_COMMANDS:
+        from model.monai_import import import_monai_lean
+
+        import_monai_lean()
     try:
         result = args.func(args)
     except CliError as exc:
