@@ -108,6 +108,9 @@ DEMO_RUN_NOTES: dict[str, str] = {
     "demo_pixels.yaml": "both auto-encoders kept (0 steps); the denoiser gains pixel conditioning "
     "(`denoiser.image_pixels`: the window itself, space-to-depth, beside the image latent; the new input weights "
     "start at zero, so training starts from the previous predictions) and trains on 320 phantoms.",
+    "demo_context.yaml": "both auto-encoders and their latent scale factors kept; the denoiser gains two context "
+    "slices either side of each window (`denoiser.context_slices`: ±3 and ±6 mm, space-to-depth beside the slice's "
+    "pixels, zero-initialised input weights) and trains on the same 320 phantoms and the real case.",
 }
 # The phantom sets scripts/train_demo.sh writes: folder name -> (`latentseg phantoms` arguments, a note).
 DEMO_PHANTOMS: dict[str, tuple[str, str]] = {
@@ -247,8 +250,10 @@ def render_card(
         f"denoiser {params.get('denoiser', 0) / 1e6:.2f} M parameters; prediction `{cfg['diffusion']['mean_type']}`, "
         f"variance `{cfg['diffusion']['var_type']}`, loss `{cfg['diffusion']['loss_type']}`, "
         f"conditioning `{cfg['denoiser']['conditioning']}`; the denoiser sees the image through "
-        + ("its latent and its pixels (`image_pixels`: the window space-to-depth, "
-           f"{ModelConfig.from_dict(cfg).image_condition_channels} channels in all)"
+        + ("its latent and its pixels (`image_pixels`: the window space-to-depth"
+           + (f", with {cfg['denoiser']['context_slices']} context slices either side (`context_slices`)"
+              if cfg["denoiser"].get("context_slices") else "")
+           + f", {ModelConfig.from_dict(cfg).image_condition_channels} channels in all)"
            if cfg["denoiser"].get("image_pixels") else "its latent only")
     )
     add(
@@ -438,7 +443,7 @@ def ablation_table(ablation: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "model" / "bundles" / "demo")
-    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo" / "pixels", help="the demo's (last) training run")
+    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo" / "context", help="the demo's (last) training run")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "model_card")
     parser.add_argument("--card", type=Path, default=REPO / "MODEL_CARD.md")
     parser.add_argument("--cases", type=int, default=6, help="held-out phantom cases")

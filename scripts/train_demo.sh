@@ -48,13 +48,20 @@ time $LS train diffusion --config "$FINETUNE"
 # v0.3 (training/configs/demo_pixels.yaml explains why): fine-tune v0.2 with pixel conditioning
 # switched on, both auto-encoders kept, the denoiser on 320 phantoms (160 more, seed 2000).
 [ -f runs/demo/data/phantoms_s2000/dataset.json ] || $LS phantoms --out runs/demo/data/phantoms_s2000 --cases 160 --seed 2000
-PIXELS=training/configs/demo_pixels.yaml
-if [ "$CONFIG" != training/configs/demo.yaml ]; then
-  sed -e '/spleen8/d' -e '/dataset_weights/d' "$PIXELS" > runs/demo/demo-pixels-phantoms-only.yaml
-  PIXELS=runs/demo/demo-pixels-phantoms-only.yaml
-fi
-$LS train mask-ae --config "$PIXELS"                         # 0 steps: kept
-$LS train image-vae --config "$PIXELS"                       # 0 steps: kept
-time $LS train diffusion --config "$PIXELS"
-rm -rf model/bundles/demo && mkdir -p model/bundles && cp -r runs/demo/pixels/bundle model/bundles/demo
+# A fine-tune that keeps both auto-encoders (0 steps) and trains the denoiser: $1 = its config.
+denoiser_run() {
+  local config=$1
+  if [ "$CONFIG" != training/configs/demo.yaml ]; then
+    sed -e '/spleen8/d' -e '/dataset_weights/d' "$1" > "runs/demo/$(basename "$1" .yaml)-phantoms-only.yaml"
+    config="runs/demo/$(basename "$1" .yaml)-phantoms-only.yaml"
+  fi
+  $LS train mask-ae --config "$config"                       # 0 steps: kept
+  $LS train image-vae --config "$config"                     # 0 steps: kept
+  time $LS train diffusion --config "$config"
+}
+denoiser_run training/configs/demo_pixels.yaml               # v0.3: runs/demo/pixels/bundle
+# v0.4 (training/configs/demo_context.yaml explains why): fine-tune v0.3 with two context slices
+# either side of each window, same data, both auto-encoders and their scale factors kept.
+denoiser_run training/configs/demo_context.yaml              # v0.4: runs/demo/context/bundle
+rm -rf model/bundles/demo && mkdir -p model/bundles && cp -r runs/demo/context/bundle model/bundles/demo
 echo "demo bundle: model/bundles/demo"
