@@ -12,6 +12,7 @@ bundle's predictions and learns how much to use the new input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -83,16 +84,19 @@ def _widens_image_conditioning(config: TrainConfig, theirs: DenoiserConfig) -> b
 
 
 
-def inherited_latent_scale(config: TrainConfig, measured: LatentScale) -> LatentScale:
+def inherited_latent_scale(config: TrainConfig, measure: Callable[[], LatentScale]) -> LatentScale:
     """The latent scale factors of a run: a factor whose auto-encoder is the ``init_from`` bundle's,
     unchanged (0 steps), is the bundle's factor, so the denoiser's inputs keep the distribution it
-    was trained on; a retrained auto-encoder keeps its ``measured`` factor."""
+    was trained on; a retrained auto-encoder gets a ``measure``d factor (measured only when needed)."""
     if config.init_from is None or (config.mask_ae.steps and config.image_vae.steps):
-        return measured
+        return measure()
     try:
         bundled = load_bundle(Path(config.init_from), device="cpu").latent_scale
     except BundleError as exc:
         raise FinetuneError(f"init_from: {exc}") from exc
+    if config.mask_ae.steps == 0 and config.image_vae.steps == 0:
+        return bundled
+    measured = measure()
     return LatentScale(
         mask=bundled.mask if config.mask_ae.steps == 0 else measured.mask,
         image=bundled.image if config.image_vae.steps == 0 else measured.image,

@@ -401,7 +401,7 @@ def train_diffusion(ctx: TrainContext) -> tuple[Path, StageResult]:
     cfg = ctx.config
     mask_ae = _load_stage_model(ctx, "mask-ae", MaskAutoencoder(cfg.model.mask_ae))
     vae = _load_stage_model(ctx, "image-vae", build_image_vae(cfg.model.image_vae))
-    scale = inherited_latent_scale(cfg, measure_latent_scale(ctx, mask_ae, vae, cfg.diffusion.scale_batches))
+    scale = inherited_latent_scale(cfg, lambda: measure_latent_scale(ctx, mask_ae, vae, cfg.diffusion.scale_batches))
     log.info("latent scale factors: mask %.4f, image %.4f", scale.mask, scale.image)
     process = build_process(cfg.model)
     text = load_text_embeddings(ctx)
