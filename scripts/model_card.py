@@ -111,6 +111,9 @@ DEMO_RUN_NOTES: dict[str, str] = {
     "demo_context.yaml": "both auto-encoders and their latent scale factors kept; the denoiser gains two context "
     "slices either side of each window (`denoiser.context_slices`: ±3 and ±6 mm, space-to-depth beside the slice's "
     "pixels, zero-initialised input weights) and trains on the same 320 phantoms and the real case.",
+    "demo_context_long.yaml": "the same network trained on (both auto-encoders and their latent scale factors kept): "
+    "a fresh warm-up and cosine schedule from a lower peak learning rate, on the same data, with the image encoder "
+    "in bf16 again.",
 }
 # The phantom sets scripts/train_demo.sh writes: folder name -> (`latentseg phantoms` arguments, a note).
 DEMO_PHANTOMS: dict[str, tuple[str, str]] = {
@@ -403,7 +406,12 @@ def render_card(
         "resolution; Dice for small lesions is noisy and case-dependent.")
     add("- Phantoms are easier and more regular than patients; phantom Dice overstates real performance.")
     add("- One real case only, and it was used in training when present (see above).")
-    add("- 2-D axial windows: no through-plane context; no test-time augmentation.")
+    context = int(cfg["denoiser"].get("context_slices") or 0)
+    if context:
+        add(f"- 2-D axial windows with {context} context slice{'s' if context > 1 else ''} either side "
+            f"(±{context * pre['spacing'][2]:g} mm through the plane), not 3-D; no test-time augmentation.")
+    else:
+        add("- 2-D axial windows: no through-plane context; no test-time augmentation.")
     add("- Ensemble variance reflects sampling disagreement, not calibrated clinical uncertainty.")
     add("")
     add("## Regenerate")
@@ -443,7 +451,8 @@ def ablation_table(ablation: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "model" / "bundles" / "demo")
-    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo" / "pixels", help="the demo's (last) training run")
+    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo" / "context_long",
+                        help="the demo's (last) training run")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "model_card")
     parser.add_argument("--card", type=Path, default=REPO / "MODEL_CARD.md")
     parser.add_argument("--cases", type=int, default=6, help="held-out phantom cases")

@@ -60,11 +60,9 @@ denoiser_run() {
   time $LS train diffusion --config "$config"
 }
 denoiser_run training/configs/demo_pixels.yaml               # v0.3: runs/demo/pixels/bundle
-rm -rf model/bundles/demo && mkdir -p model/bundles && cp -r runs/demo/pixels/bundle model/bundles/demo
-# A candidate v0.4, not shipped yet (training/configs/demo_context.yaml explains why and what it
-# measured): v0.3 with two context slices either side of each window. Its weights are in git at
-# commit 3634ab1 (model/bundles/demo). To train it: CONTEXT_RUN=1 bash scripts/train_demo.sh
-if [ "${CONTEXT_RUN:-0}" = 1 ]; then
-  denoiser_run training/configs/demo_context.yaml            # runs/demo/context/bundle
-fi
+# v0.4 (training/configs/demo_context.yaml explains why): v0.3 with two context slices either side of
+# each window, 7000 steps. v0.5 (demo_context_long.yaml): the same network trained on, on the same data.
+denoiser_run training/configs/demo_context.yaml              # v0.4: runs/demo/context/bundle
+denoiser_run training/configs/demo_context_long.yaml         # v0.5: runs/demo/context_long/bundle
+rm -rf model/bundles/demo && mkdir -p model/bundles && cp -r runs/demo/context_long/bundle model/bundles/demo
 echo "demo bundle: model/bundles/demo"
