@@ -72,9 +72,9 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
         assert torch.equal(loaded.encode_image(image), encode_image_mean(nets.image_vae, image) * 2.0)
         assert torch.equal(loaded.decode_mask(z), nets.mask_ae.decode(z / 0.5))
         t, ids = torch.tensor([3, 700]), torch.tensor([1, 6])
-        # The weights come back bit for bit; the outputs only to float rounding: on a CPU with AMX
-        # (Intel Xeon, torch 2.13) oneDNN picks another kernel for the loaded (safetensors) tensors of
-        # the U-Net, 7e-7 apart, while each network alone is deterministic.
+        # The weights come back bit for bit; the outputs only to float rounding: on an Intel Xeon with
+        # AMX (torch 2.13) the loaded U-Net's output was 7e-7 from the in-memory one (likely another
+        # oneDNN kernel for the loaded tensors), while each network alone is deterministic.
         saved, back = nets.denoiser.state_dict(), loaded.networks.denoiser.state_dict()
         assert saved.keys() == back.keys() and all(torch.equal(saved[k], back[k]) for k in saved)
         torch.testing.assert_close(loaded.denoiser(z, t, z, ids), nets.denoiser(z, t, z, ids), rtol=1e-5, atol=1e-5)
