@@ -419,9 +419,16 @@ class JobService:
                     if self._requeue(record["job_id"]):
                         continue
                 fields = {"status": JobState.FAILED.value, "error": reason, "finished_at": utc_now()}
-                self.store.update(record["job_id"], fields)
-                record.update(fields)
-                self.storage.remove_temp_results(record["job_id"])
+                # Compare-and-set: the worker may have written its own ending (a failure with its
+                # reason, or a result) between our read and this write; its word wins.
+                if self.store.transition(record["job_id"], JobState(record["status"]), fields):
+                    record.update(fields)
+                    self.storage.remove_temp_results(record["job_id"])
+                    continue
+                fresh = self.store.get_many([record["job_id"]])[0]
+                if fresh is not None:
+                    record.clear()
+                    record.update(fresh)
         queued = [r["job_id"] for r in records if r is not None and r["status"] == JobState.QUEUED.value]
         positions = self.queue.positions(queued) if queued else {}
         for record in records:

@@ -22,6 +22,12 @@ Consequences, written down:
   Run workers under a supervisor (compose ``restart: unless-stopped``).
 - SIGTERM is a warm shutdown: the running job finishes, then the worker exits (compose gives it
   ``stop_grace_period`` longer than ``job_timeout``). A second SIGTERM/SIGINT stops it at once.
+- Redis outages do not end the worker. RQ retries a lost connection only while it waits for a
+  job; its bookkeeping around a job (suspension check, registry maintenance, heartbeat,
+  success/failure handling) raises and RQ's loop quits. :class:`SegmentationWorker` logs and
+  skips the advisory calls, and :func:`run_worker` starts the loop again (same name, bundle
+  still loaded) once Redis answers, unless a stop was requested. The job's own record writes
+  retry through a short outage (:mod:`worker.reporting`).
 - Parallelism is one job per process; scale out with more worker processes or hosts on the same
   Redis and storage (see docs/deploy.md).
 """
@@ -31,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 from typing import Any
 
 from rq import Queue, SimpleWorker, Worker
@@ -46,16 +53,54 @@ __all__ = ["SegmentationWorker", "check_worker", "connect", "run_worker"]
 log = logging.getLogger(__name__)
 
 
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return (RedisConnectionError, RedisTimeoutError)
+
+
 class SegmentationWorker(SimpleWorker):
-    """A non-forking RQ worker that runs each job inside :func:`runtime_context`."""
+    """A non-forking RQ worker that runs each job inside :func:`runtime_context`.
+
+    RQ's advisory bookkeeping calls (heartbeat, suspension check, maintenance) skip a Redis that
+    is down instead of ending the worker; ``jobs_run`` counts executed jobs for :func:`run_worker`.
+    """
 
     def __init__(self, *args: Any, runtime: WorkerRuntime, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.runtime = runtime
+        self.jobs_run = 0
+
+    @property
+    def stop_requested(self) -> bool:
+        return bool(getattr(self, "_stop_requested", False))
 
     def execute_job(self, job: Any, queue: Any) -> Any:
-        with runtime_context(self.runtime):
-            return super().execute_job(job, queue)
+        try:
+            with runtime_context(self.runtime):
+                return super().execute_job(job, queue)
+        finally:
+            self.jobs_run += 1
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().heartbeat(*args, **kwargs)
+        except _redis_errors() as exc:
+            log.warning("worker %s: heartbeat skipped, Redis unreachable (%s)", self.name, type(exc).__name__)
+            return None
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except _redis_errors() as exc:
+            log.warning("worker %s: suspension check skipped, Redis unreachable (%s)", self.name, type(exc).__name__)
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()
+        except _redis_errors() as exc:
+            log.warning("worker %s: maintenance skipped, Redis unreachable (%s)", self.name, type(exc).__name__)
 
 
 def connect(redis_url: str) -> Any:
@@ -85,18 +130,39 @@ def run_worker(settings: WorkerSettings, *, burst: bool = False, max_jobs: int |
         backend=settings.backend, onnx_dir=settings.onnx_dir,
     )
     name = _worker_name(settings)
-    connection.hset(bundle_info_key(settings.queue), name, json.dumps(runtime.bundle_info))
     alive = worker_alive_key(settings.queue, name)
     ttl_ms = max(1000, int(settings.heartbeat_s * 3000))
     liveness = Heartbeat(lambda: connection.set(alive, "1", px=ttl_ms), settings.heartbeat_s)
-    liveness.start()
     queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
-    worker = SegmentationWorker(
-        [queue], connection=connection, serializer=JSONSerializer, name=name, runtime=runtime
-    )
     log.info("worker %s listening on queue %r (storage %s)", name, settings.queue, runtime.storage_root)
+    jobs_run = 0
     try:
-        return worker.work(burst=burst, max_jobs=max_jobs, logging_level="INFO", with_scheduler=False)
+        while True:
+            worker: SegmentationWorker | None = None
+            left = None if max_jobs is None else max_jobs - jobs_run
+            try:
+                worker = SegmentationWorker(
+                    [queue], connection=connection, serializer=JSONSerializer, name=name, runtime=runtime
+                )
+                # Published again after every outage: a Redis that restarted may have lost it.
+                connection.hset(bundle_info_key(settings.queue), name, json.dumps(runtime.bundle_info))
+                if not liveness.running:
+                    liveness.start()
+                worker.work(burst=burst, max_jobs=left, logging_level="INFO", with_scheduler=False)
+            except _redis_errors() as exc:  # from RQ's start-up or teardown, or our own publishing
+                log.warning("worker %s: Redis unreachable (%s)", name, type(exc).__name__)
+            jobs_run += worker.jobs_run if worker is not None else 0
+            stop_requested = worker is not None and worker.stop_requested
+            if burst or stop_requested or (max_jobs is not None and jobs_run >= max_jobs):
+                return jobs_run > 0
+            log.warning("worker %s: RQ's loop ended unexpectedly; starting it again once Redis answers", name)
+            if not _wait_for_redis(connection, lambda: worker is not None and worker.stop_requested):
+                return jobs_run > 0
+            if worker is not None:
+                try:  # a teardown that met a dead Redis left the name registered as alive
+                    worker.register_death()
+                except _redis_errors():
+                    pass
     finally:
         liveness.stop()
         try:
@@ -104,6 +170,19 @@ def run_worker(settings: WorkerSettings, *, burst: bool = False, max_jobs: int |
             connection.hdel(bundle_info_key(settings.queue), name)
         except Exception:  # Redis down at exit: readiness ignores entries of workers that are gone
             log.warning("could not withdraw the bundle entry of worker %s", name)
+
+
+def _wait_for_redis(connection: Any, stopping: Any, max_wait_s: float = 5.0) -> bool:
+    """Ping with backoff until Redis answers (True) or a stop is requested (False)."""
+    wait = 0.5
+    while not stopping():
+        try:
+            connection.ping()
+            return True
+        except _redis_errors():
+            time.sleep(wait)
+            wait = min(wait * 2, max_wait_s)
+    return False
 
 
 def check_worker(settings: WorkerSettings) -> tuple[bool, str]:

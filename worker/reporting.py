@@ -118,6 +118,10 @@ class Heartbeat:
             if reason is not None:
                 self._interrupter.fire(reason)
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():

@@ -134,10 +134,13 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Process]]:
 
 @pytest.fixture
 def work(tmp_path: Path, tiny_bundle: Path) -> Iterator[Callable[..., Process]]:
-    """Start ``latentseg worker`` (tiny bundle, CPU) and wait until it is registered."""
+    """Start ``latentseg worker`` (tiny bundle, CPU) and wait until it is registered (unless told not to)."""
     started: list[Process] = []
 
-    def start(redis_url: str, queue: str, storage: Path, heartbeat_s: float = 1.0, timeout_s: float = 90.0) -> Process:
+    def start(
+        redis_url: str, queue: str, storage: Path, heartbeat_s: float = 1.0, timeout_s: float = 90.0,
+        registered: bool = True,
+    ) -> Process:
         import redis
         from rq import Queue, Worker
 
@@ -150,6 +153,8 @@ def work(tmp_path: Path, tiny_bundle: Path) -> Iterator[Callable[..., Process]]:
         env = clean_env(LATENTSEG_HEARTBEAT_S=str(heartbeat_s), OMP_NUM_THREADS="1")
         process = Process(spawn(cmd, env, log_path, append=True), log_path, extra={"name": name})
         started.append(process)
+        if not registered:
+            return process
         connection = redis.Redis.from_url(redis_url)
         wait_until(
             lambda: any(w.name == name for w in Worker.all(queue=Queue(queue, connection=connection))),

@@ -3,6 +3,7 @@ temp dir) that the tests SIGKILL and start again, or lose entirely."""
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -82,6 +83,36 @@ def test_a_job_running_through_an_outage_longer_than_its_heartbeat_ttl_is_not_de
         assert http.get(f"/jobs/{job_id}").json()["status"] == "started"
         final = wait_status(http, job_id, {"finished", "failed"}, 240)
         assert final["status"] == "finished", final
+
+
+def test_a_worker_that_loses_redis_while_it_starts_waits_for_it_and_then_serves(
+    private_redis: PrivateRedis, serve, work, quick_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """RQ retries a lost Redis only while it waits for a job; anywhere else (start-up, registry
+    maintenance, the bookkeeping around a job) the error used to end the worker process."""
+    storage = tmp_path / "storage"
+    watcher = redis.Redis.from_url(private_redis.url)
+    worker = work(private_redis.url, "rel", storage, registered=False)
+    # Its first ping comes before it loads the bundle (seconds); freeze it there, take Redis away,
+    # and let it go on: its next command (publishing the bundle it serves) meets a dead Redis.
+    own = watcher.client_id()
+    deadline = time.monotonic() + 60
+    while not any(c["cmd"] == "ping" and int(c["id"]) != own for c in watcher.client_list()):
+        assert time.monotonic() < deadline and worker.proc.poll() is None, worker.log()
+        time.sleep(0.01)
+    worker.proc.send_signal(signal.SIGSTOP)
+    assert "loaded bundle" not in worker.log()
+    private_redis.kill()
+    worker.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: "Redis unreachable" in worker.log(), 90, "the worker noticed the outage", worker)
+    assert worker.proc.poll() is None, worker.log()
+    private_redis.start()
+    server = serve(rq_env(private_redis.url, storage))
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        job_id = _submit(http, quick_volume)
+        final = wait_status(http, job_id, {"finished", "failed"}, 120)
+        assert final["status"] == "finished", final
+        wait_until(lambda: http.get("/readyz").json()["workers"] == 1, 30, "the worker counts as live")
 
 
 def _submit_long(http: httpx.Client, path: Path) -> str:
