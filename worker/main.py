@@ -83,24 +83,21 @@ class SegmentationWorker(SimpleWorker):
         finally:
             self.jobs_run += 1
 
-    def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
+    def _unless_redis_is_down(self, what: str, call: Any) -> Any:
         try:
-            return super().heartbeat(*args, **kwargs)
+            return call()
         except _redis_errors() as exc:
-            log.warning("worker %s: heartbeat skipped, Redis unreachable (%s)", self.name, type(exc).__name__)
+            log.warning("worker %s: %s skipped, Redis unreachable (%s)", self.name, what, type(exc).__name__)
             return None
 
+    def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
+        return self._unless_redis_is_down("heartbeat", lambda: super(SegmentationWorker, self).heartbeat(*args, **kwargs))
+
     def check_for_suspension(self, burst: bool) -> None:
-        try:
-            super().check_for_suspension(burst)
-        except _redis_errors() as exc:
-            log.warning("worker %s: suspension check skipped, Redis unreachable (%s)", self.name, type(exc).__name__)
+        self._unless_redis_is_down("suspension check", lambda: super(SegmentationWorker, self).check_for_suspension(burst))
 
     def run_maintenance_tasks(self) -> None:
-        try:
-            super().run_maintenance_tasks()
-        except _redis_errors() as exc:
-            log.warning("worker %s: maintenance skipped, Redis unreachable (%s)", self.name, type(exc).__name__)
+        self._unless_redis_is_down("maintenance", lambda: super(SegmentationWorker, self).run_maintenance_tasks())
 
 
 def connect(redis_url: str) -> Any:
