@@ -99,6 +99,7 @@ def build_networks(
             num_target_ids=vocabulary.max_id + 1,
             out_multiplier=process.model_output_multiplier,
             text_embeddings=text_embeddings if config.denoiser.conditioning == "text" else None,
+            pixel_input=(config.image_vae.latent_channels, config.image_pixel_factor) if config.denoiser.pixel_stem else None,
         ),
     )
 

@@ -94,6 +94,15 @@ class DenoiserConfig(FrozenConfig):
         "Needs image_pixels",
     )
 
+    pixel_stem: tuple[int, ...] = Field(
+        (),
+        description="a full-resolution convolutional stem over the window's pixels (its slice and context slices): "
+        "one 3×3 convolution at full resolution, then per halving a stride-2 and a 3×3 convolution (SiLU after "
+        "each), with these channel counts, down to the latent grid; its features join the denoiser's input after "
+        "z_image. Needs image_pixels; one entry for full resolution plus one per halving (log2 f + 1). Empty: no "
+        "stem (the space-to-depth pixels reach the U-Net's first convolution directly)",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> "DenoiserConfig":
         if len(self.attention_levels) != len(self.channels):
@@ -102,6 +111,10 @@ class DenoiserConfig(FrozenConfig):
             raise ValueError("every channel count must be divisible by norm_num_groups")
         if self.context_slices and not self.image_pixels:
             raise ValueError("context_slices needs image_pixels: the neighbouring slices reach the denoiser as pixels")
+        if self.pixel_stem and not self.image_pixels:
+            raise ValueError("pixel_stem needs image_pixels: the stem reads the window's pixels from z_image")
+        if any(c < 1 for c in self.pixel_stem):
+            raise ValueError("pixel_stem channel counts must be positive")
         return self
 
 
@@ -150,6 +163,12 @@ class ModelConfig(FrozenConfig):
         latent = h // self.mask_ae.factor
         if latent % 2 ** (len(self.denoiser.channels) - 1):
             raise ValueError("the latent size must be divisible by the U-Net's downsampling")
+        stem = self.denoiser.pixel_stem
+        if stem and 2 ** (len(stem) - 1) != self.image_vae.factor:
+            raise ValueError(
+                f"denoiser.pixel_stem needs {self.image_vae.factor.bit_length()} channel counts (full resolution, then "
+                f"one per halving down to the latent factor {self.image_vae.factor}), got {len(stem)}"
+            )
         return self
 
     @property
@@ -174,6 +193,12 @@ class ModelConfig(FrozenConfig):
     def image_condition_channels(self) -> int:
         """Channels of the denoiser's image conditioning: the image latent, plus f² pixel channels per window channel."""
         return self.image_vae.latent_channels + self.image_window_channels * self.image_pixel_factor**2
+
+    @property
+    def denoiser_input_channels(self) -> int:
+        """Channels into the U-Net's first convolution: z_t, z_image, then the pixel stem's features."""
+        stem = self.denoiser.pixel_stem[-1] if self.denoiser.pixel_stem else 0
+        return self.mask_ae.latent_channels + self.image_condition_channels + stem
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -4,21 +4,23 @@ on new data, or continuing a finished bundle with a longer budget or a better au
 Each stage that has no checkpoint of its own copies its network from the bundle. The network's
 architecture settings must be the ones in the run's ``model`` config; anything else is a
 :class:`FinetuneError` naming the setting, before any step is taken. One kind of change is
-allowed: widening the image conditioning, by switching ``denoiser.image_pixels`` on and/or
-raising ``denoiser.context_slices``. The denoiser's first convolution then gains the new
-channels (which come last in z_image) with zero weights, so training starts from exactly the
-bundle's predictions and learns how much to use the new input.
+allowed: widening the image conditioning, by switching ``denoiser.image_pixels`` on, raising
+``denoiser.context_slices`` and/or adding a ``denoiser.pixel_stem`` to a bundle without one. The
+denoiser's first convolution then gains the new channels (new pixels come last in z_image, the
+stem's features after z_image) with zero weights, so training starts from exactly the bundle's
+predictions and learns how much to use the new input; a new stem starts from the run's own
+(seeded) initial weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
 from model.bundle import LatentScale, load_bundle
-from model.config import DenoiserConfig
+from model.config import DenoiserConfig, ModelConfig
 from model.errors import BundleError
 from model.vocabulary import Vocabulary
 from training.config import TrainConfig
@@ -35,8 +37,12 @@ _SETTINGS_OF_STAGE = {"mask-ae": ("mask_ae",), "image-vae": ("image_vae",), "dif
 _DENOISER_INPUT_CONV = "unet.conv_in.conv.weight"
 
 
-def initial_weights(config: TrainConfig, vocabulary: Vocabulary, stage: str) -> dict[str, torch.Tensor] | None:
-    """The state dict ``stage`` starts from: ``None`` without ``init_from``, else the bundle's network."""
+def initial_weights(
+    config: TrainConfig, vocabulary: Vocabulary, stage: str, fresh: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor] | None:
+    """The state dict ``stage`` starts from: ``None`` without ``init_from``, else the bundle's network.
+    ``fresh``: the run's newly initialised network, whose weights a part the bundle lacks (a new pixel
+    stem) starts from."""
     if config.init_from is None:
         return None
     if stage not in _NETWORK_OF_STAGE:
@@ -65,20 +71,30 @@ def initial_weights(config: TrainConfig, vocabulary: Vocabulary, stage: str) -> 
     network = getattr(bundle.networks, _NETWORK_OF_STAGE[stage])
     state = {k: v.detach().clone() for k, v in network.state_dict().items()}
     if widening:
-        state[_DENOISER_INPUT_CONV] = _with_zero_input_channels(state[_DENOISER_INPUT_CONV], config)
+        state[_DENOISER_INPUT_CONV] = _with_zero_input_channels(state[_DENOISER_INPUT_CONV], config, bundle.config)
+        if config.model.denoiser.pixel_stem and not bundle.config.denoiser.pixel_stem:
+            if fresh is None:
+                raise FinetuneError("init_from: adding a pixel stem needs the run's freshly initialised denoiser")
+            state.update({k: v.detach().clone() for k, v in fresh.items() if k.startswith(_PIXEL_STEM)})
     return state
 
 
 # Denoiser settings that only append image-conditioning channels.
-_WIDENING = ("image_pixels", "context_slices")
+_WIDENING = ("image_pixels", "context_slices", "pixel_stem")
+_PIXEL_STEM = "pixel_stem."
 
 
 def _widens_image_conditioning(config: TrainConfig, theirs: DenoiserConfig) -> bool:
     """The run's denoiser differs from the bundle's at most by appended image-conditioning channels."""
     ours = config.model.denoiser
-    if (ours.image_pixels, ours.context_slices) == (theirs.image_pixels, theirs.context_slices):
+    new_stem = bool(ours.pixel_stem) and not theirs.pixel_stem
+    if ours.pixel_stem != theirs.pixel_stem and not new_stem:
         return False
+    if (ours.image_pixels, ours.context_slices) == (theirs.image_pixels, theirs.context_slices):
+        return new_stem
     if theirs.image_pixels and not ours.image_pixels:
+        return False
+    if theirs.pixel_stem:  # a stem sits after z_image: z_image cannot grow under it
         return False
     return ours.context_slices >= theirs.context_slices or not theirs.image_pixels
 
@@ -103,11 +119,19 @@ def inherited_latent_scale(config: TrainConfig, measure: Callable[[], LatentScal
     )
 
 
-def _with_zero_input_channels(weight: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    """Append zero input channels for the new pixel or context channels (which come last in z_image)."""
-    wanted = config.model.mask_ae.latent_channels + config.model.image_condition_channels
-    extra = wanted - weight.shape[1]
-    if extra <= 0:
-        raise FinetuneError(f"init_from: the denoiser's input has {weight.shape[1]} channels, expected fewer than {wanted}")
-    zeros = weight.new_zeros(weight.shape[0], extra, *weight.shape[2:])
-    return torch.cat([weight, zeros], dim=1)
+def _with_zero_input_channels(weight: torch.Tensor, config: TrainConfig, bundled: ModelConfig) -> torch.Tensor:
+    """Zero input channels for the new pixel or context channels (which come last in z_image) and for a
+    new pixel stem's features (which come after z_image)."""
+    ours = config.model
+    wanted = ours.denoiser_input_channels
+    if weight.shape[1] != bundled.denoiser_input_channels or wanted <= weight.shape[1]:
+        raise FinetuneError(
+            f"init_from: the denoiser's input has {weight.shape[1]} channels, expected {bundled.denoiser_input_channels} "
+            f"growing to {wanted}"
+        )
+    z = bundled.mask_ae.latent_channels + bundled.image_condition_channels  # z_t and the bundle's z_image
+    z_new = ours.mask_ae.latent_channels + ours.image_condition_channels
+    stem = weight[:, z:]  # the bundle's own stem features, if any (then z_image did not grow)
+    grown = weight.new_zeros(weight.shape[0], z_new - z, *weight.shape[2:])
+    new_stem = weight.new_zeros(weight.shape[0], wanted - z_new - stem.shape[1], *weight.shape[2:])
+    return torch.cat([weight[:, :z], grown, stem, new_stem], dim=1)

@@ -187,7 +187,7 @@ def run_stage(
     device = ctx.device
     ckpt_path = ctx.checkpoint_path(name)
     if not ckpt_path.is_file():
-        start_weights = initial_weights(ctx.config, ctx.vocabulary, name)
+        start_weights = initial_weights(ctx.config, ctx.vocabulary, name, fresh=model.state_dict())
         if start_weights is not None:
             model.load_state_dict(start_weights)
             log.info("%s: starting from the weights of bundle %s", name, ctx.config.init_from)

@@ -1,6 +1,8 @@
 """The conditional denoiser: MONAI's ``DiffusionModelUNet`` on concat(z_t, z_image) (z_image: the image
 latent, optionally followed by the image's pixels space-to-depth, see ``image_condition``),
-conditioned on the target through a class embedding added to the time embedding.
+conditioned on the target through a class embedding added to the time embedding. With a pixel stem
+(``denoiser.pixel_stem``), full-resolution convolutions over the window's pixels (recovered from
+z_image's space-to-depth channels) add learnt features on the latent grid after z_image.
 
 Two conditioning modes (config switch):
 - ``learnt``: an embedding table, one row per vocabulary id;
@@ -11,6 +13,7 @@ Two conditioning modes (config switch):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
@@ -29,11 +32,29 @@ class TextClassEmbedding(nn.Module):
         return self.proj(self.table[ids])
 
 
+class PixelStem(nn.Module):
+    """(B, C_window, H, W) pixels -> (B, channels[-1], H / 2^(n-1), W / 2^(n-1)) features: a 3×3 convolution at
+    full resolution, then per halving a stride-2 and a 3×3 convolution, SiLU after each."""
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1), nn.SiLU()]
+        for c_in, c_out in zip(channels, channels[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.SiLU()]
+            layers += [nn.Conv2d(c_out, c_out, 3, padding=1), nn.SiLU()]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.layers(pixels)
+
+
 class LatentDenoiser(nn.Module):
     """``forward(z_t, t, z_image, target_ids)`` -> (B, C_out, h, w).
 
     z_t: (B, C_z, h, w); z_image: (B, C_image, h, w); t: (B,) original-scale timesteps; target_ids: (B,) vocabulary ids.
     C_out = C_z · out_multiplier (prediction, then variance values when the variance is learned).
+    With ``config.pixel_stem``, ``pixel_input`` = (image-latent channels, space-to-depth factor) says where
+    z_image's pixel channels start and how to put them back to full resolution for the stem.
     """
 
     def __init__(
@@ -45,11 +66,25 @@ class LatentDenoiser(nn.Module):
         num_target_ids: int,
         out_multiplier: int,
         text_embeddings: torch.Tensor | None = None,
+        pixel_input: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
+        condition = latent_channels if condition_channels is None else condition_channels
+        self.pixel_stem: PixelStem | None = None
+        self._pixel_input = pixel_input
+        stem_channels = 0
+        if config.pixel_stem:
+            if pixel_input is None:
+                raise ValueError("a pixel stem needs pixel_input: (image-latent channels, space-to-depth factor)")
+            image_latent, factor = pixel_input
+            window_channels = (condition - image_latent) // factor**2
+            if window_channels < 1 or image_latent + window_channels * factor**2 != condition:
+                raise ValueError(f"z_image of {condition} channels has no pixels after {image_latent} latent channels at factor {factor}")
+            self.pixel_stem = PixelStem(window_channels, config.pixel_stem)
+            stem_channels = config.pixel_stem[-1]
         self.unet = DiffusionModelUNet(
             spatial_dims=2,
-            in_channels=latent_channels + (latent_channels if condition_channels is None else condition_channels),
+            in_channels=latent_channels + condition + stem_channels,
             out_channels=latent_channels * out_multiplier,
             channels=config.channels,
             attention_levels=config.attention_levels,
@@ -72,4 +107,9 @@ class LatentDenoiser(nn.Module):
     def forward(
         self, z_t: torch.Tensor, t: torch.Tensor, z_image: torch.Tensor, target_ids: torch.Tensor
     ) -> torch.Tensor:
-        return self.unet(torch.cat([z_t, z_image], dim=1), timesteps=t, class_labels=target_ids)
+        parts = [z_t, z_image]
+        if self.pixel_stem is not None and self._pixel_input is not None:
+            image_latent, factor = self._pixel_input
+            pixels = F.pixel_shuffle(z_image[:, image_latent:], factor)
+            parts.append(self.pixel_stem(pixels).to(z_image.dtype))
+        return self.unet(torch.cat(parts, dim=1), timesteps=t, class_labels=target_ids)

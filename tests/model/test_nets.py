@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 
 from model.bundle import build_networks, randomise_zero_parameters
@@ -108,3 +109,46 @@ def test_image_vae_builds_from_its_config() -> None:
     vae = build_image_vae(ImageVAEConfig(channels=(8, 16, 16, 16), norm_num_groups=4))
     with torch.no_grad():
         assert encode_image_mean(vae, torch.rand(1, 1, 32, 32)).shape == (1, 4, 4, 4)
+
+
+def _stem_config(stem: tuple[int, ...] = (4, 8, 8, 16), **denoiser: object) -> ModelConfig:
+    base = tiny_config()
+    update = {"image_pixels": True, "pixel_stem": stem, **denoiser}
+    return ModelConfig.model_validate({**base.to_dict(), "denoiser": {**base.denoiser.model_dump(), **update}})
+
+
+def test_a_pixel_stem_reads_the_full_resolution_window_from_z_image() -> None:
+    config = _stem_config(context_slices=1)
+    assert config.denoiser_input_channels == 4 + config.image_condition_channels + 16
+    torch.manual_seed(0)
+    nets = build_networks(config, default_vocabulary())
+    randomise_zero_parameters(nets.denoiser, torch.Generator().manual_seed(0))
+    net = nets.denoiser.eval()
+    assert net.unet.conv_in.conv.weight.shape[1] == config.denoiser_input_channels
+    f, (h, w) = config.image_pixel_factor, config.preprocess.patch_size
+    g = torch.Generator().manual_seed(1)
+    window = torch.rand(1, config.image_window_channels, h, w, generator=g) * 2 - 1
+    z_latent = torch.randn(1, config.image_vae.latent_channels, h // f, w // f, generator=g)
+    z, t, ids = torch.randn(1, *config.latent_shape, generator=g), torch.tensor([300]), torch.tensor([1])
+    with torch.no_grad():
+        features = net.pixel_stem(window)
+        assert features.shape == (1, 16, h // f, w // f)
+        out = net(z, t, torch.cat([z_latent, F.pixel_unshuffle(window, f)], dim=1), ids)
+        # The same prediction by hand: the stem's features of exactly this window, after z_image.
+        by_hand = net.unet(
+            torch.cat([z, z_latent, F.pixel_unshuffle(window, f), features], dim=1), timesteps=t, class_labels=ids
+        )
+    torch.testing.assert_close(out, by_hand)
+
+
+@pytest.mark.parametrize(
+    ("denoiser", "message"),
+    [
+        ({"pixel_stem": (4, 8, 16)}, "needs 4 channel counts"),
+        ({"pixel_stem": (4, 8, 8, 16), "image_pixels": False}, "pixel_stem needs image_pixels"),
+        ({"pixel_stem": (4, 0, 8, 16)}, "positive"),
+    ],
+)
+def test_a_pixel_stem_that_cannot_reach_the_latent_grid_is_a_config_error(denoiser: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _stem_config(**denoiser)

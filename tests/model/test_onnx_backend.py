@@ -155,10 +155,11 @@ def test_process_matches_the_torch_bundle(torch_bundle: LoadedBundle, onnx_bundl
 
 
 
-@pytest.mark.parametrize("context_slices", [0, 1])
-def test_pixel_conditioned_bundle_exports_with_parity(tmp_path: Path, context_slices: int) -> None:
+@pytest.mark.parametrize(("context_slices", "pixel_stem"), [(0, ()), (1, ()), (1, (4, 8, 8, 16))])
+def test_pixel_conditioned_bundle_exports_with_parity(tmp_path: Path, context_slices: int, pixel_stem: tuple[int, ...]) -> None:
     base = tiny_config()
-    denoiser = base.denoiser.model_copy(update={"image_pixels": True, "context_slices": context_slices})
+    update = {"image_pixels": True, "context_slices": context_slices, "pixel_stem": pixel_stem}
+    denoiser = base.denoiser.model_copy(update=update)
     config = base.model_copy(update={"denoiser": denoiser})
     path = write_random_bundle(tmp_path / "pixels", seed=3, config=config)
     torch_side = load_bundle(path, device="cpu")

@@ -169,3 +169,54 @@ def test_adding_context_slices_to_a_pixel_bundle_starts_from_its_predictions(tmp
     )
     with pytest.raises(FinetuneError, match=r"model\.denoiser settings \(context_slices\)"):
         train(narrower, STAGES)
+
+
+def _with_stem(model: Any, stem: tuple[int, ...]) -> Any:
+    denoiser = model.denoiser.model_copy(update={"image_pixels": True, "context_slices": 1, "pixel_stem": stem})
+    return model.model_copy(update={"denoiser": denoiser})
+
+
+def test_adding_a_pixel_stem_starts_from_the_bundle_predictions_and_then_learns_to_use_it(
+    tmp_path: Path, train_config: Any
+) -> None:
+    base = train_config()
+    parent = write_random_bundle(tmp_path / "context", seed=4, config=_with_context(base.model, 1))
+    stem_model = _with_stem(base.model, (4, 8, 8, 16)).to_dict()
+    frozen = train_config(
+        init_from=str(parent), model=stem_model,
+        mask_ae={"steps": 0}, image_vae={"steps": 0}, diffusion={**FROZEN, "scale_batches": 1},
+    )
+    train(frozen, STAGES)
+    before = load_bundle(parent, device="cpu")
+    after = load_bundle(frozen.out / "bundle", device="cpu")
+    g = torch.Generator().manual_seed(0)
+    windows = torch.rand(2, 3, *base.model.preprocess.patch_size, generator=g)
+    z = torch.randn(2, *base.model.latent_shape, generator=g)
+    t, ids = torch.tensor([900, 100]), torch.tensor([1, 6])
+    with torch.no_grad():
+        z_image = before.encode_image(windows)
+        assert torch.equal(after.encode_image(windows), z_image)  # the stem is inside the denoiser
+        old = before.denoiser(z, t, z_image, ids)
+        new = after.denoiser(z, t, z_image, ids)
+        stem = after.networks.denoiser.pixel_stem(windows * 2 - 1)
+    assert stem.abs().max() > 1e-3  # a live stem, started from the run's own initial weights...
+    torch.testing.assert_close(new, old, rtol=0, atol=1e-5)  # ...behind zero input weights
+    first = before.networks.denoiser.unet.conv_in.conv.weight
+    conv = after.networks.denoiser.unet.conv_in.conv.weight
+    assert conv.shape[1] == first.shape[1] + 16 and conv[:, first.shape[1] :].abs().max() < 1e-6
+
+    learning = train_config(
+        name="learning.yaml", init_from=str(parent), model=stem_model, out=str(tmp_path / "learning"),
+        mask_ae={"steps": 0}, image_vae={"steps": 0},
+        diffusion={"steps": 3, "batch_size": 2, "lr": 1e-3, "checkpoint_every": 1000, "scale_batches": 1},
+    )
+    train(learning, STAGES)
+    learnt = load_bundle(learning.out / "bundle", device="cpu").networks.denoiser
+    assert learnt.unet.conv_in.conv.weight[:, first.shape[1] :].abs().max() > 1e-5
+
+    other = train_config(
+        name="other.yaml", init_from=str(frozen.out / "bundle"), model=_with_stem(base.model, (4, 8, 8, 32)).to_dict(),
+        mask_ae={"steps": 0}, image_vae={"steps": 0}, diffusion={**FROZEN, "scale_batches": 1}, out=str(tmp_path / "other"),
+    )
+    with pytest.raises(FinetuneError, match=r"model\.denoiser settings \(pixel_stem\)"):
+        train(other, STAGES)
