@@ -44,7 +44,7 @@ def network_inputs(config: Any, name: str, batch: int) -> tuple[torch.Tensor, ..
     if name == "decode_mask":  # channels-last, as model.ensemble passes it
         return (torch.randn(batch, c, h, w, generator=g).contiguous(memory_format=torch.channels_last),)
     return (torch.randn(batch, c, h, w, generator=g), torch.full((batch,), 500),
-            torch.randn(batch, config.image_condition_channels, h, w, generator=g), torch.full((batch,), 5))
+            torch.randn(batch, config.encoded_image_channels, h, w, generator=g), torch.full((batch,), 5))
 
 
 def interleaved_ms(bundles: dict[str, Any], name: str, batch: int, repeats: int) -> tuple[float, float]:

@@ -153,10 +153,12 @@ class LoadedBundle(BundleInfo):
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C_window, H, W) image windows in [0, 1] (``ModelConfig.image_window_channels``: the slice,
-        then its context slices) -> the denoiser's image conditioning (B, C_image, h, w)."""
-        return image_condition(
+        then its context slices) -> the denoiser's image conditioning (B, C, h, w), C =
+        ``ModelConfig.encoded_image_channels`` (any pixel stem's features included)."""
+        z_image = image_condition(
             self.networks.image_vae, image, self.latent_scale.image, pixel_factor=self.config.image_pixel_factor
         )
+        return self.networks.denoiser.condition(z_image)
 
     @torch.no_grad()
     def decode_mask(self, z_mask: torch.Tensor) -> torch.Tensor:

@@ -195,10 +195,16 @@ class ModelConfig(FrozenConfig):
         return self.image_vae.latent_channels + self.image_window_channels * self.image_pixel_factor**2
 
     @property
+    def encoded_image_channels(self) -> int:
+        """Channels of a bundle's ``encode_image``: the image conditioning, then any pixel stem's features
+        (computed once per window at inference)."""
+        stem = self.denoiser.pixel_stem[-1] if self.denoiser.pixel_stem else 0
+        return self.image_condition_channels + stem
+
+    @property
     def denoiser_input_channels(self) -> int:
         """Channels into the U-Net's first convolution: z_t, z_image, then the pixel stem's features."""
-        stem = self.denoiser.pixel_stem[-1] if self.denoiser.pixel_stem else 0
-        return self.mask_ae.latent_channels + self.image_condition_channels + stem
+        return self.mask_ae.latent_channels + self.encoded_image_channels
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -85,9 +85,10 @@ class _ImageEncoder(nn.Module):
         self.vae = bundle.networks.image_vae
         self.scale = float(bundle.latent_scale.image)
         self.pixel_factor = bundle.config.image_pixel_factor
+        self.denoiser = bundle.networks.denoiser  # only its pixel stem, if any, runs here
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return image_condition(self.vae, image, self.scale, pixel_factor=self.pixel_factor)
+        return self.denoiser.condition(image_condition(self.vae, image, self.scale, pixel_factor=self.pixel_factor))
 
 
 class _MaskDecoder(nn.Module):
@@ -117,7 +118,7 @@ def _example_inputs(config: ModelConfig, batch: int, generator: torch.Generator)
         "denoiser": (
             torch.randn(batch, c, h, w, generator=generator),
             torch.randint(0, config.diffusion.num_timesteps, (batch,), generator=generator),
-            torch.randn(batch, config.image_condition_channels, h, w, generator=generator),
+            torch.randn(batch, config.encoded_image_channels, h, w, generator=generator),
             torch.randint(1, 10, (batch,), generator=generator),
         ),
         "mask_decoder": (torch.randn(batch, c, h, w, generator=generator),),

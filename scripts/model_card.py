@@ -114,6 +114,10 @@ DEMO_RUN_NOTES: dict[str, str] = {
     "demo_context_long.yaml": "the same network trained on (both auto-encoders and their latent scale factors kept): "
     "a fresh warm-up and cosine schedule from a lower peak learning rate, on the same data, with the image encoder "
     "in bf16 again.",
+    "demo_stem.yaml": "both auto-encoders and their latent scale factors kept; the denoiser gains a pixel stem "
+    "(`denoiser.pixel_stem`: a small full-resolution CNN over the window and its context slices, down to the latent "
+    "grid; zero-initialised input weights, so training starts from the previous predictions) and trains on the same "
+    "data.",
 }
 # The phantom sets scripts/train_demo.sh writes: folder name -> (`latentseg phantoms` arguments, a note).
 DEMO_PHANTOMS: dict[str, tuple[str, str]] = {
@@ -257,6 +261,8 @@ def render_card(
            + (f", with {cfg['denoiser']['context_slices']} context slices either side (`context_slices`)"
               if cfg["denoiser"].get("context_slices") else "")
            + f", {ModelConfig.from_dict(cfg).image_condition_channels} channels in all)"
+           + (f", and through a full-resolution pixel stem (`pixel_stem`: {list(cfg['denoiser']['pixel_stem'])} channels "
+              f"down to the latent grid, computed once per window)" if cfg["denoiser"].get("pixel_stem") else "")
            if cfg["denoiser"].get("image_pixels") else "its latent only")
     )
     add(

@@ -51,7 +51,8 @@ class PixelStem(nn.Module):
 class LatentDenoiser(nn.Module):
     """``forward(z_t, t, z_image, target_ids)`` -> (B, C_out, h, w).
 
-    z_t: (B, C_z, h, w); z_image: (B, C_image, h, w); t: (B,) original-scale timesteps; target_ids: (B,) vocabulary ids.
+    z_t: (B, C_z, h, w); z_image: (B, C_image, h, w), or with a stem also (B, C_image + C_stem, h, w) from
+    :meth:`condition`; t: (B,) original-scale timesteps; target_ids: (B,) vocabulary ids.
     C_out = C_z · out_multiplier (prediction, then variance values when the variance is learned).
     With ``config.pixel_stem``, ``pixel_input`` = (image-latent channels, space-to-depth factor) says where
     z_image's pixel channels start and how to put them back to full resolution for the stem.
@@ -82,6 +83,7 @@ class LatentDenoiser(nn.Module):
                 raise ValueError(f"z_image of {condition} channels has no pixels after {image_latent} latent channels at factor {factor}")
             self.pixel_stem = PixelStem(window_channels, config.pixel_stem)
             stem_channels = config.pixel_stem[-1]
+        self._conditioned_channels = condition + stem_channels
         self.unet = DiffusionModelUNet(
             spatial_dims=2,
             in_channels=latent_channels + condition + stem_channels,
@@ -107,9 +109,13 @@ class LatentDenoiser(nn.Module):
     def forward(
         self, z_t: torch.Tensor, t: torch.Tensor, z_image: torch.Tensor, target_ids: torch.Tensor
     ) -> torch.Tensor:
-        parts = [z_t, z_image]
-        if self.pixel_stem is not None and self._pixel_input is not None:
-            image_latent, factor = self._pixel_input
-            pixels = F.pixel_shuffle(z_image[:, image_latent:], factor)
-            parts.append(self.pixel_stem(pixels).to(z_image.dtype))
-        return self.unet(torch.cat(parts, dim=1), timesteps=t, class_labels=target_ids)
+        return self.unet(torch.cat([z_t, self.condition(z_image)], dim=1), timesteps=t, class_labels=target_ids)
+
+    def condition(self, z_image: torch.Tensor) -> torch.Tensor:
+        """z_image with the pixel stem's features appended (as is without a stem, or when they already are):
+        inference computes them once per window (``LoadedBundle.encode_image``), not at every step."""
+        if self.pixel_stem is None or self._pixel_input is None or z_image.shape[1] == self._conditioned_channels:
+            return z_image
+        image_latent, factor = self._pixel_input
+        pixels = F.pixel_shuffle(z_image[:, image_latent:], factor)
+        return torch.cat([z_image, self.pixel_stem(pixels).to(z_image.dtype)], dim=1)

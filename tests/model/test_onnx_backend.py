@@ -166,7 +166,7 @@ def test_pixel_conditioned_bundle_exports_with_parity(tmp_path: Path, context_sl
     onnx_side = load_onnx_bundle(path, export_onnx(path, tmp_path / "onnx"), threads=2)
     image = torch.rand(3, config.image_window_channels, *config.preprocess.patch_size, generator=torch.Generator().manual_seed(0))
     z_image = torch_side.encode_image(image)
-    assert z_image.shape[1] == config.image_condition_channels
+    assert z_image.shape[1] == config.encoded_image_channels
     assert (onnx_side.encode_image(image) - z_image).abs().max() < 1e-4
     volume = body_volume()
     options = SegmentationOptions(ensemble=2, steps=3, seed=1)

@@ -195,12 +195,16 @@ def test_adding_a_pixel_stem_starts_from_the_bundle_predictions_and_then_learns_
     t, ids = torch.tensor([900, 100]), torch.tensor([1, 6])
     with torch.no_grad():
         z_image = before.encode_image(windows)
-        assert torch.equal(after.encode_image(windows), z_image)  # the stem is inside the denoiser
+        encoded = after.encode_image(windows)  # the stem's features computed once, after the same z_image
         old = before.denoiser(z, t, z_image, ids)
-        new = after.denoiser(z, t, z_image, ids)
+        new = after.denoiser(z, t, encoded, ids)
+        stepwise = after.denoiser(z, t, z_image, ids)  # as in training: the stem runs inside the call
         stem = after.networks.denoiser.pixel_stem(windows * 2 - 1)
+    assert encoded.shape[1] == z_image.shape[1] + 16 and torch.equal(encoded[:, : z_image.shape[1]], z_image)
+    torch.testing.assert_close(encoded[:, z_image.shape[1] :], stem)
     assert stem.abs().max() > 1e-3  # a live stem, started from the run's own initial weights...
     torch.testing.assert_close(new, old, rtol=0, atol=1e-5)  # ...behind zero input weights
+    torch.testing.assert_close(stepwise, new)
     first = before.networks.denoiser.unet.conv_in.conv.weight
     conv = after.networks.denoiser.unet.conv_in.conv.weight
     assert conv.shape[1] == first.shape[1] + 16 and conv[:, first.shape[1] :].abs().max() < 1e-6
