@@ -58,9 +58,11 @@ def test_each_demo_config_has_its_own_version(card: ModuleType) -> None:
     configs = card.demo_configs()
     assert {c["file"] for c in configs.values()} == {
         f"training/configs/{name}" for name in (
-            "demo.yaml", "demo_finetune.yaml", "demo_pixels.yaml", "demo_context.yaml", "demo_context_long.yaml"
+            "demo.yaml", "demo_finetune.yaml", "demo_pixels.yaml", "demo_context.yaml", "demo_context_long.yaml",
+            "demo_stem.yaml",
         )
     }
     assert configs["0.3.0"]["out"] == "runs/demo/pixels"
     assert configs["0.4.0"]["out"] == "runs/demo/context"
     assert configs["0.5.0"]["out"] == "runs/demo/context_long"
+    assert configs["0.6.0"]["out"] == "runs/demo/stem"
