@@ -457,7 +457,7 @@ def ablation_table(ablation: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "model" / "bundles" / "demo")
-    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo" / "context_long",
+    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo" / "stem",
                         help="the demo's (last) training run")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "model_card")
     parser.add_argument("--card", type=Path, default=REPO / "MODEL_CARD.md")

@@ -64,5 +64,7 @@ denoiser_run training/configs/demo_pixels.yaml               # v0.3: runs/demo/p
 # each window, 7000 steps. v0.5 (demo_context_long.yaml): the same network trained on, on the same data.
 denoiser_run training/configs/demo_context.yaml              # v0.4: runs/demo/context/bundle
 denoiser_run training/configs/demo_context_long.yaml         # v0.5: runs/demo/context_long/bundle
-rm -rf model/bundles/demo && mkdir -p model/bundles && cp -r runs/demo/context_long/bundle model/bundles/demo
+# v0.6 (training/configs/demo_stem.yaml explains why): v0.5 plus a pixel stem, 6000 steps on the same data.
+denoiser_run training/configs/demo_stem.yaml                 # v0.6: runs/demo/stem/bundle
+rm -rf model/bundles/demo && mkdir -p model/bundles && cp -r runs/demo/stem/bundle model/bundles/demo
 echo "demo bundle: model/bundles/demo"
