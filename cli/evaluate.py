@@ -22,6 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help="sampler (default: the bundle's)")
     p.add_argument("--targets", nargs="+", default=None, help="only these targets (names or synonyms; comma or space separated)")
     p.add_argument("--max-cases", type=int, default=None, help="only the first N cases")
+    p.add_argument("--cases", nargs="+", default=None, metavar="CASE",
+                   help="only these cases (label file name without extension), e.g. a left-out patient")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: ./evaluation)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
     p.set_defaults(func=run)
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         bundle = load_bundle(args.bundle, device=args.device)
         report = evaluate_dataset(
             bundle, args.data, steps=args.steps, ensemble=args.ensemble, seed=args.seed, sampler=args.sampler, targets=targets,
-            max_cases=args.max_cases, on_case=report_case,
+            max_cases=args.max_cases, cases=[c for item in args.cases or [] for c in item.split(",") if c] or None,
+            on_case=report_case,
         )
     except (BundleError, InputError, DatasetFormatError, ValueError) as exc:
         raise CliError(str(exc)) from exc

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "phantoms",
     "train",
     "evaluate",
+    "set_served",
     "text_embeddings",
     "export_onnx",
 )

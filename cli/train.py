@@ -22,6 +22,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, action="append", default=None, help="override the dataset folders (repeatable)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="override the diffusion stage's steps")
+    p.add_argument("--max-minutes", type=float, default=None, help="override the diffusion stage's wall-time budget")
+    p.add_argument(
+        "--exclude-case", action="append", default=None, metavar="CASE",
+        help="leave this case out of training (label file name without extension; repeatable or comma separated)",
+    )
     p.add_argument(
         "--init-from", type=Path, default=None, metavar="BUNDLE",
         help="fine-tune: stages without a checkpoint start from this bundle's weights (overrides the config's init_from)",
@@ -50,6 +56,13 @@ def run(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     if args.seed is not None:
         overrides["seed"] = args.seed
+    if args.steps is not None or args.max_minutes is not None:
+        overrides["diffusion"] = {
+            **({"steps": args.steps} if args.steps is not None else {}),
+            **({"max_minutes": args.max_minutes} if args.max_minutes is not None else {}),
+        }
+    if args.exclude_case:
+        overrides["exclude_cases"] = [c for item in args.exclude_case for c in item.split(",") if c]
     if args.init_from is not None:
         overrides["init_from"] = str(args.init_from.resolve())
     try:

@@ -127,6 +127,11 @@ class BundleInfo:
         return self.manifest.trained_targets
 
     @property
+    def served_targets(self) -> tuple[str, ...]:
+        """Trained targets whose left-out validation cleared the bundle's bar (all, without a validation section)."""
+        return self.manifest.served_targets
+
+    @property
     def latent_scale(self) -> LatentScale:
         return self.manifest.latent_scale
 

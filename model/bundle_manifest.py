@@ -46,6 +46,25 @@ class BundleManifest:
     weights_sha256: str
     provenance: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def served_targets(self) -> tuple[str, ...]:
+        """Trained targets the bundle serves: all of them, less those its ``validation`` section marks
+        ``served: false`` (a left-out-patient Dice under the bar it records, so the service refuses them
+        rather than return noise)."""
+        marks = self.validation.get("targets", {})
+        return tuple(t for t in self.trained_targets if marks.get(t, {}).get("served", True))
+
+    def unserved_reason(self, target: str) -> str | None:
+        """Why a trained target is not served (None when it is)."""
+        mark = self.validation.get("targets", {}).get(target, {})
+        if mark.get("served", True):
+            return None
+        dice = mark.get("dice")
+        bar = self.validation.get("min_dice")
+        measured = f"left-out validation Dice {dice:.2f}" if isinstance(dice, (int, float)) else "no left-out validation Dice"
+        return f"{measured}" + (f" (< {bar})" if bar is not None else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +79,7 @@ class BundleManifest:
             "latent_scale": {"mask": self.latent_scale.mask, "image": self.latent_scale.image},
             "weights_sha256": self.weights_sha256,
             "provenance": self.provenance,
+            **({"validation": self.validation} if self.validation else {}),
         }
 
 
@@ -115,4 +135,20 @@ def read_manifest(path: str | Path) -> BundleManifest:
         weights_sha256=str(data["weights_sha256"]),
         provenance=dict(data.get("provenance", {})),
         schema_version=int(data["schema_version"]),
+        validation=_validation(data.get("validation", {}), manifest_path, tuple(data["trained_targets"])),
     )
+
+
+def _validation(section: Any, manifest_path: Path, trained: tuple[str, ...]) -> dict[str, Any]:
+    """The optional ``validation`` section: ``{"min_dice": 0.5, "method": ..., "targets": {name: {"dice": x,
+    "served": bool, ...}}}``; every target it names must be trained and ``served`` a boolean."""
+    if not section:
+        return {}
+    if not isinstance(section, dict) or not isinstance(section.get("targets", {}), dict):
+        raise BundleError(f"{manifest_path}: validation must be a mapping with a 'targets' mapping")
+    for name, mark in section.get("targets", {}).items():
+        if name not in trained:
+            raise BundleError(f"{manifest_path}: validation names {name!r}, which is not a trained target")
+        if not isinstance(mark, dict) or not isinstance(mark.get("served", True), bool):
+            raise BundleError(f"{manifest_path}: validation.targets.{name}.served must be true or false")
+    return dict(section)

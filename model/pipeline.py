@@ -160,7 +160,14 @@ def resolve_targets(bundle: LoadedBundle | OnnxBundle, targets: Sequence[str] | 
     if untrained:
         raise InputError(
             f"bundle {bundle.name!r} was not trained for {', '.join(untrained)}; "
-            f"it knows: {', '.join(bundle.trained_targets)}"
+            f"it knows: {', '.join(bundle.served_targets)}"
+        )
+    unserved = [t.name for t in resolved if t.name not in bundle.served_targets]
+    if unserved:
+        reasons = "; ".join(f"{n}: {bundle.manifest.unserved_reason(n)}" for n in unserved)
+        raise InputError(
+            f"bundle {bundle.name!r} does not serve {', '.join(unserved)} ({reasons}); "
+            f"it serves: {', '.join(bundle.served_targets)}"
         )
     return resolved
 

@@ -11,6 +11,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from model.config import FrozenConfig, ModelConfig
+from training.augment import AugmentConfig
 
 
 class StageConfig(FrozenConfig):
@@ -67,6 +68,12 @@ class DiffusionStage(StageConfig):
 
 class TrainConfig(FrozenConfig):
     data: tuple[Path, ...] = Field(..., min_length=1, description="dataset folders (MSD, nnU-Net v2 or plain)")
+    targets: tuple[str, ...] | None = Field(
+        None, description="train only these targets (names or synonyms); the data's other targets count as not annotated"
+    )
+    exclude_cases: tuple[str, ...] = Field(
+        (), description="case names (label file name without extension) left out of training, e.g. a validation patient"
+    )
     cache_dir: Path | None = None
     out: Path = Path("runs/latest")
     bundle_name: str = "latentseg"
@@ -81,6 +88,7 @@ class TrainConfig(FrozenConfig):
         description="bundle to fine-tune: a stage that starts without a checkpoint starts from this bundle's "
         "weights for its network (its architecture settings must match `model`)",
     )
+    augment: AugmentConfig = Field(AugmentConfig(), description="patch augmentation (off unless enabled)")
     model: ModelConfig = ModelConfig()
     mask_ae: MaskAEStage = MaskAEStage()
     image_vae: ImageVAEStage = ImageVAEStage()
@@ -135,7 +143,8 @@ def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainC
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a {kind} mapping of settings (data: [...], out: ...), got {type(raw).__name__}")
-    raw = {**raw, **(overrides or {})}
+    for key, value in (overrides or {}).items():  # a mapping override (diffusion: {steps: N}) updates that section
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
     for key in ("cache_dir", "out", "text_embeddings", "init_from"):
         if raw.get(key) and not Path(raw[key]).is_absolute():
             raw[key] = str((path.parent / raw[key]).resolve())

@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +98,13 @@ def _label_map_from_names(
         except UnknownDatasetError:
             pass
     if unknown:
+        known = _known_map_agreeing_with(dict(pairs), vocabulary)
+        if known is not None:
+            # e.g. TotalSegmentator's 117 labels under another dataset name: the mapping table knows which
+            # of them are vocabulary targets (lung lobes -> lungs, kidney cysts -> kidneys); the rest are
+            # simply not annotated targets, so they are never trained, as target or background.
+            log.info("dataset %r: its label values agree with the mapping table's %r; using that", name, known.name)
+            return known
         raise DatasetFormatError(
             f"dataset {name!r}: labels {', '.join(unknown)} are not vocabulary targets or synonyms; "
             f"use a known dataset name or rename them (valid: {', '.join(vocabulary.names())})"
@@ -105,6 +112,18 @@ def _label_map_from_names(
     if not pairs:
         raise DatasetFormatError(f"dataset {name!r}: no labels besides background (0)")
     return DatasetLabelMap(name=_snake_case(name), labels=tuple(pairs))
+
+
+def _known_map_agreeing_with(resolved: dict[int, str], vocabulary: Vocabulary, minimum: int = 3) -> DatasetLabelMap | None:
+    """The mapping table's dataset whose label values give the same targets as every label name that
+    resolved (at least ``minimum`` of them), if exactly one does."""
+    matches = []
+    for known in vocabulary.datasets:
+        table = dict(known.labels)
+        agree = [v for v, n in resolved.items() if table.get(v) == n]
+        if len(agree) >= minimum and len(agree) == len(resolved):
+            matches.append(known)
+    return matches[0] if len(matches) == 1 else None
 
 
 def _read_json(path: Path) -> dict:
@@ -169,6 +188,39 @@ def read_plain(root: Path, vocabulary: Vocabulary) -> DatasetSource:
     if not cases:
         raise DatasetFormatError(f"{root}: no images in images/")
     return DatasetSource(root, label_map, tuple(cases))
+
+
+def case_id(files: CaseFiles) -> str:
+    """A case's name: its label file's name without the extension ("ts_a_torso", "spleen_8")."""
+    name = files.label.name
+    for ending in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.endswith(ending):
+            return name[: -len(ending)]
+    return name.split(".")[0]
+
+
+def select_cases(
+    sources: Sequence[DatasetSource], *, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[DatasetSource]:
+    """Keep only the ``include`` cases (all when empty) and drop the ``exclude`` ones, by :func:`case_id`.
+
+    Used to leave a patient out of training and to score only that patient. A named case that no
+    dataset holds is an error (a typo would otherwise silently train on everything); a dataset left
+    with no case is dropped."""
+    known = {case_id(c) for s in sources for c in s.cases}
+    missing = sorted((set(include) | set(exclude)) - known)
+    if missing:
+        raise DatasetFormatError(f"no case named {', '.join(missing)} in the data (cases: {', '.join(sorted(known))})")
+    kept: list[DatasetSource] = []
+    for source in sources:
+        cases = tuple(
+            c for c in source.cases if (not include or case_id(c) in include) and case_id(c) not in set(exclude)
+        )
+        if cases:
+            kept.append(DatasetSource(source.root, source.label_map, cases))
+    if not kept:
+        raise DatasetFormatError("no case left after selecting cases")
+    return kept
 
 
 def read_dataset(root: str | Path, vocabulary: Vocabulary) -> DatasetSource:
@@ -321,6 +373,26 @@ def prepare_sources(
     return grouped
 
 
+def restrict_targets(
+    cases: dict[str, list[PreparedCase]], annotated: Sequence[str], targets: Sequence[str], vocabulary: Vocabulary
+) -> tuple[dict[str, list[PreparedCase]], list[str]]:
+    """Train only ``targets``: each case keeps those of its annotated targets (the others become not
+    annotated, never background); a dataset that annotates none of them is dropped."""
+    from dataclasses import replace
+
+    missing = sorted(set(targets) - set(annotated))
+    if missing:
+        raise DatasetFormatError(f"targets {', '.join(missing)} are annotated by none of the datasets")
+    wanted = {vocabulary.get(t).id for t in targets}
+    kept: dict[str, list[PreparedCase]] = {}
+    for dataset, group in cases.items():
+        for case in group:
+            ids = tuple(i for i in case.annotated if i in wanted)
+            if ids:
+                kept.setdefault(dataset, []).append(replace(case, annotated=ids))
+    return kept, [n for n in annotated if vocabulary.get(n).id in wanted]
+
+
 # --------------------------------------------------------------------------- sampling
 @dataclass(frozen=True)
 class Batch:
@@ -340,7 +412,9 @@ class PatchSampler:
     on a voxel of a target present in the case (foreground oversampling), otherwise it is
     uniform over the case (so empty masks of annotated targets occur naturally). With
     ``context_slices`` k, each image patch also carries the k slices either side
-    (:func:`model.preprocessing.context_offsets`; the edge slice repeats past the volume's ends)."""
+    (:func:`model.preprocessing.context_offsets`; the edge slice repeats past the volume's ends).
+    ``augment(image, mask, seed)`` (e.g. :class:`training.augment.PatchAugmenter`) transforms each
+    example; its seed is drawn from the sampler's generator, so a resumed run repeats the stream."""
 
     def __init__(
         self,
@@ -351,8 +425,10 @@ class PatchSampler:
         seed: int = 0,
         dataset_weights: dict[str, float] | None = None,
         context_slices: int = 0,
+        augment: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         self.cases = {k: v for k, v in cases.items() if v}
+        self.augment = augment
         self.offsets = context_offsets(context_slices)
         if not self.cases:
             raise ValueError("no training cases")
@@ -418,6 +494,8 @@ class PatchSampler:
         image = np.stack([self._patch(case.image, min(max(int(z) + o, 0), depth - 1), int(cx), int(cy)) for o in self.offsets])
         bits = self._patch(case.bits, int(z), int(cx), int(cy))
         mask = ((bits >> np.uint64(target)) & np.uint64(1)).astype(np.float32)
+        if self.augment is not None:
+            image, mask = self.augment(image, mask, int(rng.integers(2**63)))
         return image, mask, int(target)
 
     def batch(self, batch_size: int) -> Batch:

@@ -40,7 +40,7 @@ from scipy import ndimage
 from model.bundle import LoadedBundle
 from model.pipeline import SegmentationOptions, segment_volume
 from model.preprocessing import load_nifti
-from training.data import read_dataset, target_masks
+from training.data import read_dataset, select_cases, target_masks
 
 log = logging.getLogger(__name__)
 
@@ -340,6 +340,7 @@ def evaluate_dataset(
     largest_component: bool | None = None,
     targets: Sequence[str] | None = None,
     max_cases: int | None = None,
+    cases: Sequence[str] | None = None,
     targets_per_pass: int = 4,
     margin_mm: float = DEFAULT_MARGIN_MM,
     on_case: Callable[[int, int, str, float], None] | None = None,
@@ -352,6 +353,8 @@ def evaluate_dataset(
     """
     vocabulary = bundle.vocabulary
     source = read_dataset(data, vocabulary)
+    if cases:
+        source = select_cases([source], include=cases)[0]
     names = evaluation_targets(bundle, sorted(source.label_map.annotated), targets)
     if not names:
         raise ValueError(

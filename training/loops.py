@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -34,10 +33,12 @@ from model.hardware import cpu_has_fast_bfloat16, cpu_model
 from model.diffusion.timestep_sampling import LossSecondMomentSampler, UniformSampler
 from model.nets.autoencoder import MaskAutoencoder, build_image_vae, encode_image_mean, image_condition
 from model.vocabulary import Vocabulary, default_vocabulary
+from training.augment import PatchAugmenter
 from training.config import StageConfig, TrainConfig, learning_rate
-from training.data import Batch, PatchSampler, prepare_sources, read_dataset
+from training.data import Batch, PatchSampler, prepare_sources, read_dataset, restrict_targets, select_cases
 from training.finetune import inherited_latent_scale, initial_weights
 from training.losses import mask_ae_loss, vae_loss
+from training.provenance import portable_provenance
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,17 @@ def distributed(device_hint: str | None) -> Iterator[tuple[int, int, torch.devic
 
 def make_context(config: TrainConfig, rank: int, world: int, device: torch.device) -> TrainContext:
     vocabulary = default_vocabulary()
-    sources = [read_dataset(path, vocabulary) for path in config.data]
+    sources = select_cases([read_dataset(path, vocabulary) for path in config.data], exclude=config.exclude_cases)
     cases = prepare_sources(sources, vocabulary, config.model.preprocess, config.cache_dir)
     annotated = sorted({name for s in sources for name in s.label_map.annotated}, key=lambda n: vocabulary.get(n).id)
+    if config.targets is not None:
+        cases, annotated = restrict_targets(
+            cases, annotated, [t.name for t in vocabulary.resolve(list(config.targets))], vocabulary
+        )
     sampler = PatchSampler(
         cases, config.model.preprocess.patch_size, foreground_prob=config.foreground_prob, seed=config.seed * 1000 + rank,
         dataset_weights=config.dataset_weights, context_slices=config.model.denoiser.context_slices,
+        augment=PatchAugmenter(config.augment) if config.augment.enabled else None,
     )
     return TrainContext(config, vocabulary, device, sampler, tuple(annotated), rank, world)
 
@@ -457,21 +463,22 @@ def train_diffusion(ctx: TrainContext) -> tuple[Path, StageResult]:
             trained_targets=ctx.annotated,
             name=cfg.bundle_name,
             version=cfg.bundle_version,
-            provenance={
+            provenance=portable_provenance({
                 "trained": True,
                 "data": [str(p) for p in cfg.data],
                 "datasets": sorted(ctx.sampler.datasets),
+                "exclude_cases": list(cfg.exclude_cases),
+                "augment": cfg.augment.enabled,
                 "seed": cfg.seed,
                 "world_size": ctx.world_size,
                 "device": str(ctx.device),
-                "host": platform.node(),
                 "cpu": cpu_model(),
                 "cpu_count": os.cpu_count(),
                 "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                 "torch": torch.__version__,
                 "stages": _stage_summaries(ctx),
                 "init_from": _parent_bundle(cfg.init_from),
-            },
+            }),
         )
     return bundle_path, result
 

@@ -50,7 +50,11 @@ def test_train_all_makes_a_bundle_that_segment_uses(tmp_path: Path, phantoms: Pa
     annotated = vocabulary.dataset(json.loads((phantoms / "dataset.json").read_text())["name"]).annotated
     assert set(bundle.trained_targets) == annotated
     assert bundle.manifest.provenance["seed"] == 1
-    assert bundle.manifest.provenance["data"] == [str(phantoms.resolve())]
+    # Portable provenance: a folder outside the repository by its last two path components, no host name.
+    assert bundle.manifest.provenance["data"] == ["/".join(phantoms.resolve().parts[-2:])]
+    assert "host" not in bundle.manifest.provenance and not any(
+        str(d).startswith("/") for d in bundle.manifest.provenance["data"]
+    )
 
     image = sorted((phantoms / "imagesTr").iterdir())[0]
     seg_out = tmp_path / "seg"
@@ -134,7 +138,7 @@ def test_init_from_fine_tunes_a_bundle_and_names_a_mismatch(
         assert _main_train(["all", *common, "--out", str(tmp_path / "run"), "--init-from", str(parent)]) == 0
     assert any("starting from the weights of bundle" in r.getMessage() for r in caplog.records)
     bundle = load_bundle(tmp_path / "run" / "bundle", device="cpu")
-    assert bundle.manifest.provenance["init_from"]["path"] == str(parent.resolve())
+    assert bundle.manifest.provenance["init_from"]["path"] == "/".join(parent.resolve().parts[-2:])
     capsys.readouterr()
 
     wider = model.model_copy(update={"image_vae": model.image_vae.model_copy(update={"channels": (8, 16, 16, 32)})})
@@ -142,3 +146,23 @@ def test_init_from_fine_tunes_a_bundle_and_names_a_mismatch(
     assert _main_train(["image-vae", *common, "--out", str(tmp_path / "run2"), "--init-from", str(other)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "model.image_vae settings (channels)" in lines[0], lines
+
+
+def test_train_leaves_a_case_out_trains_only_named_targets_with_augmentation(tmp_path: Path, phantoms: Path) -> None:
+    # The leave-one-patient-out fold of scripts/train_real.sh: --exclude-case, a target list and augmentation.
+    config = tmp_path / "fold.yaml"
+    config.write_text(
+        TINY_CONFIG.read_text() + "targets: [liver, kidney_left]\naugment: {enabled: true}\n"
+    )
+    cases = sorted(p.name.removesuffix(".nii.gz") for p in (phantoms / "labelsTr").iterdir())
+    out = tmp_path / "fold"
+    result = latentseg("train", "all", "--config", str(config), "--data", str(phantoms), "--out", str(out),
+                       "--device", "cpu", "--exclude-case", cases[0], "--steps", "6")
+    assert result.returncode == 0, result.stderr[-4000:]
+    manifest = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert manifest["trained_targets"] == ["kidney_left", "liver"]
+    assert manifest["provenance"]["exclude_cases"] == [cases[0]] and manifest["provenance"]["augment"] is True
+    assert manifest["provenance"]["stages"]["diffusion"]["steps"] == 6
+    typo = latentseg("train", "diffusion", "--config", str(config), "--data", str(phantoms), "--out", str(tmp_path / "x"),
+                     "--device", "cpu", "--exclude-case", "no_such_case")
+    assert typo.returncode == 2 and "no case named no_such_case" in typo.stderr

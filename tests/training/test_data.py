@@ -19,9 +19,12 @@ from training.data import (
     CaseFiles,
     DatasetFormatError,
     PatchSampler,
+    case_id,
     prepare_case,
     prepare_sources,
     read_dataset,
+    restrict_targets,
+    select_cases,
     target_masks,
 )
 from training.phantoms import PHANTOM_LABELS
@@ -445,3 +448,65 @@ def test_context_patches_carry_the_neighbouring_slices(msd_phantoms: Path) -> No
     differs = (b.images[:, 1:] - b.images[:, :1]).flatten(1).abs().amax(1) > 0
     assert int(differs.sum()) >= 12
     assert float((b.images[:, 1:] - b.images[:, :1]).abs().mean()) < float((b.images[:8] - b.images[8:]).abs().mean())
+
+
+# ---------------------------------------------------------------- real-data options (issue 16)
+
+
+def test_a_totalsegmentator_label_table_under_another_name_uses_the_mapping_table(tmp_path: Path, msd_phantoms: Path) -> None:
+    # TotalSegmentator's names and ids (most of its 117 structures are no vocabulary targets): the values of the
+    # names that resolve agree with the totalsegmentator_v2 table, so that table maps the dataset.
+    labels = {"background": 0, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5, "pancreas": 7,
+              "lung_upper_lobe_left": 10, "vertebrae_L1": 31, "aorta": 52, "inferior_vena_cava": 63}
+    mapping = {PHANTOM["spleen"]: 1, PHANTOM["kidney_right"]: 2, PHANTOM["kidney_left"]: 3, PHANTOM["liver"]: 5,
+               PHANTOM["pancreas"]: 7, PHANTOM["aorta"]: 52, PHANTOM["inferior_vena_cava"]: 63}
+    root = write_nnunet_v2(msd_phantoms, tmp_path / "hospital", labels, mapping, name="Dataset901_HospitalTS")
+    source = read_dataset(root, VOCABULARY)
+    assert source.label_map.name == "totalsegmentator_v2"
+    case = prepare_case(source.cases[0], source.label_map, VOCABULARY, PREPROCESS)
+    assert set(ids("liver", "spleen", "aorta")) <= set(case.present())
+    # A table whose resolvable names disagree with every known one stays a clear error naming the bad label.
+    odd = dict(labels, liver=6)  # liver under another value than TotalSegmentator's
+    root2 = write_nnunet_v2(msd_phantoms, tmp_path / "odd", odd, {PHANTOM["liver"]: 6}, name="Dataset902_Odd")
+    with pytest.raises(DatasetFormatError, match="vertebrae_L1"):
+        read_dataset(root2, VOCABULARY)
+
+
+def test_select_cases_leaves_a_patient_out_and_rejects_unknown_names(msd_phantoms: Path) -> None:
+    source = read_dataset(msd_phantoms, VOCABULARY)
+    names = [case_id(c) for c in source.cases]
+    assert len(names) == 3 and all(not n.endswith(".gz") for n in names)
+    kept = select_cases([source], exclude=[names[0]])
+    assert [case_id(c) for c in kept[0].cases] == names[1:]
+    only = select_cases([source], include=[names[2]])
+    assert [case_id(c) for c in only[0].cases] == [names[2]]
+    with pytest.raises(DatasetFormatError, match="no case named nobody"):
+        select_cases([source], exclude=["nobody"])
+    with pytest.raises(DatasetFormatError, match="no case left"):
+        select_cases([source], exclude=names)
+
+
+def test_restrict_targets_makes_other_targets_unannotated(msd_phantoms: Path) -> None:
+    source = read_dataset(msd_phantoms, VOCABULARY)
+    cases = prepare_sources([source], VOCABULARY, PREPROCESS, None)
+    annotated = sorted(source.label_map.annotated, key=lambda n: VOCABULARY.get(n).id)
+    kept, names = restrict_targets(cases, annotated, ["liver", "kidney_left"], VOCABULARY)
+    assert names == ["kidney_left", "liver"]
+    sampler = PatchSampler(kept, PREPROCESS.patch_size, seed=0)
+    assert set(sampler.batch(64).target_ids.tolist()) == set(ids("liver", "kidney_left"))
+    with pytest.raises(DatasetFormatError, match="esophagus"):
+        restrict_targets(cases, annotated, ["esophagus"], VOCABULARY)
+
+
+def test_sampler_applies_the_augmenter_reproducibly(msd_phantoms: Path) -> None:
+    from training.augment import AugmentConfig, PatchAugmenter
+
+    source = read_dataset(msd_phantoms, VOCABULARY)
+    cases = prepare_sources([source], VOCABULARY, PREPROCESS, None)
+    augment = PatchAugmenter(AugmentConfig(enabled=True, affine_prob=1.0))
+    plain = PatchSampler(cases, PREPROCESS.patch_size, seed=4).batch(8)
+    first = PatchSampler(cases, PREPROCESS.patch_size, seed=4, augment=augment).batch(8)
+    again = PatchSampler(cases, PREPROCESS.patch_size, seed=4, augment=augment).batch(8)
+    assert torch.equal(first.images, again.images) and torch.equal(first.masks, again.masks)
+    assert not torch.equal(first.images, plain.images)
+    assert set(torch.unique(first.masks).tolist()) <= {0.0, 1.0}
