@@ -1,4 +1,6 @@
-"""`latentseg train {mask-ae,image-vae,diffusion,all} --config FILE`: produce a bundle."""
+"""`latentseg train {mask-ae,image-vae,diffusion,all,snapshot} --config FILE`: produce a bundle.
+
+`snapshot` writes a bundle from the diffusion stage's latest checkpoint while a run goes on (validate mid-run)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import argparse
 import logging
 from pathlib import Path
 
-STAGE_CHOICES = ("mask-ae", "image-vae", "diffusion", "all")
+STAGE_CHOICES = ("mask-ae", "image-vae", "diffusion", "all", "snapshot")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"{args.config}: no such config file")
     from training.config import ConfigError, load_train_config
     from training.data import DatasetFormatError
-    from training.loops import STAGES, train
+    from training.loops import STAGES, snapshot, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict = {}
@@ -67,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
         overrides["init_from"] = str(args.init_from.resolve())
     try:
         config = load_train_config(args.config, overrides)
+        if args.stage == "snapshot":
+            print(f"bundle: {snapshot(config)}")
+            return 0
         stages = STAGES if args.stage == "all" else (args.stage,)
         results = train(config, stages)
     except (ConfigError, DatasetFormatError, FileNotFoundError, ValueError) as exc:

@@ -437,7 +437,7 @@ def train_diffusion(ctx: TrainContext) -> tuple[Path, StageResult]:
         return {"loss": (terms["loss"] * weights).mean(), "mse": terms["mse"].mean(), "vb": terms["vb"].mean()}
 
     def extra() -> dict[str, Any]:
-        state = {"generator": generator.get_state()}
+        state = {"generator": generator.get_state(), "latent_scale": [scale.mask, scale.image]}  # for snapshot()
         if isinstance(t_sampler, LossSecondMomentSampler):
             state["timesteps"] = t_sampler.state_dict()
         return state
@@ -453,34 +453,42 @@ def train_diffusion(ctx: TrainContext) -> tuple[Path, StageResult]:
     )
     bundle_path = cfg.out / "bundle"
     if ctx.is_main:
-        final = Networks(mask_ae=mask_ae.cpu(), image_vae=vae.cpu(), denoiser=trained.cpu())  # type: ignore[arg-type]
-        save_bundle(
-            bundle_path,
-            config=cfg.model,
-            vocabulary=ctx.vocabulary,
-            networks=final,
-            latent_scale=scale,
-            trained_targets=ctx.annotated,
-            name=cfg.bundle_name,
-            version=cfg.bundle_version,
-            provenance=portable_provenance({
-                "trained": True,
-                "data": [str(p) for p in cfg.data],
-                "datasets": sorted(ctx.sampler.datasets),
-                "exclude_cases": list(cfg.exclude_cases),
-                "augment": cfg.augment.enabled,
-                "seed": cfg.seed,
-                "world_size": ctx.world_size,
-                "device": str(ctx.device),
-                "cpu": cpu_model(),
-                "cpu_count": os.cpu_count(),
-                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                "torch": torch.__version__,
-                "stages": _stage_summaries(ctx),
-                "init_from": _parent_bundle(cfg.init_from),
-            }),
-        )
+        _write_bundle(ctx, bundle_path, mask_ae, vae, trained, scale)
     return bundle_path, result
+
+
+def _write_bundle(
+    ctx: TrainContext, path: Path, mask_ae: nn.Module, vae: nn.Module, denoiser: nn.Module, scale: LatentScale
+) -> None:
+    """The run's networks as a self-describing bundle at ``path`` (portable provenance)."""
+    cfg = ctx.config
+    final = Networks(mask_ae=mask_ae.cpu(), image_vae=vae.cpu(), denoiser=denoiser.cpu())  # type: ignore[arg-type]
+    save_bundle(
+        path,
+        config=cfg.model,
+        vocabulary=ctx.vocabulary,
+        networks=final,
+        latent_scale=scale,
+        trained_targets=ctx.annotated,
+        name=cfg.bundle_name,
+        version=cfg.bundle_version,
+        provenance=portable_provenance({
+            "trained": True,
+            "data": [str(p) for p in cfg.data],
+            "datasets": sorted(ctx.sampler.datasets),
+            "exclude_cases": list(cfg.exclude_cases),
+            "augment": cfg.augment.enabled,
+            "seed": cfg.seed,
+            "world_size": ctx.world_size,
+            "device": str(ctx.device),
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__,
+            "stages": _stage_summaries(ctx),
+            "init_from": _parent_bundle(cfg.init_from),
+        }),
+    )
 
 
 def _parent_bundle(path: Path | None) -> dict[str, str] | None:
@@ -503,6 +511,28 @@ def _stage_summaries(ctx: TrainContext) -> dict[str, Any]:
                 "final": state.get("final", {}),
             }
     return summary
+
+
+def snapshot(config: TrainConfig) -> Path:
+    """A bundle from the diffusion stage's latest checkpoint (its EMA weights), at ``out/snapshot-<step>``:
+    score a run while it trains (``latentseg evaluate --bundle``) without stopping it."""
+    ctx = make_context(config, 0, 1, torch.device("cpu"))
+    cfg = ctx.config
+    path = ctx.checkpoint_path("diffusion")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: the diffusion stage has not saved a checkpoint yet")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    mask_ae = _load_stage_model(ctx, "mask-ae", MaskAutoencoder(cfg.model.mask_ae))
+    vae = _load_stage_model(ctx, "image-vae", build_image_vae(cfg.model.image_vae))
+    saved = (state.get("extra") or {}).get("latent_scale")  # the factors this run trains with
+    scale = LatentScale(*saved) if saved else inherited_latent_scale(
+        cfg, lambda: measure_latent_scale(ctx, mask_ae, vae, cfg.diffusion.scale_batches)
+    )
+    denoiser = build_networks(cfg.model, ctx.vocabulary, load_text_embeddings(ctx)).denoiser
+    denoiser.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    out = cfg.out / f"snapshot-{int(state['step'])}"
+    _write_bundle(ctx, out, mask_ae, vae, denoiser.eval(), scale)
+    return out
 
 
 def train(config: TrainConfig, stages: tuple[str, ...] = STAGES) -> dict[str, StageResult]:

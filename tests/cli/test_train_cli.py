@@ -166,3 +166,19 @@ def test_train_leaves_a_case_out_trains_only_named_targets_with_augmentation(tmp
     typo = latentseg("train", "diffusion", "--config", str(config), "--data", str(phantoms), "--out", str(tmp_path / "x"),
                      "--device", "cpu", "--exclude-case", "no_such_case")
     assert typo.returncode == 2 and "no case named no_such_case" in typo.stderr
+
+
+def test_snapshot_writes_a_bundle_from_the_latest_diffusion_checkpoint(tmp_path: Path, phantoms: Path) -> None:
+    out = tmp_path / "run"
+    common = ["--config", str(TINY_CONFIG), "--data", str(phantoms), "--out", str(out), "--device", "cpu"]
+    early = latentseg("train", "snapshot", *common)
+    assert early.returncode == 2 and "diffusion stage has not saved a checkpoint" in early.stderr
+    assert latentseg("train", "all", *common, "--steps", "4").returncode == 0
+    result = latentseg("train", "snapshot", *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    snap = out / "snapshot-4"
+    assert f"bundle: {snap}" in result.stdout
+    final = json.loads((out / "bundle" / "bundle.json").read_text())
+    shot = json.loads((snap / "bundle.json").read_text())
+    assert shot["weights_sha256"] == final["weights_sha256"]  # same EMA weights as the bundle the run wrote
+    assert shot["latent_scale"] == final["latent_scale"]
