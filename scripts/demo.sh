@@ -1,20 +1,18 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: no Redis, no GPU, the bundled demo checkpoint.
-# Sets up .venv, generates a CT phantom, starts `latentseg serve` (in-process worker),
-# submits the volume for liver and pancreas with `latentseg submit --wait`, downloads the
-# mean and variance masks into out/demo/, and stops the server.
+# The main job on the embedded default: no Redis, no GPU, the bundled checkpoint.
+# Sets up .venv, starts `latentseg serve` (in-process worker), submits the real example CT that ships
+# in the repository (examples/ts_a_torso: chest to pelvis at 3 mm, TotalSegmentator data, CC BY 4.0)
+# with `latentseg submit --wait`, downloads the mean and variance masks and the label map
+# into out/demo/results/, and stops the server. INPUT=ct.nii.gz and TARGETS=... segment something else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 LS=.venv/bin/latentseg
 OUT=${OUT:-out/demo}
+INPUT=${INPUT:-examples/ts_a_torso/imagesTr/ts_a_torso_0000.nii.gz}
+TARGETS=${TARGETS:-liver,spleen,kidney_right,kidney_left}
 PORT=${PORT:-$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 mkdir -p "$OUT"
-[ -f "$OUT/input/phantom.nii.gz" ] || {
-  $LS phantoms --out "$OUT/phantom-data" --cases 1 --seed 4242 --shape 256 256 60 --spacing 1.5 1.5 3.0 >/dev/null
-  mkdir -p "$OUT/input"
-  cp "$OUT"/phantom-data/imagesTr/*.nii.gz "$OUT/input/phantom.nii.gz"
-}
 env -u REDIS_URL LATENTSEG_STORAGE_DIR="$OUT/storage" $LS serve --port "$PORT" --log-level warning &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
@@ -22,5 +20,5 @@ for _ in $(seq 1 120); do
   curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
   sleep 0.5
 done
-$LS submit "$OUT/input/phantom.nii.gz" --server "http://127.0.0.1:$PORT" --targets liver,pancreas --wait --out "$OUT/results"
+$LS submit "$INPUT" --server "http://127.0.0.1:$PORT" --targets "$TARGETS" --wait --out "$OUT/results"
 echo "results:"; ls -1 "$OUT"/results/*/

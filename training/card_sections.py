@@ -1,0 +1,148 @@
+"""Markdown sections of the real-CT model card, rendered from evaluation reports (one function per section).
+
+Every number comes from an :class:`training.evaluate.EvaluationReport` (or a ceiling result) that a
+measured run wrote; nothing here computes a metric. ``scripts/real_model_card.py`` is the wiring that
+runs the evaluations and assembles the card.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from training.ceiling import CeilingResult
+from training.evaluate import EvaluationReport
+
+# Issue 16's floors on each left-out patient (bundle defaults: 10 steps, ensemble 5).
+REAL_FLOORS: dict[str, float] = {
+    "liver": 0.90, "spleen": 0.85, "kidney_left": 0.85, "kidney_right": 0.85, "aorta": 0.80,
+    "inferior_vena_cava": 0.70, "stomach": 0.70, "gallbladder": 0.55, "pancreas": 0.55,
+}
+# The paper's Table 3 (3D-IRCADb, Dice %), the figures to grow toward.
+PAPER_TABLE3: dict[str, float] = {
+    "spleen": 93.89, "kidney_right": 93.97, "kidney_left": 93.47, "gallbladder": 75.77, "liver": 94.93,
+    "stomach": 75.17, "pancreas": 81.63,
+}
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _rows(report: EvaluationReport) -> dict[tuple[str, str], Any]:
+    return {(r.case, r.target): r for r in report.results}
+
+
+def left_out_table(folds: Sequence[EvaluationReport], order: Sequence[str]) -> str:
+    """One row per (left-out case, target present in it): Dice, HD95, variance AUROC, floor, verdict."""
+    lines = [
+        "| left-out case | target | Dice | floor | met? | HD95 mm | variance AUROC |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
+    for report in folds:
+        rows = _rows(report)
+        for case in report.cases:
+            for target in order:
+                r = rows.get((case, target))
+                if r is None or r.truth_voxels == 0:
+                    continue
+                floor = REAL_FLOORS.get(target)
+                verdict = "reported" if floor is None else ("met" if r.dice >= floor else "**missed**")
+                if r.dice == 0.0:
+                    verdict += " (silent miss: Dice 0)"
+                hd = "n/a" if r.hd95_mm is None else f"{r.hd95_mm:.1f}"
+                lines.append(
+                    f"| {case} | {target} | {r.dice:.3f} | {_f(floor, 2) if floor else '—'} | {verdict} | {hd} | {_f(r.auroc)} |"
+                )
+    return "\n".join(lines)
+
+
+def per_case_minimum(folds: Sequence[EvaluationReport]) -> str:
+    """Per left-out case: the worst target and how many floors it meets."""
+    lines = ["| left-out case | targets present | floors met | worst target (Dice) | mean Dice |", "|---|---:|---:|---|---:|"]
+    for report in folds:
+        for case in report.cases:
+            present = [r for r in report.results if r.case == case and r.truth_voxels > 0]
+            if not present:
+                continue
+            worst = min(present, key=lambda r: r.dice)
+            met = sum(1 for r in present if r.target in REAL_FLOORS and r.dice >= REAL_FLOORS[r.target])
+            floors = sum(1 for r in present if r.target in REAL_FLOORS)
+            mean = sum(r.dice for r in present) / len(present)
+            lines.append(f"| {case} | {len(present)} | {met}/{floors} | {worst.target} ({worst.dice:.3f}) | {mean:.3f} |")
+    return "\n".join(lines)
+
+
+def comparison_table(columns: Mapping[str, Sequence[EvaluationReport]], order: Sequence[str]) -> str:
+    """Dice per (case, target) side by side for several runs scored on the same left-out cases."""
+    names = list(columns)
+    lines = ["| case | target | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
+    index = {name: {k: v for rep in reps for k, v in _rows(rep).items()} for name, reps in columns.items()}
+    cases = [c for reps in columns.values() for rep in reps for c in rep.cases]
+    for case in dict.fromkeys(cases):
+        for target in order:
+            cells = []
+            present = False
+            for name in names:
+                r = index[name].get((case, target))
+                if r is not None and r.truth_voxels > 0:
+                    present = True
+                    cells.append(f"{r.dice:.3f}")
+                else:
+                    cells.append("—")
+            if present:
+                lines.append(f"| {case} | {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_table(report: EvaluationReport) -> str:
+    """Per target over the report's cases: Dice mean ± sd, HD95, variance AUROC (cases with the target)."""
+    lines = ["| target | cases | Dice mean ± sd | HD95 mm | variance AUROC |", "|---|---:|---:|---:|---:|"]
+    for s in report.summary:
+        if s.dice_mean is None:
+            continue
+        hd = "n/a" if s.hd95_mean_mm is None else f"{s.hd95_mean_mm:.1f}"
+        lines.append(f"| {s.target} | {s.cases} | {s.dice_mean:.3f} ± {s.dice_sd:.3f} | {hd} | {_f(s.auroc_mean)} |")
+    return "\n".join(lines)
+
+
+def served_table(validation: Mapping[str, Any]) -> str:
+    """The bundle manifest's validation section: per target the left-out Dice it is served with."""
+    bar = validation.get("min_dice")
+    lines = [f"| target | left-out Dice (mean over cases) | worst case | left-out cases | served (≥ {bar}) |", "|---|---:|---:|---|---|"]
+    for target, mark in validation.get("targets", {}).items():
+        lines.append(
+            f"| {target} | {_f(mark.get('dice'))} | {_f(mark.get('dice_min'))} | {', '.join(mark.get('cases', [])) or '—'} | "
+            f"{'yes' if mark.get('served') else '**no**'} |"
+        )
+    return "\n".join(lines)
+
+
+def ceiling_table(grids: Mapping[str, Sequence[CeilingResult]], auto_encoder: Sequence[CeilingResult]) -> str:
+    """Grid round-trip ceilings at each candidate spacing and the mask auto-encoder's, on the real masks."""
+    spacings = list(grids)
+    targets = list(dict.fromkeys([r.target for rs in grids.values() for r in rs] + [r.target for r in auto_encoder]))
+    by = {s: {r.target: r for r in rs} for s, rs in grids.items()}
+    ae = {r.target: r for r in auto_encoder}
+    lines = [
+        "| target | " + " | ".join(f"grid {s} (mean / worst)" for s in spacings) + " | mask AE at 3 mm (mean / worst) |",
+        "|---|" + "---:|" * (len(spacings) + 1),
+    ]
+    for t in targets:
+        cells = [f"{by[s][t].dice_mean:.3f} / {by[s][t].dice_min:.3f}" if t in by[s] else "—" for s in spacings]
+        cells.append(f"{ae[t].dice_mean:.3f} / {ae[t].dice_min:.3f}" if t in ae else "—")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paper_gap_table(folds: Sequence[EvaluationReport]) -> str:
+    """Mean left-out Dice against the paper's Table 3 (3D-IRCADb)."""
+    lines = ["| target | paper Table 3 (%) | ours, left-out mean (%) | gap (points) |", "|---|---:|---:|---:|"]
+    for target, paper in PAPER_TABLE3.items():
+        dice = [r.dice for rep in folds for r in rep.results if r.target == target and r.truth_voxels > 0]
+        if not dice:
+            lines.append(f"| {target} | {paper:.1f} | not in a left-out case | — |")
+            continue
+        ours = 100 * sum(dice) / len(dice)
+        lines.append(f"| {target} | {paper:.1f} | {ours:.1f} | {paper - ours:.1f} |")
+    return "\n".join(lines)
