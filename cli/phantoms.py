@@ -24,6 +24,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--oblique-degrees", type=float, default=0.0,
                         help="max random in-plane rotation about the S axis (default 0)")
     parser.add_argument("--noise-hu", type=float, default=12.0, help="Gaussian noise SD in HU (default 12)")
+    parser.add_argument("--from-labels", type=Path, default=None, metavar="DATASET",
+                        help="build phantoms from the real label maps of this nnU-Net v2 folder instead (warped anatomy, "
+                        "re-coloured structures, varied contrast phase, noise and resolution); --cases is then per source case")
+    parser.add_argument("--exclude-case", action="append", default=[], metavar="CASE",
+                        help="with --from-labels: never build from this case (e.g. a validation patient); repeatable")
     parser.set_defaults(func=run)
     return parser
 
@@ -38,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--seed must be >= 0, got {args.seed}")
     if args.out.exists() and not args.out.is_dir():
         raise CliError(f"--out {args.out} exists and is not a folder")
+    if args.from_labels is not None:
+        return _from_labels(args)
     try:
         spec = PhantomSpec(
             shape=tuple(args.shape) if args.shape else None,
@@ -54,4 +61,23 @@ def run(args: argparse.Namespace) -> int:
 
     out = write_phantom_dataset(args.out, args.cases, args.seed, spec, on_case=report)
     print(f"wrote {args.cases} case(s) and {out / 'dataset.json'}")
+    return 0
+
+
+def _from_labels(args: argparse.Namespace) -> int:
+    from cli.main import CliError
+    from training.labelmap_phantoms import write_labelmap_phantoms
+
+    if not (args.from_labels / "dataset.json").is_file() or not (args.from_labels / "labelsTr").is_dir():
+        raise CliError(f"--from-labels {args.from_labels}: not an nnU-Net v2 folder (dataset.json, imagesTr/, labelsTr/)")
+
+    def report(index: int, image_path: Path) -> None:
+        print(f"case {index}: {image_path}", flush=True)
+
+    try:
+        out = write_labelmap_phantoms(args.from_labels, args.out, args.cases, args.seed, exclude=args.exclude_case,
+                                      on_case=report)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    print(f"wrote {out / 'dataset.json'}")
     return 0
