@@ -24,6 +24,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--oblique-degrees", type=float, default=0.0,
                         help="max random in-plane rotation about the S axis (default 0)")
     parser.add_argument("--noise-hu", type=float, default=12.0, help="Gaussian noise SD in HU (default 12)")
+    parser.add_argument("--noncontrast-prob", type=float, default=0.0,
+                        help="share of cases rendered without contrast enhancement (kidneys ~30 HU; default 0)")
     parser.add_argument("--from-labels", type=Path, default=None, metavar="DATASET",
                         help="build phantoms from the real label maps of this nnU-Net v2 folder instead (warped anatomy, "
                         "re-coloured structures, varied contrast phase, noise and resolution); --cases is then per source case")
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
             orientation=args.orientation.upper() if args.orientation else None,
             oblique_degrees=args.oblique_degrees,
             noise_hu=args.noise_hu,
+            noncontrast_prob=args.noncontrast_prob,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None

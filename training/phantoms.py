@@ -66,6 +66,7 @@ class PhantomSpec:
     oblique_degrees: float = 0.0
     fov_mm: tuple[float, float, float] = (400.0, 400.0, 200.0)
     noise_hu: float = 12.0
+    noncontrast_prob: float = 0.0  # share of cases rendered as a scan without contrast (see _NONCONTRAST_HU)
 
     def __post_init__(self) -> None:
         if self.shape is not None and (len(self.shape) != 3 or any(int(n) != n or n < 1 for n in self.shape)):
@@ -80,6 +81,8 @@ class PhantomSpec:
             raise ValueError(f"oblique_degrees must be in [0, 90], got {self.oblique_degrees}")
         if not self.noise_hu >= 0.0:
             raise ValueError(f"noise_hu must be >= 0, got {self.noise_hu}")
+        if not 0.0 <= self.noncontrast_prob <= 1.0:
+            raise ValueError(f"noncontrast_prob must be in [0, 1], got {self.noncontrast_prob}")
 
 
 @dataclass(frozen=True)
@@ -698,6 +701,23 @@ def _grid(rng: np.random.Generator, spec: PhantomSpec, center_z: float) -> _Grid
     return _Grid(shape, affine)  # type: ignore[arg-type]
 
 
+# Unenhanced CT: parenchyma and vessels near their plain values (kidneys ~30 HU, not the corticomedullary
+# 165/105 HU the phantoms are drawn with), so the model meets organs it must find by shape and position.
+_NONCONTRAST_HU: dict[str, float] = {
+    "liver": 55.0, "spleen": 45.0, "kidney_right": 30.0, "kidney_left": 30.0, "pancreas": 38.0, "aorta": 42.0,
+    "inferior_vena_cava": 40.0, "liver_tumor": 35.0, "pancreas_tumor": 32.0, "kidney_tumor": 28.0,
+}
+
+
+def _render_noncontrast(hu: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> None:
+    """In place: each enhancing structure moves to its unenhanced HU, keeping 40 % of its texture."""
+    for name, target in _NONCONTRAST_HU.items():
+        mask = label == _ID[name]
+        if mask.any():
+            values = hu[mask]
+            hu[mask] = (values - values.mean()) * np.float32(0.4) + np.float32(target + rng.normal(0.0, 4.0))
+
+
 def generate_phantom(seed: int, spec: PhantomSpec = PhantomSpec()) -> Phantom:
     """One random abdominal CT case: int16 HU image, uint8 label (PHANTOM_LABELS) and affine.
 
@@ -712,6 +732,10 @@ def generate_phantom(seed: int, spec: PhantomSpec = PhantomSpec()) -> Phantom:
     for structure in structures:
         _rasterise(grid, canvas, structure)
     del canvas.tissue
+    if spec.noncontrast_prob > 0:  # its own stream: cases without it are the same as before
+        phase_rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+        if phase_rng.random() < spec.noncontrast_prob:
+            _render_noncontrast(canvas.hu, canvas.label, phase_rng)
     sigma = [grid_rng.uniform(0.5, 0.9) for _ in range(3)]
     hu = ndimage.gaussian_filter(canvas.hu, sigma=sigma, truncate=3.0, output=np.float32, mode="nearest")
     del canvas.hu

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -174,3 +175,19 @@ def test_written_dataset_round_trips_through_nibabel(tmp_path: Path) -> None:
         np.testing.assert_array_equal(np.asarray(image.dataobj), expected.image)
         np.testing.assert_array_equal(np.asarray(label.dataobj), expected.label)
     assert case_seed(5, 0) != case_seed(5, 1)
+
+
+def test_noncontrast_cases_have_plain_kidneys_and_leave_other_cases_unchanged() -> None:
+    small = PhantomSpec(shape=SMALL)
+    plain = generate_phantom(21, small)
+    unenhanced = generate_phantom(21, replace(small, noncontrast_prob=1.0))
+    never = generate_phantom(21, replace(small, noncontrast_prob=0.0))
+    assert np.array_equal(plain.image, never.image)
+    assert np.array_equal(plain.label, unenhanced.label)  # same anatomy, other contrast
+    kidney = (plain.label == 3) | (plain.label == 4)
+    assert kidney.any()
+    inner = ndimage.binary_erosion(kidney)  # away from the blurred rim
+    assert plain.image[inner].mean() > unenhanced.image[inner].mean() + 40  # corticomedullary enhancement gone
+    assert unenhanced.image[inner].mean() < 50  # unenhanced kidneys (~30 HU)
+    with pytest.raises(ValueError, match="noncontrast_prob"):
+        PhantomSpec(noncontrast_prob=1.5)
