@@ -1,4 +1,4 @@
-"""Regenerate MODEL_CARD.md: evaluate the demo bundle and write its card with the measured numbers.
+"""Regenerate the phantom-lineage card (docs/model_card/phantom_demo_v0.6.md; MODEL_CARD.md is scripts/real_model_card.py's).
 
     .venv/bin/python scripts/model_card.py                      # held-out phantoms + msd-spleen8
     .venv/bin/python scripts/model_card.py --ablation --ablation-steps 600 --ablation-minutes 6
@@ -460,7 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo" / "stem",
                         help="the demo's (last) training run")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "model_card")
-    parser.add_argument("--card", type=Path, default=REPO / "MODEL_CARD.md")
+    parser.add_argument("--card", type=Path, default=REPO / "docs" / "model_card" / "phantom_demo_v0.6.md",
+                        help="where the phantom-lineage card goes (MODEL_CARD.md is the real-CT card: scripts/real_model_card.py)")
     parser.add_argument("--cases", type=int, default=6, help="held-out phantom cases")
     parser.add_argument("--seed", type=int, default=9000, help="held-out phantom seed (never used in training)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the bundle's)")

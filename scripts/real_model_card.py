@@ -83,6 +83,32 @@ def run_rows(runs: Path, names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+EQUAL_STEP_RUNS = {  # run -> what it changes against its fold (the same left-out case, the same 1000 steps)
+    "fold_a": "real + geometric phantoms (as fold ts_a_torso)",
+    "fold_a_nc": "+ unenhanced phantoms (PhantomSpec.noncontrast_prob 0.6)",
+    "fold_b": "real + geometric phantoms (as fold ts_b_upper)",
+    "fold_b_nophantoms": "no phantoms",
+    "fold_b_synth": "+ label-map phantoms from ts_a_torso (training/labelmap_phantoms.py)",
+}
+
+
+def equal_step_section(work: Path) -> list[str]:
+    """Runs compared at the same optimizer step (1000) on their left-out case: reports ``at1000_<run>``."""
+    from training import card_sections as cs
+    from training.evaluate import read_report
+
+    reports = {run: read_report(work / f"at1000_{run}" / "evaluation.json") for run in EQUAL_STEP_RUNS
+               if (work / f"at1000_{run}" / "evaluation.json").is_file()}
+    if not reports:
+        return []
+    order = list(dict.fromkeys(r.target for rep in reports.values() for r in rep.results))
+    lines = ["### At equal steps (1000 optimizer steps, the same cosine schedule over 1800)", ""]
+    for case in dict.fromkeys(c for rep in reports.values() for c in rep.cases):
+        runs = {f"`{run}`: {EQUAL_STEP_RUNS[run]}": [rep] for run, rep in reports.items() if case in rep.cases}
+        lines += [cs.comparison_table(runs, order), ""]
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "model" / "bundles" / "demo")
@@ -192,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         *( [f"Phantoms vs none at equal steps: compared on {', '.join(c for f in with_phantoms for c in f.cases)}."] if with_phantoms else []),
         "",
+        *equal_step_section(work),
         "## Ceilings on the real masks",
         "Grid: the truth taken to the model grid and back (what a perfect model scores at that spacing); mask AE: the "
         "truth through the mask auto-encoder at the shipped grid (what the denoiser can reach at best).",
