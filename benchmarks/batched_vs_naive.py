@@ -1,6 +1,6 @@
 """Batched ensemble sampling vs a naive per-sample loop, on real windows of the standard phantom.
 
-25 consecutive axial windows (with body) of the standard case × liver, pancreas × ensemble 5
+25 consecutive axial windows (with body) of the standard case × liver, spleen × ensemble 5
 = 250 samples, 10 steps, three ways:
 
 - naive loop: for every (window, target, member) encode the window, run the 10 steps and
@@ -29,7 +29,7 @@ from model.ensemble import WindowKey, sample_seed, sample_window_probabilities
 from model.pipeline import body_box
 from model.preprocessing import axial_slices, body_mask, load_nifti, scale_intensity, to_model_grid, with_context
 
-TARGETS = ("liver", "pancreas")
+TARGETS = ("liver", "spleen")
 
 
 def windows(bundle, count: int) -> tuple[torch.Tensor, list[WindowKey]]:

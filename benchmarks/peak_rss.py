@@ -49,7 +49,7 @@ def main() -> None:
     threads = set_threads(args.threads)
     load_before = load_average()
     bundle_path, trained = benchmark_bundle()
-    table = Table("Peak RSS (ensemble 5, 10 steps, liver + pancreas, torch backend)",
+    table = Table("Peak RSS (ensemble 5, 10 steps, liver + spleen, torch backend)",
                   ["volume", "how", "peak RSS", "seconds"])
     data = {}
     for slices in sorted({100, args.slices}):

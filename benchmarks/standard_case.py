@@ -1,7 +1,7 @@
 """The standard case, end to end through the CLI and per phase in process.
 
 A phantom of 512×512×100 at 0.8×0.8×2.5 mm (seed 9000, held out), the demo bundle, targets
-liver and pancreas, ensemble 5, 10 steps. ``--targets liver --ensemble 1 --name preview`` is
+liver and spleen, ensemble 5, 10 steps. ``--targets liver --ensemble 1 --name preview`` is
 the 1-target 1-sample preview.
 
     python -m benchmarks.standard_case [--backend torch|onnx] [--targets ...] [--ensemble E] [--steps S]

@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cases", type=int, default=3)
     parser.add_argument("--steps", default="1,2,5,10,25,50")
-    parser.add_argument("--targets", default="liver,pancreas")
+    parser.add_argument("--targets", default="liver,spleen")
     parser.add_argument("--ensemble", type=int, default=5)
     parser.add_argument("--samplers", default="ddpm,ddim", help="ddpm (the bundle default) and/or ddim (eta 0)")
     parser.add_argument("--threads", type=int, default=None)
