@@ -10,7 +10,7 @@ bash scripts/setup.sh
 LS=.venv/bin/latentseg
 OUT=${OUT:-out/demo}
 INPUT=${INPUT:-examples/ts_a_torso/imagesTr/ts_a_torso_0000.nii.gz}
-TARGETS=${TARGETS:-liver,spleen,kidney_right,kidney_left}
+TARGETS=${TARGETS:-liver,spleen}   # the targets the shipped bundle serves (MODEL_CARD.md)
 PORT=${PORT:-$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 mkdir -p "$OUT"
 env -u REDIS_URL LATENTSEG_STORAGE_DIR="$OUT/storage" $LS serve --port "$PORT" --log-level warning &

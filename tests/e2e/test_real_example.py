@@ -58,3 +58,18 @@ def test_shipped_bundle_on_the_shared_real_scans(shipped: Path, tmp_path: Path) 
     for target in ("liver", "spleen"):
         dice = summary[target]["dice_mean"]
         assert dice is not None and dice > FLOOR, f"{target}: Dice {dice} on ts_b_upper (floor {FLOOR})"
+
+
+def test_shipped_bundle_refuses_a_target_it_does_not_serve(shipped: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from model.bundle_manifest import read_manifest
+
+    manifest = read_manifest(shipped)
+    unserved = [t for t in manifest.trained_targets if t not in manifest.served_targets]
+    if not unserved:
+        pytest.skip("the shipped bundle serves every target it was trained for")
+    image = EXAMPLE / "imagesTr" / "ts_a_torso_0000.nii.gz"
+    code = latentseg(["segment", str(image), "--targets", unserved[0], "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"does not serve {unserved[0]}" in err and "left-out validation Dice" in err
+    assert not (tmp_path / "out" / f"{unserved[0]}_mean.nii.gz").exists()
