@@ -153,8 +153,13 @@ class _LabelAccumulator:
         return np.where(self.best > threshold, self.ids, np.uint8(0)).astype(np.uint8, order="F")
 
 
-def resolve_targets(bundle: LoadedBundle | OnnxBundle, targets: Sequence[str] | str) -> tuple[Target, ...]:
-    """Vocabulary targets the bundle was trained for (raises ValueError naming the problem)."""
+def resolve_targets(
+    bundle: LoadedBundle | OnnxBundle, targets: Sequence[str] | str, *, unserved: bool = False
+) -> tuple[Target, ...]:
+    """Vocabulary targets the bundle was trained for and serves (raises InputError naming the problem).
+
+    ``unserved=True`` also accepts trained targets the bundle does not serve: scoring them (evaluation)
+    is how one learns whether they should be."""
     resolved = bundle.vocabulary.resolve(targets)
     untrained = [t.name for t in resolved if t.name not in bundle.trained_targets]
     if untrained:
@@ -162,11 +167,11 @@ def resolve_targets(bundle: LoadedBundle | OnnxBundle, targets: Sequence[str] | 
             f"bundle {bundle.name!r} was not trained for {', '.join(untrained)}; "
             f"it knows: {', '.join(bundle.served_targets)}"
         )
-    unserved = [t.name for t in resolved if t.name not in bundle.served_targets]
-    if unserved:
-        reasons = "; ".join(f"{n}: {bundle.manifest.unserved_reason(n)}" for n in unserved)
+    refused = [] if unserved else [t.name for t in resolved if t.name not in bundle.served_targets]
+    if refused:
+        reasons = "; ".join(f"{n}: {bundle.manifest.unserved_reason(n)}" for n in refused)
         raise InputError(
-            f"bundle {bundle.name!r} does not serve {', '.join(unserved)} ({reasons}); "
+            f"bundle {bundle.name!r} does not serve {', '.join(refused)} ({reasons}); "
             f"it serves: {', '.join(bundle.served_targets)}"
         )
     return resolved
@@ -222,10 +227,13 @@ def predict_model_grid(
     targets: Sequence[str] | str,
     options: SegmentationOptions = SegmentationOptions(),
     progress: Progress | None = None,
+    *,
+    unserved: bool = False,
 ) -> ModelGridPrediction:
-    """Steps 1-2 and the ensemble statistics, on the model grid (progress up to ``SAMPLING_SHARE``)."""
+    """Steps 1-2 and the ensemble statistics, on the model grid (progress up to ``SAMPLING_SHARE``);
+    ``unserved`` as in :func:`resolve_targets` (evaluation only)."""
     options.check()
-    resolved = resolve_targets(bundle, targets)
+    resolved = resolve_targets(bundle, targets, unserved=unserved)
     cfg = bundle.config
     pre = cfg.preprocess
     grid = to_model_grid(volume, pre)
@@ -439,9 +447,12 @@ def segment_volume(
     targets: Sequence[str] | str,
     options: SegmentationOptions = SegmentationOptions(),
     progress: Progress | None = None,
+    *,
+    unserved: bool = False,
 ) -> Segmentation:
-    """Segment a volume in memory: every target's mean and variance on the input grid."""
-    prediction = predict_model_grid(bundle, volume, targets, options, progress)
+    """Segment a volume in memory: every target's mean and variance on the input grid (``unserved``:
+    also targets the bundle does not serve, for evaluation)."""
+    prediction = predict_model_grid(bundle, volume, targets, options, progress, unserved=unserved)
     means: dict[str, np.ndarray] = {}
     variances: dict[str, np.ndarray] = {}
     for index, target in enumerate(prediction.targets):

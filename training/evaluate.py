@@ -384,7 +384,7 @@ def evaluate_dataset(
         spacing = voxel_spacing(volume.affine)
         for start in range(0, len(names), max(1, targets_per_pass)):
             group = list(names[start : start + max(1, targets_per_pass)])
-            seg = segment_volume(bundle, volume, group, options)
+            seg = segment_volume(bundle, volume, group, options, unserved=True)  # scored whether served or not
             results.extend(evaluate_case_targets(case, seg.mean, seg.variance, truths, spacing, margin_mm))
             del seg
         case_names.append(case)

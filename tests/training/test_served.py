@@ -69,3 +69,15 @@ def test_set_served_cli_marks_a_bundle_from_report_files(tmp_path: Path, capsys:
     assert "liver" in manifest.served_targets and "pancreas" not in manifest.served_targets
     assert latentseg(["set-served", str(bundle), "--reports", str(tmp_path / "missing.json")]) == 2
     assert "missing.json: no such evaluation report" in capsys.readouterr().err
+
+
+def test_evaluation_scores_targets_the_bundle_does_not_serve(tmp_path: Path, msd_phantoms: Path) -> None:
+    from training.evaluate import evaluate_dataset
+
+    bundle = write_random_bundle(tmp_path / "bundle")
+    write_validation(bundle, validation_section([_report("a", {"liver": 0.9, "spleen": 0.1})],
+                                                read_manifest(bundle).trained_targets))
+    loaded = load_bundle(bundle, device="cpu")
+    assert "spleen" not in loaded.served_targets
+    report = evaluate_dataset(loaded, msd_phantoms, steps=2, ensemble=1, targets=["liver", "spleen"], max_cases=1)
+    assert {s.target for s in report.summary} == {"liver", "spleen"}
