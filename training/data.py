@@ -26,7 +26,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -378,8 +378,6 @@ def restrict_targets(
 ) -> tuple[dict[str, list[PreparedCase]], list[str]]:
     """Train only ``targets``: each case keeps those of its annotated targets (the others become not
     annotated, never background); a dataset that annotates none of them is dropped."""
-    from dataclasses import replace
-
     missing = sorted(set(targets) - set(annotated))
     if missing:
         raise DatasetFormatError(f"targets {', '.join(missing)} are annotated by none of the datasets")
