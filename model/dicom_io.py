@@ -24,9 +24,14 @@ What is refused (:class:`~model.errors.InputError`, one clear sentence each)
     images without pixel data; multi-frame (enhanced) objects; slices of different size,
     pixel spacing or orientation; non-orthogonal direction cosines; gantry tilt (slice
     positions not stacked along the slice normal); two slices at one position; uneven slice
-    spacing (missing slices); compressed pixel data this install cannot decode.
+    spacing (missing slices); compressed pixel data this install cannot decode; a series whose
+    Modality is not CT (an MR series would be segmented as if it were CT); a damaged file that
+    was meant to be a slice (a DICOM file that cannot be parsed, an image whose header stops
+    short, or uncompressed pixel data shorter than Rows x Columns says), named, never skipped.
     Non-image objects that often travel with a series (SEG, RTSTRUCT, SR, presentation states,
-    DICOMDIR) and non-DICOM files (README, .DS_Store) are skipped with a log line.
+    DICOMDIR) and non-DICOM files (README, .DS_Store) are skipped with a log line that counts
+    them: log lines never carry file names, UIDs or patient attributes (a file name often is a
+    UID, or a patient's name).
 
 Zip uploads
     :func:`extract_zip` never uses a member's path: members are written as
@@ -183,7 +188,7 @@ def extract_zip(zip_path: Path, dest: Path, limits: DicomLimits = DicomLimits())
             )
         for index, info in enumerate(members):
             if stat.S_ISLNK(info.external_attr >> 16):
-                log.info("zip: skipping symbolic link member %r", info.filename)
+                log.info("zip: skipping a symbolic link member")  # its name may identify the patient
                 continue
             if info.flag_bits & 0x1:
                 raise InputError(f"the zip member {info.filename!r} is encrypted; send an unencrypted zip")
@@ -212,20 +217,82 @@ def _safe_base_name(member: str) -> str:
 # ---------------------------------------------------------------- header scan
 
 
+class _Damaged(Exception):
+    """A file that was meant to be a DICOM image and cannot be read as one (the reason in words)."""
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
 def _read_header(path: Path) -> Dataset | None:
-    """The dataset with pixel data deferred, or None when the file is not DICOM."""
+    """The dataset with pixel data deferred, or None when the file is not DICOM.
+
+    Raises :class:`_Damaged` for a file that starts as DICOM (the ``DICM`` preamble) but cannot
+    be parsed: it is most likely a slice of the series, and skipping it would be silent.
+    """
     try:
         return pydicom.dcmread(path, defer_size="64 KB")
     except InvalidDicomError:
         pass
     except Exception as exc:  # pydicom raises many types on truncated or odd files
-        log.info("skipping %s: not readable as DICOM (%s)", path.name, exc)
+        if _has_dicom_preamble(path):
+            raise _Damaged(f"not parseable ({type(exc).__name__})") from None
         return None
     try:  # files without the 128-byte preamble: accept only if they look like an instance
         ds = pydicom.dcmread(path, defer_size="64 KB", force=True)
     except Exception:
         return None
     return ds if "SOPClassUID" in ds and "Rows" in ds else None
+
+
+def _is_image_storage(ds: Dataset) -> bool:
+    """True when the SOP class says image storage (CT Image Storage, MR Image Storage ...)."""
+    meta = getattr(ds, "file_meta", None)
+    for uid in (ds.get("SOPClassUID"), meta.get("MediaStorageSOPClassUID") if meta is not None else None):
+        if uid is not None and "Image Storage" in str(getattr(uid, "name", "")):
+            return True
+    return False
+
+
+def _has_sop_class(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    return "SOPClassUID" in ds or (meta is not None and "MediaStorageSOPClassUID" in meta)
+
+
+def _pixel_data_shortfall(ds: Dataset, path: Path) -> str | None:
+    """Why uncompressed pixel data is shorter than the header says, or None (compressed: not checked here)."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None or getattr(syntax, "is_encapsulated", True):
+        return None
+    item = ds.get_item("PixelData")
+    if item is None:
+        return None
+    try:
+        bits = int(ds.get("BitsAllocated", 0) or 0)
+        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * bits // 8
+        expected *= int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if bits % 8 or expected <= 0:
+        return None
+    length = getattr(item, "length", None)  # a deferred (raw) element: value None, its place in the file
+    value = item.value
+    if value is None and length is not None:
+        available = min(int(length), path.stat().st_size - int(item.value_tell))
+    elif isinstance(value, bytes | bytearray):
+        available = len(value)
+    else:
+        return None
+    if available < expected:
+        return f"pixel data truncated ({available} of {expected} bytes)"
+    return None
 
 
 def _is_image(ds: Dataset) -> bool:
@@ -261,18 +328,43 @@ def scan_series(files: Iterable[Path], where: str) -> tuple[DicomSeriesInfo, lis
     names the input in error messages.
     """
     images: list[tuple[Path, Dataset]] = []
-    skipped: list[str] = []
+    skipped = 0
+    non_images: dict[str, int] = {}
+    damaged: list[tuple[str, str]] = []
     for path in files:
-        ds = _read_header(path)
+        try:
+            ds = _read_header(path)
+        except _Damaged as exc:
+            damaged.append((path.name, str(exc)))
+            continue
         if ds is None:
-            skipped.append(path.name)
+            skipped += 1
             continue
         if not _is_image(ds):
-            log.info("skipping %s: a %s object, not an image slice", path.name, ds.get("Modality", "non-image"))
+            if _is_image_storage(ds) and str(ds.get("Modality", "")).upper() not in _NON_IMAGE_MODALITIES:
+                damaged.append((path.name, "image header stops before Rows/Columns (truncated)"))
+                continue
+            if not _has_sop_class(ds) and _has_dicom_preamble(path):
+                damaged.append((path.name, "DICOM preamble but no readable header (no SOP Class UID)"))
+                continue
+            kind = str(ds.get("Modality", "") or "non-image").upper()
+            non_images[kind] = non_images.get(kind, 0) + 1
+            continue
+        shortfall = _pixel_data_shortfall(ds, path)
+        if shortfall is not None:
+            damaged.append((path.name, shortfall))
             continue
         images.append((path, ds))
-    if skipped:
-        log.info("%s: %d non-DICOM files skipped", where, len(skipped))
+    if damaged:
+        shown = "; ".join(f"{name}: {why}" for name, why in damaged[:5]) + (" ..." if len(damaged) > 5 else "")
+        raise InputError(
+            f"{where}: {len(damaged)} damaged DICOM file(s) ({shown}); the series would be incomplete "
+            "without them: export the series again"
+        )
+    if skipped:  # counts only: names and UIDs stay out of logs
+        log.info("%d non-DICOM files skipped", skipped)
+    for kind, count in sorted(non_images.items()):
+        log.info("%d %s object(s) skipped (not image slices)", count, kind)
     if not images:
         raise InputError(f"{where}: no DICOM image files found")
 
@@ -285,6 +377,14 @@ def scan_series(files: Iterable[Path], where: str) -> tuple[DicomSeriesInfo, lis
             f"{where}: holds {len(by_series)} series, send exactly one (SeriesInstanceUIDs: {listing})"
         )
     (series_uid, members), = by_series.items()
+
+    modalities = sorted({str(ds.get("Modality", "") or "").strip().upper() for _, ds in members})
+    if modalities != ["CT"]:
+        named = ", ".join(repr(m) if m else "missing" for m in modalities)
+        raise InputError(
+            f"{where}: the series' Modality is {named}, not CT; this model segments CT only "
+            "(an MR or PET series would be read as if its values were Hounsfield units)"
+        )
 
     frames = [int(ds.get("NumberOfFrames", 1) or 1) for _, ds in members]
     if max(frames) > 1:

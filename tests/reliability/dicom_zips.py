@@ -135,3 +135,22 @@ def zip_bomb(inflated_bytes: int) -> bytes:
 
 def many_members(count: int) -> bytes:
     return zip_bytes([(f"f{i}.txt", b"x") for i in range(count)])
+
+
+def modality_zip(modality: str) -> bytes:
+    """The real slices relabelled as another modality (an MR series must not be segmented as CT)."""
+
+    def relabel(index: int, ds: Dataset) -> None:
+        ds.Modality = modality
+
+    return zip_bytes([(f"m{i}.dcm", d) for i, d in enumerate(slices(relabel))])
+
+
+def damaged_slice_zip(how: str) -> bytes:
+    """The real series with its first file (an end of the stack) damaged: ``header`` cuts it inside
+    the header, ``pixels`` inside the pixel data, ``garbage`` keeps only the preamble."""
+    data = [p.read_bytes() for p in CT_FILES]
+    first = data[0]
+    data[0] = {"header": first[:600], "pixels": first[: len(first) // 2],
+               "garbage": first[:132] + bytes(range(256)) * 8}[how]
+    return zip_bytes([(f"slice{i}.dcm", d) for i, d in enumerate(data)])

@@ -27,7 +27,9 @@ from tests.reliability.dicom_zips import (
     PATIENT_ID,
     PATIENT_NAME,
     PRIVATE_MEMBER,
+    damaged_slice_zip,
     many_members,
+    modality_zip,
     needs_series,
     one_slice_zip,
     private_series_zip,
@@ -139,8 +141,14 @@ def test_zip_slip_names_cannot_escape(http: httpx.Client, server: Process) -> No
         (one_slice_zip, 422, "single slice"),
         (two_series_zip, 422, "2 series"),
         (tilted_zip, 422, "gantry tilt"),
+        (lambda: modality_zip("MR"), 422, "Modality is 'MR', not CT"),
+        (lambda: modality_zip("PT"), 422, "Modality is 'PT', not CT"),
+        # A damaged end slice used to be skipped silently (the rest is still evenly spaced): now named.
+        (lambda: damaged_slice_zip("header"), 422, "damaged DICOM file(s) (000000_slice0.dcm: image header"),
+        (lambda: damaged_slice_zip("pixels"), 422, "000000_slice0.dcm: pixel data truncated"),
+        (lambda: damaged_slice_zip("garbage"), 422, "000000_slice0.dcm: DICOM preamble but no readable header"),
     ],
-    ids=["one-slice", "two-series", "tilt"],
+    ids=["one-slice", "two-series", "tilt", "mr", "pet", "damaged-header", "damaged-pixels", "damaged-garbage"],
 )
 def test_a_zip_that_is_not_one_usable_series_is_refused_saying_why(
     http: httpx.Client, server: Process, build, status: int, says: str  # type: ignore[no-untyped-def]
