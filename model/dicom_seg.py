@@ -31,6 +31,18 @@ Source images
     would be unusable. A NIfTI whose affine is sheared (axes not orthogonal) cannot be
     represented as DICOM slices and is refused.
 
+Uncertainty (what a radiologist's viewer can show beside the mask)
+    With the full result (means and variances, not only a label map) :func:`write_dicom_seg`
+    also writes, beside a BINARY ``segmentation.dcm``, ``probability.dcm``: the same targets as
+    a FRACTIONAL SEG of the mean (skipped when ``segmentation.dcm`` is itself FRACTIONAL), and
+    for every target ``{target}_variance.dcm``: a Parametric Map (:func:`build_variance_map`)
+    of the ensemble variance, 32-bit float pixel data stored exactly (no quantisation), with a
+    real-world value mapping (identity, UCUM unit "1": a variance of probabilities has no
+    unit; quantity UMLS C1711260 "Variance"). All of them reference the same source series and
+    share its frame of reference, so a viewer overlays them on the CT. The float maps are
+    uncompressed (the standard names no compressed transfer syntax for float pixels): 1 MiB
+    per 512x512 slice and target.
+
 The segmentation must be on the source grid: the shape and the affine are checked.
 """
 
@@ -63,12 +75,15 @@ __all__ = [
     "DERIVED_CT_DIRNAME",
     "DERIVED_CT_ZIPNAME",
     "LabelMap",
+    "PROBABILITY_SEG_FILENAME",
     "PRIVATE_SCHEME",
     "VolumeLike",
     "SEG_FILENAME",
     "build_dicom_seg",
+    "build_variance_map",
     "derive_ct_series",
     "property_type_code",
+    "variance_map_filename",
     "write_derived_ct_series",
     "write_dicom_seg",
 ]
@@ -78,6 +93,10 @@ log = logging.getLogger(__name__)
 PRIVATE_SCHEME = "99LATENTSEG"
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SEG_SERIES_NUMBER = 9001
+PROBABILITY_SEG_SERIES_NUMBER = 9002
+VARIANCE_SERIES_NUMBER = 9003
+# UMLS "Variance" (CID 7464), the quantity a variance map's real-world values measure.
+VARIANCE_QUANTITY = Code("C1711260", "UMLS", "Variance")
 DERIVED_CT_SERIES_NUMBER = 9000
 _GEOMETRY_TOL = 1e-3
 MAX_FRACTIONAL_VALUE = 255
@@ -187,6 +206,17 @@ class VolumeLike(Protocol):
     def shape(self) -> tuple[int, int, int]: ...
 
 
+def _check_on_source_grid(result_shape: tuple[int, ...], result_affine: np.ndarray, source_images: Sequence[Dataset]) -> None:
+    shape, affine = _source_geometry(source_images)
+    if tuple(result_shape) != shape:
+        raise ValueError(f"the segmentation has shape {tuple(result_shape)}, the source series {shape}")
+    if len(source_images) > 1 and not np.allclose(result_affine, affine, atol=1e-2, rtol=1e-4):
+        raise ValueError(
+            "the segmentation's affine does not match the source series' geometry:\n"
+            f"{np.round(result_affine, 4)}\nvs\n{np.round(affine, 4)}"
+        )
+
+
 def build_dicom_seg(
     result: Segmentation | LabelMap,
     source_images: Sequence[Dataset],
@@ -208,16 +238,9 @@ def build_dicom_seg(
         raise ValueError("a DICOM-SEG needs its source images")
     if fractional and not isinstance(result, _HasMeans):
         raise ValueError("a FRACTIONAL SEG needs the mean maps, not only a label map")
-    shape, affine = _source_geometry(source_images)
     labels = None if fractional else result.labels()
     result_shape = labels.shape if labels is not None else result.mean[result.targets[0].name].shape  # type: ignore[union-attr]
-    if result_shape != shape:
-        raise ValueError(f"the segmentation has shape {result_shape}, the source series {shape}")
-    if len(source_images) > 1 and not np.allclose(result.affine, affine, atol=1e-2, rtol=1e-4):
-        raise ValueError(
-            "the segmentation's affine does not match the source series' geometry:\n"
-            f"{np.round(result.affine, 4)}\nvs\n{np.round(affine, 4)}"
-        )
+    _check_on_source_grid(result_shape, result.affine, source_images)
 
     if fractional:
         # Quantise as highdicom will (255 steps), so frames that store only zeros are recognised as empty.
@@ -282,6 +305,70 @@ def _segmentation(
         transfer_syntax_uid=syntax,
         omit_empty_frames=bool(frames.any()),  # an all-empty SEG keeps its frames (it must have one)
     )
+
+
+def variance_map_filename(target_name: str) -> str:
+    return f"{target_name}_variance.dcm"
+
+
+def build_variance_map(
+    result: Segmentation,
+    target: Target,
+    source_images: Sequence[Dataset],
+    *,
+    bundle_name: str,
+    bundle_version: str,
+    series_instance_uid: str | None = None,
+    instance_number: int = 1,
+) -> hd.pm.ParametricMap:
+    """A Parametric Map of ``target``'s ensemble variance, referencing ``source_images``.
+
+    Each frame is one source slice's ``variance[:, :, k].T`` as 32-bit floats (exact: the stored
+    value is the variance), referencing that slice (highdicom orders the frames by position);
+    the real-world value mapping is the identity with unit UCUM "1". Give the
+    targets of one job the same ``series_instance_uid`` (one series, one instance per target).
+    """
+    if target.name not in result.variance:
+        raise ValueError(f"the result has no variance map for {target.name}")
+    variance = np.asarray(result.variance[target.name], dtype=np.float32)
+    _check_on_source_grid(variance.shape, result.affine, source_images)
+    frames = np.ascontiguousarray(variance.transpose(2, 1, 0))  # (K, rows=J, cols=I)
+    top = float(frames.max()) if frames.size else 0.0
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="variance",
+        lut_explanation=f"{target.display}: ensemble variance of the probability"[:64],
+        unit=codes.UCUM.NoUnits,
+        value_range=(float(min(0.0, frames.min())), max(top, 1e-6)),
+        slope=1.0,
+        intercept=0.0,
+        quantity_definition=_coded(VARIANCE_QUANTITY),
+    )
+    width = max(top, 1e-6)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        warnings.filterwarnings("ignore", category=UserWarning, message=".*window_(center|width).*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        pm = hd.pm.ParametricMap(
+            source_images=_clean_sources(source_images),
+            pixel_array=frames,
+            series_instance_uid=series_instance_uid or generate_uid(),
+            series_number=VARIANCE_SERIES_NUMBER,
+            sop_instance_uid=generate_uid(),
+            instance_number=instance_number,
+            manufacturer="latentseg",
+            manufacturer_model_name=str(bundle_name)[:64] or "latentseg",
+            software_versions=_software_version(),
+            device_serial_number="0",
+            contains_recognizable_visual_features=False,
+            real_world_value_mappings=[mapping],
+            window_center=width / 2,
+            window_width=width,
+            content_description=f"latentseg {bundle_version}: {target.name} variance"[:64],
+            content_label="VARIANCE",
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+        )
+    pm.SeriesDescription = "latentseg variance (uncertainty)"
+    return pm
 
 
 # ---------------------------------------------------------------- a CT series for NIfTI input
@@ -382,6 +469,7 @@ def write_derived_ct_series(datasets: Sequence[Dataset], directory: Path) -> lis
 
 
 SEG_FILENAME = "segmentation.dcm"
+PROBABILITY_SEG_FILENAME = "probability.dcm"
 DERIVED_CT_DIRNAME = "dicom_ct"
 DERIVED_CT_ZIPNAME = "dicom_ct.zip"
 
@@ -397,8 +485,13 @@ def write_dicom_seg(
     fractional: bool = False,
     parameters: Mapping[str, str] | None = None,
     derived_ct_as_zip: bool = False,
+    uncertainty: bool = True,
 ) -> list[Path]:
     """Write ``segmentation.dcm`` into ``out_dir``; returns what was written.
+
+    With ``uncertainty`` and a full result (not a :class:`LabelMap`), ``probability.dcm`` (the
+    FRACTIONAL SEG of the mean, unless ``segmentation.dcm`` already is one) and one
+    ``{target}_variance.dcm`` Parametric Map per target follow the SEG.
 
     ``source_images`` are the input series' headers (DICOM input). Without them (NIfTI
     input) a CT series is derived from ``volume`` and written first, as the folder
@@ -422,7 +515,24 @@ def write_dicom_seg(
     )
     path = out_dir / SEG_FILENAME
     seg.save_as(path, enforce_file_format=True)
-    return [path, *extra]
+    written = [path]
+    if uncertainty and isinstance(result, _HasMeans) and hasattr(result, "variance"):
+        if not fractional:
+            probability = build_dicom_seg(
+                result, source_images, bundle_name=bundle_name, bundle_version=bundle_version, fractional=True,
+                parameters=parameters, series_number=PROBABILITY_SEG_SERIES_NUMBER,
+            )
+            probability.save_as(out_dir / PROBABILITY_SEG_FILENAME, enforce_file_format=True)
+            written.append(out_dir / PROBABILITY_SEG_FILENAME)
+        series_uid = generate_uid()
+        for number, target in enumerate(result.targets, start=1):
+            pm = build_variance_map(
+                result, target, source_images, bundle_name=bundle_name, bundle_version=bundle_version,
+                series_instance_uid=series_uid, instance_number=number,
+            )
+            pm.save_as(out_dir / variance_map_filename(target.name), enforce_file_format=True)
+            written.append(out_dir / variance_map_filename(target.name))
+    return [*written, *extra]
 
 
 def _write_zip(datasets: Sequence[Dataset], path: Path) -> Path:

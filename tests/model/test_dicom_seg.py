@@ -64,7 +64,10 @@ def test_binary_seg_round_trip_matches_the_label_map(
         segmented, tmp_path, volume=series.volume, source_images=series.headers,
         bundle_name=random_bundle.name, bundle_version=random_bundle.version, parameters={"steps": "2"},
     )
-    assert written == [tmp_path / SEG_FILENAME]
+    assert written[0] == tmp_path / SEG_FILENAME  # then the uncertainty objects (tests/model/test_parametric_map.py)
+    assert [p.name for p in written[1:]] == [
+        "probability.dcm", "liver_variance.dcm", "kidney_left_variance.dcm", "femur_head_right_variance.dcm"
+    ]
     labels = segmented.labels()
     assert labels.any(), "the random bundle should label something on the real series"
 
@@ -174,7 +177,10 @@ def test_nifti_input_gets_a_derived_ct_series(tmp_path: Path) -> None:
     written = write_dicom_seg(
         result, tmp_path, volume=volume, source_images=None, bundle_name="b", bundle_version="1"
     )
-    assert written == [tmp_path / SEG_FILENAME, tmp_path / DERIVED_CT_DIRNAME]
+    assert written == [
+        tmp_path / n for n in (SEG_FILENAME, "probability.dcm", "spleen_variance.dcm", "kidney_right_variance.dcm",
+                               DERIVED_CT_DIRNAME)
+    ]
     derived = read_dicom_series(tmp_path / DERIVED_CT_DIRNAME)
     # the derived series is the same grid: same world position for every voxel, HU rounded
     flip = derived.volume.affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, 5], [0, 0, 0, 1]])
@@ -227,9 +233,9 @@ def test_derived_ct_as_zip_for_flat_result_listings(tmp_path: Path) -> None:
         result, tmp_path, volume=volume, source_images=None, bundle_name="b", bundle_version="1",
         derived_ct_as_zip=True,
     )
-    assert [p.name for p in written] == [SEG_FILENAME, "dicom_ct.zip"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dicom_ct.zip", SEG_FILENAME]  # files only
-    derived = read_dicom_series(written[1])
+    assert [p.name for p in written] == [SEG_FILENAME, "probability.dcm", "liver_variance.dcm", "dicom_ct.zip"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)  # files only
+    derived = read_dicom_series(written[-1])
     ds = pydicom.dcmread(written[0])
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == derived.info.series_instance_uid
     np.testing.assert_array_equal(derived.volume.data, np.full((12, 10, 3), 35.0))
