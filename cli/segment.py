@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "segment",
         help="segment a CT volume (NIfTI or DICOM) and write mean and variance masks per target",
         description="Segment a CT volume: for each target, write {target}_mean.nii.gz (probability), "
-        "{target}_variance.nii.gz (ensemble variance), plus labels.nii.gz and labels.json. "
+        "{target}_variance.nii.gz (ensemble variance), plus labels.nii.gz, labels.json and statistics.json. "
         "Optionally a DICOM-SEG (segmentation.dcm) and a picture (preview.png).",
     )
     p.add_argument("input", type=Path, help="CT volume (.nii or .nii.gz), a DICOM series folder, or a .zip of one series")
@@ -56,6 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--fractional", action="store_true", help="make segmentation.dcm a FRACTIONAL SEG of the mean probability"
     )
     p.add_argument("--preview", action="store_true", help="also write preview.png (axial slices, contours, variance)")
+    p.add_argument("--statistics", action=argparse.BooleanOptionalAction, default=True,
+                   help="write statistics.json: per-target volume (with the ensemble's spread), HU, bounding box, "
+                   "components and the review flag (default: on; docs/statistics.md)")
     p.set_defaults(func=run)
 
 
@@ -106,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
             if volume is not None:
                 # Streamed outputs, one full-resolution map in memory at a time (as segment_file).
                 prediction = predict_model_grid(bundle, volume, targets, options, progress)
+                written = write_prediction(prediction, args.out, progress, hu=volume.data,
+                                           statistics=args.statistics)
                 del volume
-                written = write_prediction(prediction, args.out, progress)
             else:
                 assert source is not None
                 written = _segment_with_extras(args, bundle, targets, options, progress, *source)
@@ -154,7 +158,7 @@ def _segment_with_extras(
 
     request = InteropRequest(dicom_seg=args.dicom_seg, fractional=args.fractional, preview=args.preview)
     prediction = predict_model_grid(bundle, volume, targets, options, progress)
-    written = write_prediction(prediction, args.out, progress)
+    written = write_prediction(prediction, args.out, progress, hu=volume.data, statistics=args.statistics)
     return written + write_interop_outputs(
         args.out, volume, prediction.targets, request,
         source_images=dicom.headers if dicom is not None else None,

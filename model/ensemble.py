@@ -147,3 +147,20 @@ def ensemble_statistics(probabilities: torch.Tensor, dim: int) -> tuple[torch.Te
     if probabilities.shape[dim] < 2:
         return mean, torch.zeros_like(mean)
     return mean, probabilities.var(dim=dim, unbiased=True)
+
+
+def member_mask_overlaps(probabilities: torch.Tensor, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-member thresholded voxel counts and pairwise overlaps, for accumulating over chunks.
+
+    probabilities: (N, T, E, ...) member probabilities (any trailing spatial dims).
+    Returns ``voxels`` (T, E) int64, the number of voxels where member e's probability > threshold,
+    and ``intersections`` (T, E, E) int64, the voxels above it in both members e and f (its
+    diagonal equals ``voxels``). Counts add up over disjoint chunks, so the ensemble's per-member
+    volumes and pairwise Dice need no member kept in memory after its chunk.
+    """
+    num_targets, ensemble = probabilities.shape[1], probabilities.shape[2]
+    intersections = torch.zeros((num_targets, ensemble, ensemble), dtype=torch.int64)
+    for k in range(num_targets):
+        masks = (probabilities[:, k] > threshold).transpose(0, 1).reshape(ensemble, -1).to(torch.float64)
+        intersections[k] = torch.round(masks @ masks.T).to(torch.int64)  # exact: float64 counts below 2**53
+    return torch.diagonal(intersections, dim1=1, dim2=2).clone(), intersections

@@ -28,7 +28,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +39,13 @@ from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from model.bundle import LoadedBundle
-from model.ensemble import WindowKey, denoiser_batch_size, ensemble_statistics, sample_window_probabilities
+from model.ensemble import (
+    WindowKey,
+    denoiser_batch_size,
+    ensemble_statistics,
+    member_mask_overlaps,
+    sample_window_probabilities,
+)
 from model.errors import InputError
 from model.preprocessing import (
     Volume,
@@ -51,6 +57,7 @@ from model.preprocessing import (
     to_source_grid,
     with_context,
 )
+from model.statistics import MemberSummary, ReviewPolicy, StatisticsWriter
 from model.vocabulary import Target
 
 if TYPE_CHECKING:
@@ -102,6 +109,7 @@ class Segmentation:
     mean: dict[str, np.ndarray]  # float32 in [0, 1]
     variance: dict[str, np.ndarray]  # float32 >= 0
     affine: np.ndarray
+    members: dict[str, MemberSummary] = field(default_factory=dict)  # per-member volumes (model grid)
 
     def labels(self, threshold: float = 0.5) -> np.ndarray:
         """uint8 label map: the vocabulary id of the most probable target where its mean > threshold
@@ -117,6 +125,9 @@ class ModelGridPrediction:
     """Ensemble statistics on the model grid, before resampling to the input grid.
 
     mean, variance: (T, X, Y, Z) float32 on the model grid (``model_affine``).
+    member_voxels: (T, E) int64, each member's voxels with probability > 0.5 (before any
+    largest-component post-processing); member_intersections: (T, E, E) int64, voxels above it in
+    both members (see :func:`model.ensemble.member_mask_overlaps`).
     """
 
     targets: tuple[Target, ...]
@@ -125,6 +136,16 @@ class ModelGridPrediction:
     model_affine: np.ndarray
     source_affine: np.ndarray
     source_shape: tuple[int, int, int]
+    member_voxels: torch.Tensor | None = None
+    member_intersections: torch.Tensor | None = None
+
+    def members(self, index: int) -> MemberSummary | None:
+        """Target ``index``'s per-member counts (None when they were not accumulated)."""
+        if self.member_voxels is None or self.member_intersections is None:
+            return None
+        voxel_ml = abs(float(np.linalg.det(np.asarray(self.model_affine, np.float64)[:3, :3]))) / 1000.0
+        return MemberSummary.from_counts(self.member_voxels[index].tolist(), self.member_intersections[index].tolist(),
+                                         voxel_ml)
 
     def mean_on_source(self, index: int) -> np.ndarray:
         """Target ``index``'s mean probability on the input grid: float32 in [0, 1]."""
@@ -241,7 +262,10 @@ def predict_model_grid(
     num_targets, ensemble = len(resolved), options.ensemble
     mean = torch.zeros((num_targets, *hu.shape), dtype=torch.float32)
     variance = torch.zeros_like(mean)
-    prediction = ModelGridPrediction(resolved, mean, variance, grid.affine, volume.affine, volume.shape)
+    member_voxels = torch.zeros((num_targets, ensemble), dtype=torch.int64)
+    member_intersections = torch.zeros((num_targets, ensemble, ensemble), dtype=torch.int64)
+    prediction = ModelGridPrediction(resolved, mean, variance, grid.affine, volume.affine, volume.shape,
+                                     member_voxels, member_intersections)
     body = body_mask(hu, pre)
     box = body_box(body, pre.patch_size)
     if box is None:
@@ -302,6 +326,9 @@ def predict_model_grid(
             )
             blended = torch.as_tensor(blended).view(-1, num_targets, ensemble, *blended.shape[-2:])
             chunk_mean, chunk_var = ensemble_statistics(blended, dim=2)  # (z, T, x, y)
+            chunk_voxels, chunk_intersections = member_mask_overlaps(blended)  # members reduced to counts here
+            member_voxels += chunk_voxels
+            member_intersections += chunk_intersections
             mean[:, rows, cols, chunk] = chunk_mean.permute(1, 2, 3, 0)
             variance[:, rows, cols, chunk] = chunk_var.permute(1, 2, 3, 0)
         _report(progress, SAMPLING_SHARE * chunk.stop / num_slices)
@@ -455,12 +482,17 @@ def segment_volume(
     prediction = predict_model_grid(bundle, volume, targets, options, progress, unserved=unserved)
     means: dict[str, np.ndarray] = {}
     variances: dict[str, np.ndarray] = {}
+    members: dict[str, MemberSummary] = {}
     for index, target in enumerate(prediction.targets):
         means[target.name] = prediction.mean_on_source(index)
         variances[target.name] = prediction.variance_on_source(index)
+        summary = prediction.members(index)
+        if summary is not None:
+            members[target.name] = summary
         _report(progress, SAMPLING_SHARE + (1 - SAMPLING_SHARE) * (index + 1) / len(prediction.targets))
     _report(progress, 1.0)
-    return Segmentation(targets=prediction.targets, mean=means, variance=variances, affine=volume.affine)
+    return Segmentation(targets=prediction.targets, mean=means, variance=variances, affine=volume.affine,
+                        members=members)
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -505,14 +537,27 @@ def write_segmentation(result: Segmentation, out_dir: Path) -> list[Path]:
 
 
 def write_prediction(
-    prediction: ModelGridPrediction, out_dir: Path, progress: Progress | None = None, threshold: float = 0.5
+    prediction: ModelGridPrediction,
+    out_dir: Path,
+    progress: Progress | None = None,
+    threshold: float = 0.5,
+    *,
+    hu: np.ndarray | None = None,
+    statistics: bool = True,
+    review: ReviewPolicy = ReviewPolicy(),
 ) -> list[Path]:
     """Resample and write one map at a time: the same files as ``write_segmentation(segment_volume(...))``
-    with one full-resolution map (plus the label accumulator) in memory at a time."""
+    with one full-resolution map (plus the label accumulator) in memory at a time.
+
+    With ``statistics`` (the default) also ``statistics.json`` (:mod:`model.statistics`), computed
+    from each map while it is in memory; ``hu`` is the input volume's HU on its own grid (None
+    leaves the HU keys null)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     affine = prediction.source_affine
     labels = _LabelAccumulator(prediction.source_shape)
+    ensemble = None if prediction.member_voxels is None else int(prediction.member_voxels.shape[1])
+    stats = StatisticsWriter(affine, prediction.source_shape, hu, policy=review, ensemble=ensemble) if statistics else None
     written: list[Path] = []
     # gzip is single-threaded and releases the GIL: compress files on writer threads while the
     # next map is resampled, with at most ``writers`` maps waiting to be written.
@@ -530,14 +575,20 @@ def write_prediction(
             mean = prediction.mean_on_source(index)
             labels.add(target.id, mean)
             save(mean, out_dir / f"{target.name}_mean.nii.gz")
+            variance = prediction.variance_on_source(index)
+            if stats is not None:
+                stats.add(target, mean, variance, prediction.members(index))
             del mean
-            save(prediction.variance_on_source(index), out_dir / f"{target.name}_variance.nii.gz")
+            save(variance, out_dir / f"{target.name}_variance.nii.gz")
+            del variance
             _report(progress, SAMPLING_SHARE + (1 - SAMPLING_SHARE) * (index + 1) / len(prediction.targets))
         save(labels.result(threshold), out_dir / "labels.nii.gz")
         del labels
         while pending:
             pending.popleft().result()
     written.append(_write_legend(prediction.targets, out_dir))
+    if stats is not None:
+        written.append(stats.write(out_dir))
     _report(progress, 1.0)
     return written
 
@@ -554,12 +605,14 @@ def segment_file(
     progress: Progress | None = None,
     options: SegmentationOptions | None = None,
 ) -> list[Path]:
-    """Segment a NIfTI file and write the results into ``out_dir`` (streamed: see :func:`write_prediction`).
+    """Segment a NIfTI file and write the results into ``out_dir`` (streamed: see :func:`write_prediction`),
+    with ``statistics.json``.
 
     ``options``, when given, replaces ``ensemble``, ``steps`` and ``seed``.
     """
     options = options or SegmentationOptions(ensemble=ensemble, steps=steps, seed=seed)
     volume = load_nifti(input_path)
     prediction = predict_model_grid(bundle, volume, targets, options, progress)
-    del volume  # the input voxels are no longer needed: free them before the full-resolution outputs
-    return write_prediction(prediction, Path(out_dir), progress)
+    # The input's HU stay for the statistics (mean and sd of HU inside each mask): one input-sized
+    # float32 array beside the one full-resolution map being written.
+    return write_prediction(prediction, Path(out_dir), progress, hu=volume.data)

@@ -62,6 +62,7 @@ __all__ = [
     "MORPHOLOGICALLY_ALTERED_STRUCTURE",
     "NEOPLASM",
     "RIGHT",
+    "SizePrior",
     "Target",
     "TargetKind",
     "UnknownDatasetError",
@@ -69,6 +70,7 @@ __all__ = [
     "Vocabulary",
     "default_vocabulary",
     "normalise_name",
+    "size_prior",
 ]
 
 FORMAT = "latentseg.vocabulary"
@@ -657,3 +659,54 @@ _DEFAULT_DATASETS: tuple[DatasetLabelMap, ...] = (
 def default_vocabulary() -> Vocabulary:
     """The vocabulary latentseg models are trained with (32 targets, 13 dataset label maps)."""
     return Vocabulary(targets=_DEFAULT_TARGETS, datasets=_DEFAULT_DATASETS)
+
+
+# --------------------------------------------------------------------------------------------
+# Typical adult volumes (rough literature ranges), for the review flag's "implausibly small"
+# check (model.statistics). Not part of a Target: the vocabulary's hash, which every bundle
+# records, stays the same. A mask below ``low_ml`` that does not touch the volume's edge is
+# flagged; organs whose size depends on filling or on how much of them the field of view holds
+# get a low bound well under the usual size.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SizePrior:
+    """Typical adult volume of one structure in ml, and where the range comes from."""
+
+    low_ml: float
+    high_ml: float
+    source: str
+
+    def __post_init__(self) -> None:
+        if not 0 < self.low_ml < self.high_ml:
+            raise ValueError(f"size prior needs 0 < low_ml < high_ml, got {self.low_ml}, {self.high_ml}")
+
+
+_SIZE_PRIORS: Mapping[str, SizePrior] = MappingProxyType({
+    "liver": SizePrior(1000, 2500, "CT volumetry of adult livers, about 1.0-2.5 l (Heinemann 1999; Urata 1995)"),
+    "spleen": SizePrior(80, 500, "CT splenic volume, adults about 100-400 ml; > 500 ml splenomegaly (Prassopoulos 1997)"),
+    "kidney_right": SizePrior(80, 300, "CT kidney volume, adults about 80-300 ml each (Bakker 1999; Cheong 2007)"),
+    "kidney_left": SizePrior(80, 300, "CT kidney volume, adults about 80-300 ml each (Bakker 1999; Cheong 2007)"),
+    "gallbladder": SizePrior(5, 150, "fasting gallbladder 20-50 ml, far less after a meal (Everson 1980)"),
+    "pancreas": SizePrior(30, 150, "CT pancreas volume, adults about 50-100 ml, less with age (Saisho 2007)"),
+    "stomach": SizePrior(50, 2000, "depends on filling: about 50 ml empty to 1-2 l distended"),
+    "aorta": SizePrior(20, 400, "abdominal aorta alone about 20-60 ml; the whole thoracoabdominal aorta up to ~400 ml"),
+    "inferior_vena_cava": SizePrior(10, 150, "infrarenal to intrahepatic IVC, about 15-100 ml"),
+    "esophagus": SizePrior(5, 60, "about 20-40 ml over its length"),
+    "duodenum": SizePrior(20, 250, "about 50-150 ml, filling-dependent"),
+    "adrenal_gland_right": SizePrior(1.5, 15, "CT adrenal volume about 3-8 ml each"),
+    "adrenal_gland_left": SizePrior(1.5, 15, "CT adrenal volume about 3-8 ml each"),
+    "lung_right": SizePrior(800, 4500, "CT lung volume, about 1.5-3.5 l each at inspiration"),
+    "lung_left": SizePrior(700, 4000, "CT lung volume, about 1.3-3 l each at inspiration"),
+    "urinary_bladder": SizePrior(10, 800, "depends on filling: tens of ml to about 500 ml"),
+    "prostate": SizePrior(10, 150, "about 20-30 ml, larger with benign hyperplasia"),
+    "femur_head_left": SizePrior(20, 120, "femoral head about 40-70 ml"),
+    "femur_head_right": SizePrior(20, 120, "femoral head about 40-70 ml"),
+    "portal_vein_and_splenic_vein": SizePrior(5, 80, "about 15-40 ml"),
+})
+
+
+def size_prior(name: str) -> SizePrior | None:
+    """Typical adult volume of target ``name`` (None for lesions and structures without a range)."""
+    return _SIZE_PRIORS.get(name)

@@ -172,7 +172,7 @@ def _segment_into(
         progress(PIPELINE_SHARE * fraction)
 
     prediction = predict_model_grid(runtime.bundle, volume, list(request.targets), options, scaled)
-    written = write_prediction(prediction, out_dir, scaled)
+    written = write_prediction(prediction, out_dir, scaled, hu=volume.data)  # with statistics.json
     extras = InteropRequest(
         dicom_seg=request.dicom_seg, fractional=request.fractional, preview=request.is_dicom, derived_ct_as_zip=True
     )

@@ -31,9 +31,10 @@ def latentseg(*args: str, bundle: Path | None = None) -> subprocess.CompletedPro
 
 def check_outputs(out: Path, source: Path, targets: list[str]) -> None:
     src = nib.load(str(source))
-    expected = {f"{t}_{k}.nii.gz" for t in targets for k in ("mean", "variance")} | {"labels.nii.gz", "labels.json"}
+    expected = {f"{t}_{k}.nii.gz" for t in targets for k in ("mean", "variance")} | {"labels.nii.gz", "labels.json",
+                                                                                       "statistics.json"}
     assert {p.name for p in out.iterdir()} == expected
-    for name in expected - {"labels.json"}:
+    for name in expected - {"labels.json", "statistics.json"}:
         img = nib.load(str(out / name))
         assert img.shape == src.shape[:3]
         assert np.array_equal(img.affine, src.affine)
@@ -55,8 +56,23 @@ def test_segment_generated_volume(bundle: Path, tmp_path: Path) -> None:
     proc = latentseg("segment", str(source), "--targets", "liver,ivc", "--out", str(out),
                      "--steps", "2", "--ensemble", "2", "--seed", "3", "--quiet", bundle=bundle)
     assert proc.returncode == 0, proc.stderr
-    assert len(proc.stdout.strip().splitlines()) == 6  # one written path per line
+    assert len(proc.stdout.strip().splitlines()) == 7  # one written path per line
     check_outputs(out, source, ["liver", "inferior_vena_cava"])
+    # statistics.json agrees with the written maps and the CT (docs/statistics.md)
+    stats = json.loads((out / "statistics.json").read_text())
+    assert stats["ensemble"] == 2 and set(stats["targets"]) == {"liver", "inferior_vena_cava"}
+    for name, entry in stats["targets"].items():
+        mask = np.asarray(nib.load(str(out / f"{name}_mean.nii.gz")).dataobj) > 0.5
+        assert entry["voxel_count"] == int(mask.sum())
+        assert entry["volume_ml"] == pytest.approx(mask.sum() * 3.0 * 3.5 * 5.0 / 1000, abs=1e-3)
+        if mask.any():
+            assert entry["hu_mean"] == pytest.approx(float(data[mask].mean()), abs=0.1)
+        assert entry["ensemble_volume_ml"]["members"] == 2 and isinstance(entry["needs_review"], bool)
+    again = tmp_path / "again"
+    proc = latentseg("segment", str(source), "--targets", "liver", "--out", str(again), "--steps", "2",
+                     "--ensemble", "2", "--quiet", "--no-statistics", bundle=bundle)
+    assert proc.returncode == 0, proc.stderr
+    assert not (again / "statistics.json").exists()
 
 
 def test_segment_real_spleen_case(bundle: Path, tmp_path: Path) -> None:

@@ -109,7 +109,8 @@ def test_written_files(random_bundle: LoadedBundle, volume: Volume, tmp_path: Pa
     written = segment_file(random_bundle, path, tmp_path / "out", ["ivc", "liver"], ensemble=2, steps=2)
     names = sorted(p.name for p in written)
     assert names == sorted(["inferior_vena_cava_mean.nii.gz", "inferior_vena_cava_variance.nii.gz",
-                            "liver_mean.nii.gz", "liver_variance.nii.gz", "labels.nii.gz", "labels.json"])
+                            "liver_mean.nii.gz", "liver_variance.nii.gz", "labels.nii.gz", "labels.json",
+                            "statistics.json"])
     vocab = default_vocabulary()
     legend = json.loads((tmp_path / "out" / "labels.json").read_text())
     assert legend == {str(vocab.get("liver").id): "liver", str(vocab.get("ivc").id): "inferior_vena_cava"}

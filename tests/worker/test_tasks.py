@@ -50,7 +50,7 @@ def test_job_writes_all_results_atomically_and_reports_progress(runtime: WorkerR
 
     expected = sorted(
         ["liver_mean.nii.gz", "liver_variance.nii.gz", "pancreas_mean.nii.gz", "pancreas_variance.nii.gz",
-         "labels.nii.gz", "labels.json"]
+         "labels.nii.gz", "labels.json", "statistics.json"]
     )
     assert result == {"job_id": request.job_id, "results": expected}
     directory = job_dir(runtime.storage_root, request.job_id)
@@ -120,7 +120,8 @@ def test_a_dicom_job_without_seg_writes_nifti_on_the_series_grid_and_a_picture(r
     record = Record()
     result = run_segmentation(request.to_payload(), runtime=runtime, reporter=RecordReporter(record.update))
     assert result["results"] == sorted(
-        ["liver_mean.nii.gz", "liver_variance.nii.gz", "labels.nii.gz", "labels.json", "preview.png"]
+        ["liver_mean.nii.gz", "liver_variance.nii.gz", "labels.nii.gz", "labels.json", "preview.png",
+         "statistics.json"]
     )
     assert record.fields["bundle"] == {"name": runtime.bundle.name, "version": runtime.bundle.version}
     progress = [h["progress"] for h in record.history if "progress" in h]
