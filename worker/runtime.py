@@ -5,6 +5,8 @@ runs every job inside :func:`runtime_context`, so the dotted-path job function
 (:func:`worker.tasks.run_segmentation`) reaches the warm bundle through :func:`current_runtime`
 without a module-level global. Embedded mode passes the runtime to the job function directly.
 
+A worker process also owns one :class:`StopControl`: how SIGTERM/SIGINT stop it, idle or busy.
+
 torch and MONAI are imported only inside :func:`load_runtime` / :func:`pick_device`.
 """
 
@@ -12,21 +14,130 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from worker.contracts import JobInterrupted
 
 if TYPE_CHECKING:
     from model.bundle import LoadedBundle
     from model.onnx_backend import OnnxBundle
 
-__all__ = ["WorkerRuntime", "current_runtime", "load_runtime", "pick_device", "runtime_context"]
+__all__ = [
+    "StopControl",
+    "WorkerRuntime",
+    "WorkerStopped",
+    "WorkerStopping",
+    "current_runtime",
+    "load_runtime",
+    "pick_device",
+    "runtime_context",
+]
 
 log = logging.getLogger(__name__)
 
 _CURRENT: contextvars.ContextVar[WorkerRuntime] = contextvars.ContextVar("latentseg_worker_runtime")
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class WorkerStopping(Exception):
+    """Raised by the signal handler inside :meth:`StopControl.idle_wait`: stop waiting, exit now."""
+
+
+class WorkerStopped(JobInterrupted):
+    """Raised inside :meth:`StopControl.job_region` by a second stop signal (or the grace timer)."""
+
+    state = "failed"
+    reason = "stopped: the worker was shut down while this job ran; submit it again"
+
+
+class StopControl:
+    """How SIGTERM/SIGINT stop a worker process. Main thread only (signal handlers run there, and
+    a non-forking worker runs its jobs there).
+
+    - First signal, idle (inside :meth:`idle_wait`: the blocking wait for a job, or start-up):
+      :class:`WorkerStopping` is raised there, so the worker exits at once.
+    - First signal, busy: ``requested`` is set; the running job finishes and no new job is taken.
+      With ``grace_s``, a timer sends the process a second SIGTERM after that many seconds.
+    - Second signal while the job runs (inside :meth:`job_region`): :class:`WorkerStopped` is
+      raised in the job, which records ``failed`` with its reason; then the worker exits. A long
+      native call (one torch op) finishes first.
+    """
+
+    def __init__(self, grace_s: float | None = None) -> None:
+        self.requested = False
+        self.forced = False
+        self.wake = threading.Event()
+        self._grace_s = grace_s
+        self._idle = False
+        self._in_job = False
+        self._fired = False
+        self._timer: threading.Timer | None = None
+
+    def install(self) -> bool:
+        """Take over SIGTERM/SIGINT; False (nothing installed) outside the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        return True
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if not self.requested:
+            self.requested = True
+            self.wake.set()
+            if self._idle:
+                log.info("worker: %s while idle; stopping now", name)
+                raise WorkerStopping(name)
+            log.info("worker: %s; stopping once the running job ends (send it again to stop the job)", name)
+            if self._grace_s is not None:
+                self._timer = threading.Timer(self._grace_s, os.kill, (os.getpid(), signal.SIGTERM))
+                self._timer.daemon = True
+                self._timer.start()
+            return
+        self.forced = True
+        if self._idle:
+            raise WorkerStopping(name)
+        if self._in_job and not self._fired:
+            self._fired = True
+            log.warning("worker: second %s; stopping the running job", name)
+            raise WorkerStopped()
+        log.info("worker: %s again; already stopping", name)
+
+    @contextmanager
+    def idle_wait(self) -> Iterator[None]:
+        """A region the first signal may interrupt with :class:`WorkerStopping`."""
+        if self.requested:
+            raise WorkerStopping("stop requested")
+        self._idle = True
+        try:
+            yield
+        finally:
+            self._idle = False
+
+    @contextmanager
+    def job_region(self) -> Iterator[None]:
+        """The computing part of a job: a second signal raises :class:`WorkerStopped` in it."""
+        if self.forced and not self._fired:
+            self._fired = True
+            raise WorkerStopped()
+        self._in_job = True
+        try:
+            yield
+        finally:
+            self._in_job = False
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 @dataclass(frozen=True)
@@ -37,6 +148,8 @@ class WorkerRuntime:
     storage_root: Path
     # RQ mode: how often a running job refreshes its liveness key (TTL = 3 intervals).
     heartbeat_s: float = 10.0
+    # RQ mode: the process's SIGTERM/SIGINT handling; None in embedded mode.
+    stop: StopControl | None = None
 
     @property
     def bundle_info(self) -> dict[str, str]:

@@ -33,3 +33,7 @@ class WorkerSettings(BaseSettings):
     # A running job refreshes its liveness key this often; the API fails a started job whose key
     # has been gone for three intervals (its worker was killed).
     heartbeat_s: float = Field(default=10.0, gt=0)
+    # After a SIGTERM, a running job gets this long to finish; then it is stopped and ends
+    # failed ("stopped: ..."), as on a second SIGTERM. None = wait for it (up to the job timeout):
+    # set it a little below the supervisor's kill timeout (compose stop_grace_period).
+    stop_grace_s: float | None = Field(default=None, gt=0)

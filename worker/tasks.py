@@ -26,6 +26,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,17 @@ from worker.contracts import (
     job_dir,
     results_dir,
 )
-from worker.runtime import WorkerRuntime, current_runtime
+from worker.runtime import WorkerRuntime, WorkerStopped, current_runtime
 
-__all__ = ["describe_failure", "run_segmentation"]
+__all__ = ["JobStopped", "describe_failure", "run_segmentation"]
 
 log = logging.getLogger(__name__)
 # With DICOM-SEG/preview outputs, the pipeline reports up to this fraction of the progress.
 PIPELINE_SHARE = 0.9
+
+
+class JobStopped(RuntimeError):
+    """A job its worker stopped (shut down with a second SIGTERM, or past its stop grace period)."""
 
 
 def describe_failure(exc: BaseException, storage_root: Path | None = None) -> str:
@@ -65,6 +70,8 @@ def describe_failure(exc: BaseException, storage_root: Path | None = None) -> st
     if type(exc).__name__ == "JobTimeoutException":
         return f"timed out: {text}"
     if isinstance(exc, TimeoutError) and text.startswith("timed out"):
+        return text
+    if isinstance(exc, JobStopped):
         return text
     return f"{type(exc).__name__}: {text}"
 
@@ -97,9 +104,11 @@ def run_segmentation(
             log.info("job %s: not claimed (canceled or taken before it started); skipped", request.job_id)
             return {"job_id": request.job_id, "results": [], "skipped": True}
         log.info("job %s: started (%d targets)", request.job_id, len(request.targets))
+        stoppable = runtime.stop.job_region() if runtime.stop is not None else nullcontext()
         try:
             with reporter.interruptible():
-                names = _segment_atomically(runtime, request, reporter)
+                with stoppable:
+                    names = _segment_atomically(runtime, request, reporter)
         except JobInterrupted as exc:
             # The rename may have happened just before the interrupt landed: no result stays visible.
             shutil.rmtree(results_dir(runtime.storage_root, request.job_id), ignore_errors=True)
@@ -107,6 +116,8 @@ def run_segmentation(
             if exc.state == JobState.CANCELED.value:
                 reporter.canceled(exc.reason)
                 return {"job_id": request.job_id, "results": [], "canceled": True}
+            if isinstance(exc, WorkerStopped):
+                raise JobStopped(exc.reason) from None
             raise TimeoutError(exc.reason) from None
     except Exception as exc:
         reason = describe_failure(exc, storage_root)
