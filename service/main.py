@@ -22,7 +22,7 @@ from service.auth import Keyring, check_open_mode
 from service.deps import Services
 from service.jobs import JobService, JobStore, MemoryJobStore, RedisJobStore
 from service.queues import InProcessJobQueue, JobQueue
-from service.routes import health, jobs, preview, segment, targets, web
+from service.routes import health, job_input, jobs, preview, segment, targets, web
 from service.settings import ServiceSettings
 from service.storage import Storage
 
@@ -171,7 +171,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.keyring = keyring
     if not settings.embedded:
         _add_redis_error_handler(app)
-    for module in (segment, jobs, preview, targets, health, web):
+    for module in (segment, jobs, preview, job_input, targets, health, web):
         app.include_router(module.router)
     return app
 
