@@ -29,8 +29,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 10001 latentseg && mkdir -p /data && chown latentseg:latentseg /data
 COPY --from=wheel /dist /dist
 # `.[service]` only: the build fails if torch slipped into the API image.
+# The web page's viewer ships in the wheel (NiiVue vendored under service/static/vendor: no node stage,
+# no CDN at run time); the build fails if it is missing.
 RUN pip install "$(ls /dist/latentseg-*.whl)[service]" && rm -rf /dist \
  && python -c "import service.main" \
+ && python -c "from importlib import resources as r; assert r.files('service').joinpath('static/vendor/niivue/LICENSE').is_file()" \
  && ! python -c "import torch" 2>/dev/null
 USER latentseg
 VOLUME ["/data"]
