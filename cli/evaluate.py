@@ -1,4 +1,4 @@
-"""`latentseg evaluate --bundle B --data DIR`: per-target Dice, HD95 and variance AUROC on a labelled dataset."""
+"""`latentseg evaluate --bundle B --data DIR`: per-target Dice, HD95, variance AUROC, ECE and Brier on a labelled dataset."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from pathlib import Path
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="score a bundle on a labelled dataset folder (Dice, HD95, variance AUROC)",
+        help="score a bundle on a labelled dataset folder (Dice, HD95, variance AUROC, ECE, Brier)",
         description="Run the segmentation pipeline on every case of a dataset folder (MSD, nnU-Net v2 or plain) and "
         "score each target the data annotates and the bundle knows: Dice and HD95 (mm) of mean > 0.5, and the AUROC "
-        "of the ensemble variance for misclassified voxels. Writes evaluation.json and evaluation.md.",
+        "of the ensemble variance for misclassified voxels, the calibration of the mean probability (ECE over 15 bins, "
+        "Brier score) and the ensemble-only review scores of statistics.json per case. Writes evaluation.json, "
+        "evaluation.md and reliability.png.",
     )
     p.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: $LATENTSEG_BUNDLE or the demo bundle)")
     p.add_argument("--data", type=Path, required=True, help="dataset folder with labels")

@@ -18,6 +18,16 @@ Metric conventions (also written into every report):
   half. Restricted to voxels within ``margin_mm`` (default 10 mm) of the union of truth and
   prediction, so the huge easy background does not inflate it. None when that region has
   no error or nothing but errors.
+* **Calibration** of the mean probability, per target, pooled over every voxel of every case:
+  expected calibration error over 15 equal-width bins (ECE = Σ_b n_b/N·|mean p_b − truth rate_b|)
+  and the Brier score (mean (p − truth)²), both over the whole volume (``ece``, ``brier``: the easy
+  background dominates them) and within the variance-AUROC region (``ece_region``,
+  ``brier_region``: near the structure, where calibration matters). ``reliability.png`` draws the
+  region's bins per target.
+* **Review scores** (no ground truth needed, :mod:`model.statistics`): the members' mean pairwise
+  Dice, the share of the mask's voxels with high variance, the ensemble volume CV, and whether
+  ``statistics.json`` would flag the target (``needs_review``), recorded per case and target so the
+  review flag can be chosen by how well they predict Dice (``training.review_flag``).
 """
 
 from __future__ import annotations
@@ -39,12 +49,14 @@ from scipy import ndimage
 
 from model.bundle import LoadedBundle
 from model.pipeline import SegmentationOptions, segment_volume
+from model.statistics import MemberSummary, ReviewPolicy, target_statistics
 from model.preprocessing import load_nifti
 from training.data import read_dataset, select_cases, target_masks
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MARGIN_MM = 10.0
+CALIBRATION_BINS = 15
 METHOD_NOTES = (
     "prediction = ensemble mean > 0.5",
     "Dice: MONAI compute_dice (ignore_empty=False); mean/sd over cases whose truth is non-empty; "
@@ -53,6 +65,8 @@ METHOD_NOTES = (
     "undefined (null) when the prediction or the truth is empty",
     f"variance AUROC: rank-based AUROC (ties = 1/2) of the ensemble variance for misclassified voxels, "
     f"within {DEFAULT_MARGIN_MM:g} mm of the union of truth and prediction; mean over cases where defined",
+    f"calibration of the mean probability, pooled over cases: ECE ({CALIBRATION_BINS} equal-width bins) and Brier "
+    f"score over the whole volume and within the variance-AUROC region",
 )
 
 
@@ -145,6 +159,41 @@ def variance_auroc(
     return auroc(variance[region], (pred != truth)[region])
 
 
+def calibration_bins(probability: np.ndarray, truth: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """Per-bin voxel count, probability sum and truth sum over ``bins`` equal-width bins of [0, 1],
+    and the sum of squared errors: additive over cases (:func:`calibration_metrics`)."""
+    p = np.asarray(probability, np.float64).ravel()
+    t = np.asarray(truth, bool).ravel()
+    index = np.minimum((p * bins).astype(np.int64), bins - 1)
+    return {
+        "count": np.bincount(index, minlength=bins).astype(int).tolist(),
+        "prob_sum": np.bincount(index, weights=p, minlength=bins).tolist(),
+        "truth_sum": np.bincount(index, weights=t.astype(np.float64), minlength=bins).tolist(),
+        "squared_error_sum": float(np.square(p - t).sum()),
+    }
+
+
+def merge_bins(parts: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Sum of several :func:`calibration_bins` results (None when there are none)."""
+    if not parts:
+        return None
+    merged = {key: np.sum([np.asarray(p[key], np.float64) for p in parts], axis=0) for key in ("count", "prob_sum", "truth_sum")}
+    return {**{k: v.tolist() for k, v in merged.items()}, "squared_error_sum": float(sum(p["squared_error_sum"] for p in parts))}
+
+
+def calibration_metrics(bins: dict[str, Any] | None) -> tuple[float | None, float | None]:
+    """(ECE, Brier) from pooled bins; (None, None) when no voxel was counted."""
+    if bins is None:
+        return None, None
+    count = np.asarray(bins["count"], np.float64)
+    total = count.sum()
+    if total == 0:
+        return None, None
+    filled = count > 0
+    gap = np.abs(np.asarray(bins["prob_sum"])[filled] - np.asarray(bins["truth_sum"])[filled]) / count[filled]
+    return float((count[filled] / total * gap).sum()), float(bins["squared_error_sum"] / total)
+
+
 # --------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class CaseTargetResult:
@@ -156,6 +205,17 @@ class CaseTargetResult:
     truth_voxels: int
     pred_voxels: int
     note: str | None = None
+    # Review scores from the ensemble alone (model.statistics); None in reports written before them.
+    pred_volume_ml: float | None = None
+    pairwise_dice: float | None = None
+    high_variance_share: float | None = None
+    volume_cv: float | None = None
+    touches_edge: bool | None = None
+    needs_review: bool | None = None
+    review_reason: str | None = None
+    # Calibration bins of the mean probability (calibration_bins): whole volume and AUROC region.
+    calibration_all: dict[str, Any] | None = None
+    calibration_region: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +231,10 @@ class TargetSummary:
     auroc_cases: int
     absent_cases: int
     false_positive_cases: int
+    ece: float | None = None
+    brier: float | None = None
+    ece_region: float | None = None
+    brier_region: float | None = None
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -190,6 +254,9 @@ def summarise(results: Sequence[CaseTargetResult], targets: Sequence[str]) -> tu
         hd = [r.hd95_mm for r in present if r.hd95_mm is not None]
         hd_mean, hd_sd = _mean_sd(hd)
         au = [r.auroc for r in rows if r.auroc is not None]
+        ece, brier = calibration_metrics(merge_bins([r.calibration_all for r in rows if r.calibration_all]))
+        ece_region, brier_region = calibration_metrics(
+            merge_bins([r.calibration_region for r in rows if r.calibration_region]))
         out.append(
             TargetSummary(
                 target=target,
@@ -203,6 +270,10 @@ def summarise(results: Sequence[CaseTargetResult], targets: Sequence[str]) -> tu
                 auroc_cases=len(au),
                 absent_cases=len(rows) - len(present),
                 false_positive_cases=sum(1 for r in rows if r.truth_voxels == 0 and r.pred_voxels > 0),
+                ece=ece,
+                brier=brier,
+                ece_region=ece_region,
+                brier_region=brier_region,
             )
         )
     return tuple(out)
@@ -265,14 +336,16 @@ def _fmt(value: float | None, digits: int, sd: float | None = None) -> str:
 
 def markdown_table(summary: Sequence[TargetSummary]) -> str:
     rows = [
-        "| target | cases | Dice mean ± sd | HD95 mm (n) | variance AUROC (n) | absent (false +) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| target | cases | Dice mean ± sd | HD95 mm (n) | variance AUROC (n) | absent (false +) "
+        "| ECE near / all | Brier near / all |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
         rows.append(
             f"| {s.target} | {s.cases} | {_fmt(s.dice_mean, 3, s.dice_sd)} | "
             f"{_fmt(s.hd95_mean_mm, 1, s.hd95_sd_mm)} ({s.hd95_cases}) | {_fmt(s.auroc_mean, 3)} ({s.auroc_cases}) | "
-            f"{s.absent_cases} ({s.false_positive_cases}) |"
+            f"{s.absent_cases} ({s.false_positive_cases}) | {_fmt(s.ece_region, 3)} / {_fmt(s.ece, 4)} | "
+            f"{_fmt(s.brier_region, 3)} / {_fmt(s.brier, 4)} |"
         )
     return "\n".join(rows)
 
@@ -290,12 +363,29 @@ def evaluate_case_targets(
     truths: dict[str, np.ndarray],
     spacing: Sequence[float],
     margin_mm: float = DEFAULT_MARGIN_MM,
+    *,
+    members: dict[str, MemberSummary] | None = None,
+    affine: np.ndarray | None = None,
+    hu: np.ndarray | None = None,
+    review: ReviewPolicy = ReviewPolicy(),
 ) -> list[CaseTargetResult]:
-    """Metrics for each target in ``means`` against ``truths`` (same grid)."""
+    """Metrics for each target in ``means`` against ``truths`` (same grid); with ``affine`` also the
+    review scores of :mod:`model.statistics` (``members``: the ensemble's per-member counts)."""
     results = []
     for target, mean in means.items():
         truth = truths[target].astype(bool)
         pred = mean > 0.5
+        review_fields: dict[str, Any] = {}
+        if affine is not None:
+            entry = target_statistics(target, mean, variances[target], hu, affine, (members or {}).get(target), review)
+            quality = entry["quality"]
+            review_fields = {
+                "pred_volume_ml": entry["volume_ml"], "pairwise_dice": quality["pairwise_dice"],
+                "high_variance_share": quality["high_variance_share"], "volume_cv": quality["volume_cv"],
+                "touches_edge": entry["touches_edge"], "needs_review": entry["needs_review"],
+                "review_reason": entry["review_reason"],
+            }
+        region = error_region(pred, truth, spacing, margin_mm)
         hd = hd95_mm(pred, truth, spacing)
         notes = []
         if not truth.any():
@@ -314,6 +404,9 @@ def evaluate_case_targets(
                 truth_voxels=int(truth.sum()),
                 pred_voxels=int(pred.sum()),
                 note="; ".join(notes) or None,
+                **review_fields,
+                calibration_all=calibration_bins(mean, truth),
+                calibration_region=calibration_bins(mean[region], truth[region]) if region.any() else None,
             )
         )
     return results
@@ -385,7 +478,8 @@ def evaluate_dataset(
         for start in range(0, len(names), max(1, targets_per_pass)):
             group = list(names[start : start + max(1, targets_per_pass)])
             seg = segment_volume(bundle, volume, group, options, unserved=True)  # scored whether served or not
-            results.extend(evaluate_case_targets(case, seg.mean, seg.variance, truths, spacing, margin_mm))
+            results.extend(evaluate_case_targets(case, seg.mean, seg.variance, truths, spacing, margin_mm,
+                                                 members=seg.members, affine=volume.affine, hu=volume.data))
             del seg
         case_names.append(case)
         seconds = time.time() - case_started
@@ -411,14 +505,62 @@ def evaluate_dataset(
 
 
 def write_report(report: EvaluationReport, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``evaluation.json`` and ``evaluation.md`` into ``out_dir``; returns both paths."""
+    """Write ``evaluation.json``, ``evaluation.md`` and ``reliability.png`` (when any calibration was
+    measured) into ``out_dir``; returns the first two paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "evaluation.json"
     md_path = out / "evaluation.md"
     json_path.write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
     md_path.write_text(report.to_markdown())
+    curves = {t: merge_bins([r.calibration_region for r in report.results if r.target == t and r.calibration_region])
+              for t in (s.target for s in report.summary)}
+    curves = {t: b for t, b in curves.items() if b is not None}
+    if curves:
+        reliability_diagram(curves, out / "reliability.png")
     return json_path, md_path
+
+
+_PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+            (240, 50, 230), (128, 128, 0), (0, 0, 128), (170, 110, 40))
+
+
+def reliability_diagram(curves: dict[str, dict[str, Any]], path: str | Path, size: int = 520) -> Path:
+    """A reliability diagram (truth rate against mean predicted probability per bin, one line per
+    target, the diagonal = perfect calibration) as a PNG drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    margin, legend_w = 50, 190
+    image = Image.new("RGB", (size + legend_w, size), "white")
+    draw = ImageDraw.Draw(image)
+    side = size - 2 * margin
+
+    def xy(p: float, q: float) -> tuple[float, float]:
+        return margin + p * side, size - margin - q * side
+
+    draw.rectangle([xy(0, 1), xy(1, 0)], outline="black")
+    for tick in np.linspace(0, 1, 6):
+        draw.line([xy(tick, 0), (xy(tick, 0)[0], xy(tick, 0)[1] + 4)], fill="black")
+        draw.text((xy(tick, 0)[0] - 8, xy(tick, 0)[1] + 6), f"{tick:.1f}", fill="black")
+        draw.line([xy(0, tick), (xy(0, tick)[0] - 4, xy(0, tick)[1])], fill="black")
+        draw.text((xy(0, tick)[0] - 30, xy(0, tick)[1] - 6), f"{tick:.1f}", fill="black")
+    draw.line([xy(0, 0), xy(1, 1)], fill=(160, 160, 160), width=1)
+    draw.text((margin, 8), "reliability (near each structure): truth rate vs mean probability", fill="black")
+    draw.text((margin + side / 2 - 60, size - 22), "mean predicted probability", fill="black")
+    for k, (target, bins) in enumerate(curves.items()):
+        colour = _PALETTE[k % len(_PALETTE)]
+        count = np.asarray(bins["count"], np.float64)
+        filled = count > 0
+        points = [xy(p, q) for p, q in zip(np.asarray(bins["prob_sum"])[filled] / count[filled],
+                                           np.asarray(bins["truth_sum"])[filled] / count[filled], strict=True)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        ece, _ = calibration_metrics(bins)
+        draw.text((size + 5, margin + 16 * k), f"{target} (ECE {ece:.3f})", fill=colour)
+    image.save(path)
+    return Path(path)
 
 
 def read_report(path: str | Path) -> EvaluationReport:

@@ -32,6 +32,13 @@ def test_evaluate_writes_json_and_markdown(tmp_path: Path) -> None:
     assert all(0.0 <= r["dice"] <= 1.0 for r in report["results"])
     md = (out / "evaluation.md").read_text()
     assert "| liver | 2 |" in md and "| kidney_left |" in md
+    # calibration per target and a reliability diagram; review scores per case and target
+    assert "ECE near / all" in md and (out / "reliability.png").stat().st_size > 1000
+    for s in report["summary"]:
+        assert 0 <= s["ece"] <= 1 and 0 <= s["brier"] <= 1
+    for r in report["results"]:
+        assert isinstance(r["needs_review"], bool) and r["pred_volume_ml"] >= 0
+        assert r["pairwise_dice"] is None or 0 <= r["pairwise_dice"] <= 1
 
 
 def test_evaluate_reports_untrained_or_unannotated_targets_in_one_line(tmp_path: Path) -> None:
