@@ -46,6 +46,7 @@ can run in the API process. :func:`read_dicom_series` imports ``model.preprocess
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import stat
@@ -75,6 +76,7 @@ __all__ = [
     "find_dicom_files",
     "inspect_dicom_series",
     "is_dicom_input",
+    "quiet_identifying_loggers",
     "read_dicom_series",
     "scan_series",
 ]
@@ -95,6 +97,7 @@ _SPACING_REL_TOL = 0.01  # slice steps may differ from the median by 1 % ...
 _SPACING_ABS_TOL = 0.01  # ... or 0.01 mm, whichever is larger
 _ZIP_CHUNK = MiB
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # disk full: raised as OSError, never InputError
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,11 @@ def extract_zip(zip_path: Path, dest: Path, limits: DicomLimits = DicomLimits())
                                 "that is over this reader's limit"
                             )
                         dst.write(chunk)
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as exc:
+            except OSError as exc:
+                if exc.errno in _STORAGE_ERRNOS:  # the disk is full: not the member's fault
+                    raise
+                raise InputError(f"the zip member {info.filename!r} cannot be read ({exc})") from exc
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
                 raise InputError(f"the zip member {info.filename!r} cannot be read ({exc})") from exc
             written.append(target)
     return written
@@ -492,6 +499,26 @@ def scan_series(files: Iterable[Path], where: str) -> tuple[DicomSeriesInfo, lis
     return info, members
 
 
+# ---------------------------------------------------------------- logging
+
+
+# Libraries that log identifiers at INFO: highdicom names every source dataset by its SOP
+# Instance UID while it copies patient and study attributes into a SEG.
+IDENTIFYING_LOGGERS = ("highdicom",)
+
+
+def quiet_identifying_loggers() -> None:
+    """Raise :data:`IDENTIFYING_LOGGERS` to WARNING, so INFO logs carry no UIDs (idempotent).
+
+    Called by :func:`read_dicom_series` (the worker and the CLI read a series before they write
+    its SEG); a logger already set above WARNING on purpose is left alone.
+    """
+    for name in IDENTIFYING_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
 # ---------------------------------------------------------------- public readers
 
 
@@ -540,6 +567,7 @@ def read_dicom_series(path: str | Path, limits: DicomLimits = DicomLimits()) -> 
     """
     from model.preprocessing import Volume, check_affine, sanitize_hu
 
+    quiet_identifying_loggers()
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="latentseg-dicom-") as scratch:
         files, where = _with_files(path, limits, Path(scratch))

@@ -19,10 +19,13 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.settings import ServiceSettings, is_loopback_host
 
-__all__ = ["OPEN_TENANT", "CallerDep", "Keyring", "check_open_mode", "get_caller", "hash_api_key", "new_api_key"]
+__all__ = [
+    "OPEN_TENANT", "CallerDep", "Keyring", "bearer_scheme", "check_open_mode", "get_caller", "hash_api_key", "new_api_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +82,27 @@ def check_open_mode(settings: ServiceSettings, keyring: Keyring) -> None:
     )
 
 
-def get_caller(request: Request) -> str:
+# Declares the scheme in OpenAPI (every route that needs a caller lists it); the checks are ours.
+bearer_scheme = HTTPBearer(
+    scheme_name="ApiKey",
+    bearerFormat="opaque API key",
+    description="An API key (`latentseg serve --new-key NAME`) as `Authorization: Bearer <key>`. Required when the "
+    "server has keys configured; a server without keys (loopback only) ignores it.",
+    auto_error=False,
+)
+
+
+def get_caller(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+) -> str:
     """The tenant of this request (a key's name), or 401."""
     keyring: Keyring = request.app.state.keyring
     if keyring.open:
         return OPEN_TENANT
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = credentials.credentials.strip() if credentials is not None else ""
+    if not token:
         raise HTTPException(401, "an API key is required: send 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
-    name = keyring.identify(token.strip())
+    name = keyring.identify(token)
     if name is None:
         raise HTTPException(401, "the API key is not valid", {"WWW-Authenticate": "Bearer"})
     return name

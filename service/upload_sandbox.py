@@ -6,7 +6,8 @@ runs :func:`service.nifti.normalize_upload` (``kind="nifti"``) or
 :func:`service.dicom_upload.normalize_dicom_upload` (``kind="dicom_zip"``), and prints one JSON
 line. A child that crashes (segfault, out of memory), overruns the wall-clock limit (killed) or
 prints nonsense becomes an :class:`UploadUnchecked` (HTTP 422: the upload could not be checked);
-the API process itself only waits on a pipe.
+a child that finds the storage volume full answers so, which becomes
+:class:`service.storage.StorageFull` (HTTP 507). The API process itself only waits on a pipe.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from service.nifti import MalformedNifti, NotNifti, UploadLimits, UploadRejected, UploadTooBig, VolumeInfo
+from service.storage import StorageFull, is_storage_full
 
 __all__ = ["SandboxLimits", "UploadUnchecked", "check_upload", "main"]
 
@@ -81,6 +83,9 @@ async def check_upload(
                 shape=tuple(v["shape"]), spacing=tuple(v["spacing"]), dtype=v["dtype"],
                 nonfinite_voxels=int(v["nonfinite_voxels"]),
             )
+        if answer["kind"] == "storage_full":
+            Path(dst).unlink(missing_ok=True)
+            raise StorageFull(answer["message"])
         error = _KINDS[answer["kind"]](answer["message"])
     except (ValueError, KeyError, IndexError, TypeError):
         Path(dst).unlink(missing_ok=True)
@@ -120,6 +125,11 @@ def main(argv: list[str]) -> int:
     except UploadRejected as exc:
         kind = {NotNifti: "not_nifti", UploadTooBig: "too_big"}.get(type(exc), "malformed")
         answer = {"ok": False, "kind": kind, "message": str(exc)}
+    except OSError as exc:
+        if not is_storage_full(exc):
+            raise
+        Path(dst).unlink(missing_ok=True)
+        answer = {"ok": False, "kind": "storage_full", "message": f"storage full while writing the checked copy ({exc.strerror})"}
     else:
         answer = {"ok": True, "volume": asdict(info)}
     sys.stdout.write(json.dumps(answer) + "\n")

@@ -4,7 +4,9 @@ The same function runs in RQ workers (``latentseg worker``) and in the embedded 
 worker of ``latentseg serve``. It segments every requested target in one pass, writes the
 results into a private temp directory on the storage filesystem and renames it to
 ``results/`` so a reader never sees half a result. Any failure is written into our durable
-record in words (no traceback) and re-raised, so RQ marks its own job failed too.
+record in words (no traceback) and re-raised, so RQ marks its own job failed too. Every ending
+(finished, failed with its reason, canceled) is also written into the job's manifest on storage
+(:func:`record_terminal_state`), so a Redis that loses its data cannot bring the job back to life.
 
 Inputs and outputs:
 
@@ -21,16 +23,19 @@ Inputs and outputs:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from worker.contracts import (
+    MANIFEST_NAME,
     RESULTS_TMP_PREFIX,
     JobInterrupted,
     JobReporter,
@@ -38,10 +43,11 @@ from worker.contracts import (
     SegmentationRequest,
     job_dir,
     results_dir,
+    utc_now,
 )
 from worker.runtime import WorkerRuntime, WorkerStopped, current_runtime
 
-__all__ = ["JobStopped", "describe_failure", "run_segmentation"]
+__all__ = ["JobStopped", "describe_failure", "record_terminal_state", "run_segmentation"]
 
 log = logging.getLogger(__name__)
 # With DICOM-SEG/preview outputs, the pipeline reports up to this fraction of the progress.
@@ -96,6 +102,7 @@ def run_segmentation(
             heartbeat_s = 10.0  # the missing runtime is reported as the job's failure below
         reporter = rq_reporter(heartbeat_s)
     storage_root: Path | None = None
+    started: dict[str, Any] = {}  # what the manifest learns of the start, with the ending
     try:
         request = SegmentationRequest.from_payload(payload)
         runtime = runtime if runtime is not None else current_runtime()
@@ -103,6 +110,7 @@ def run_segmentation(
         if not reporter.started():
             log.info("job %s: not claimed (canceled or taken before it started); skipped", request.job_id)
             return {"job_id": request.job_id, "results": [], "skipped": True}
+        started["started_at"] = utc_now()
         log.info("job %s: started (%d targets)", request.job_id, len(request.targets))
         stoppable = runtime.stop.job_region() if runtime.stop is not None else nullcontext()
         try:
@@ -115,6 +123,9 @@ def run_segmentation(
             log.info("job %s: %s", request.job_id, exc.reason)
             if exc.state == JobState.CANCELED.value:
                 reporter.canceled(exc.reason)
+                record_terminal_state(runtime.storage_root, request.job_id, {
+                    **started, "status": JobState.CANCELED.value, "finished_at": utc_now(), "error": exc.reason,
+                })
                 return {"job_id": request.job_id, "results": [], "canceled": True}
             if isinstance(exc, WorkerStopped):
                 raise JobStopped(exc.reason) from None
@@ -123,10 +134,47 @@ def run_segmentation(
         reason = describe_failure(exc, storage_root)
         log.warning("job %s failed: %s", payload.get("job_id"), reason)
         reporter.failed(reason)
+        if storage_root is not None:
+            record_terminal_state(storage_root, str(payload.get("job_id")), {
+                **started, "status": JobState.FAILED.value, "finished_at": utc_now(), "error": reason,
+            })
         raise
-    reporter.finished(names, bundle={"name": str(runtime.bundle.name), "version": str(runtime.bundle.version)})
+    bundle = {"name": str(runtime.bundle.name), "version": str(runtime.bundle.version)}
+    reporter.finished(names, bundle=bundle)
+    record_terminal_state(runtime.storage_root, request.job_id, {
+        **started, "status": JobState.FINISHED.value, "progress": 100, "finished_at": utc_now(), "results": names,
+        "bundle": bundle, "error": None,
+    })
     log.info("job %s: finished (%d files)", request.job_id, len(names))
     return {"job_id": request.job_id, "results": names}
+
+
+def record_terminal_state(storage_root: Path, job_id: str, fields: Mapping[str, Any]) -> bool:
+    """Write a job's ending into its manifest on storage (``job.json``, the API's copy of the
+    record), so a Redis that loses its data gives the job back in this state, not queued again.
+
+    Atomic (a private temp file, then ``os.replace``); a job without a manifest (never accepted
+    through the API) is left alone. Returns whether the manifest was written; a storage error is
+    logged, never a job failure.
+    """
+    try:
+        path = job_dir(storage_root, job_id) / MANIFEST_NAME
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("record"), dict):
+            return False
+        manifest["record"].update(fields)
+        partial = path.with_name(f".{MANIFEST_NAME}.{secrets.token_hex(4)}.part")
+        try:
+            partial.write_text(json.dumps(manifest))
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as exc:
+        log.warning("job %s: could not record its ending on storage (%s)", job_id, type(exc).__name__)
+        return False
+    return True
 
 
 def _segment_atomically(runtime: WorkerRuntime, request: SegmentationRequest, reporter: JobReporter) -> list[str]:

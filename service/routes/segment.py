@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
@@ -32,7 +33,7 @@ from service.deps import ServicesDep
 from service.jobs import AdmissionRefused
 from service.nifti import UploadLimits, UploadRejected
 from service.dicom_upload import is_zip_upload
-from service.prompt_targets import resolve_request_targets
+from service.prompt_targets import PromptLimits, resolve_request_targets
 from service.schemas import SubmitResponse
 from service.storage import UploadTooLarge
 from service.upload_sandbox import SandboxLimits, check_upload
@@ -118,6 +119,7 @@ def _accepted(request: Request, response: Response, record: dict[str, Any], dupl
     openapi_extra=_BODY_DOC,
     responses={
         200: {"description": "a duplicate: this key already submitted the same upload with the same parameters"},
+        400: {"description": "a malformed multipart body"},
         401: {"description": "missing or invalid API key"},
         413: {"description": "too large (compressed, decompressed, voxels, or zip members)"},
         415: {"description": "neither a NIfTI nor a zip of DICOM images"},
@@ -125,6 +127,7 @@ def _accepted(request: Request, response: Response, record: dict[str, Any], dupl
                              "(a single slice, several series, gantry tilt, uneven spacing...)"},
         429: {"description": "too many active jobs for this key, or the queue is full (see Retry-After)"},
         503: {"description": "the job queue is unavailable"},
+        507: {"description": "storage full: nothing was kept (see Retry-After)"},
     },
 )
 async def submit_segmentation(
@@ -149,8 +152,16 @@ async def submit_segmentation(
     settings = services.settings
     if fractional and dicom is False:
         raise HTTPException(422, "fractional=true describes the DICOM-SEG output; it cannot go with dicom=false")
-    try:  # names, synonyms or plain words ("left kidney"): service.prompt_targets
-        resolved = await run_in_threadpool(resolve_request_targets, request.app, services.vocabulary, targets)
+    try:  # admission first: a refused caller costs no prompt resolution
+        await run_in_threadpool(services.jobs.check_admission, owner)
+    except AdmissionRefused as exc:
+        raise _refused(exc, settings.retry_after_s) from exc
+    prompt_limits = PromptLimits(settings.max_target_chars, settings.max_targets, settings.max_targets_chars,
+                                 settings.prompt_cache_entries)
+    try:  # names, synonyms or plain words ("left kidney"), length-capped first: service.prompt_targets
+        resolved = await run_in_threadpool(
+            resolve_request_targets, request.app, services.vocabulary, targets, prompt_limits
+        )
     except UnknownTargetError as exc:
         raise HTTPException(422, {"message": str(exc), "unknown": list(exc.unknown), "valid": list(exc.valid),
                                   "suggestions": exc.suggestions}) from exc
@@ -162,10 +173,6 @@ async def submit_segmentation(
         raise HTTPException(422, f"ensemble must be at most {settings.max_ensemble}")
     if steps > settings.max_steps:
         raise HTTPException(422, f"steps must be at most {settings.max_steps}")
-    try:
-        await run_in_threadpool(services.jobs.check_admission, owner)
-    except AdmissionRefused as exc:
-        raise _refused(exc, settings.retry_after_s) from exc
 
     limit = settings.max_upload_bytes
     content_type = request.headers.get("content-type", "")
@@ -194,7 +201,12 @@ async def submit_segmentation(
         raise HTTPException(400, "the upload was interrupted") from None
     except MultiPartException as exc:
         services.storage.delete_job(job_id)
-        raise HTTPException(422, f"malformed multipart body: {exc.message}") from None
+        raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
+    except StarletteHTTPException as exc:  # Starlette's form parser reports a malformed body as 400
+        services.storage.delete_job(job_id)
+        if exc.status_code == 400:
+            raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
+        raise
 
     names = tuple(t.name for t in resolved)
     is_dicom = is_zip_upload(raw.path)

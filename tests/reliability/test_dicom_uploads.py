@@ -8,6 +8,7 @@ members. The real 3-slice series (512x512x3, 1.6 MB inflated) fits under all of 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from service.upload_sandbox import SandboxLimits, check_upload
 from tests.conftest import Process, purge_namespace
 from tests.reliability.conftest import post_liver as _post
 from tests.reliability.conftest import rq_api_server, unaccepted_job_dirs
+from tests.reliability.dicom_zips import SERIES as SERIES_DIR
 from tests.reliability.dicom_zips import (
     CT_FILES,
     PATIENT_ID,
@@ -223,3 +225,28 @@ def test_patient_fields_and_member_names_never_reach_the_log(http: httpx.Client,
 def test_fractional_cannot_go_with_dicom_false(http: httpx.Client) -> None:
     response = _post(http, zip_bytes([]), dicom="false", fractional="true")
     assert response.status_code == 422 and "fractional" in response.json()["detail"]
+
+
+@needs_series
+def test_reading_a_series_logs_counts_never_file_names_or_uids(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """What the worker and the CLI call: files named by their UIDs (as PACS exports do), a SEG and a
+    README beside them, a symbolic link in a zip. INFO lines say how many were skipped, nothing more."""
+    from model.dicom_io import read_dicom_series
+
+    seg = SERIES_DIR / "liver.dcm"
+    members = [(f"CT.{pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID}", p.read_bytes()) for p in CT_FILES]
+    members += [(f"SEG.{pydicom.dcmread(seg, stop_before_pixels=True).SOPInstanceUID}", seg.read_bytes()),
+                (f"{PATIENT_NAME}.txt", b"notes\n")]
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for name, data in members:
+        (folder / name).write_bytes(data)
+    archive = tmp_path / "export.zip"
+    archive.write_bytes(zip_bytes(members))
+    with caplog.at_level(logging.INFO):
+        for source in (folder, archive):
+            assert read_dicom_series(source).volume.shape == (512, 512, 3)
+    text = caplog.text
+    assert "1 SEG object(s) skipped" in text and "1 non-DICOM files skipped" in text
+    for name, _ in members:
+        assert name not in text and name.split(".", 1)[-1] not in text, name

@@ -127,7 +127,7 @@ def test_delete_wins_over_a_worker_that_already_popped_the_job(
                    30, "rq job done")
         assert Job.fetch(job_id, connection=connection, serializer=JSONSerializer).return_value()["skipped"] is True
         assert http.get(f"/jobs/{job_id}").json()["status"] == "canceled"
-        assert not (storage / "jobs" / job_id).exists()
+        assert [p.name for p in (storage / "jobs" / job_id).iterdir()] == ["job.json"]  # the ending, no upload
 
 
 def test_embedded_job_timeout_fails_the_job_and_the_worker_thread_survives(

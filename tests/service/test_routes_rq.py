@@ -160,9 +160,11 @@ def test_delete_cancels_a_queued_job_then_deletes_it(
     response = client.delete(f"/jobs/{job_id}")
     assert response.status_code == 200 and response.json()["status"] == "canceled"
     assert queue.count == 0
-    assert not (settings.storage_dir / "jobs" / job_id).exists()
+    # The upload is gone; only the manifest stays, recording the ending (issue 17 item 3).
+    assert [p.name for p in (settings.storage_dir / "jobs" / job_id).iterdir()] == ["job.json"]
     assert client.get(f"/jobs/{job_id}").json()["status"] == "canceled"
     assert client.delete(f"/jobs/{job_id}").status_code == 204
+    assert not (settings.storage_dir / "jobs" / job_id).exists()
     assert client.get(f"/jobs/{job_id}").status_code == 404
 
 
