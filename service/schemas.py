@@ -51,6 +51,10 @@ class JobStatus(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     error: str | None = Field(None, description="why the job failed, in words")
+    source: dict[str, str] | None = Field(None, description="the DICOMweb series the job segments (study_uid, series_uid)")
+    push_status: str | None = Field(None, description="push=true: pending, retrying: reason, pushed, or push_failed: reason")
+    push_attempts: int = Field(0, description="STOW-RS attempts made")
+    pushed_instances: list[str] = Field(default_factory=list, description="SOP Instance UIDs the PACS stored")
     results_url: str | None = None
 
     @classmethod

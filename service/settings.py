@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.dicomweb import DicomwebSettings
 from worker.contracts import default_storage_dir
 
 __all__ = ["ServiceSettings"]
@@ -97,6 +98,9 @@ class ServiceSettings(BaseSettings):
     result_ttl_s: int = Field(default=24 * 3600, ge=0)
     failure_ttl_s: int = Field(default=7 * 24 * 3600, ge=0)
     record_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
+
+    # The PACS for POST /segment?study_uid=... (LATENTSEG_DICOMWEB_URL, _AUTH, ...: model.dicomweb).
+    dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
 
     @field_validator("api_keys")
     @classmethod

@@ -188,6 +188,12 @@ class SegmentationRequest:
     ``dicom_seg`` asks for ``segmentation.dcm`` (BINARY, or FRACTIONAL with ``fractional``); for
     a NIfTI input the derived CT series it references comes as ``dicom_ct.zip``. Payloads
     written before these fields existed read as False.
+
+    ``source`` (a DICOMweb reference instead of an upload): ``{"study_uid", "series_uid",
+    "max_bytes", "max_files", "max_voxels"}``; the worker retrieves the series into
+    ``input.zip`` with WADO-RS under those caps (the API's upload limits) before segmenting
+    (:mod:`worker.dicomweb`). The URL and credentials are the worker's own settings, never in
+    the payload. ``push`` stores ``segmentation.dcm`` with STOW-RS after the job finished.
     """
 
     job_id: str
@@ -199,6 +205,8 @@ class SegmentationRequest:
     dicom_seg: bool = False
     fractional: bool = False
     largest_component: bool | None = None  # None: the bundle's default
+    source: Mapping[str, Any] | None = None
+    push: bool = False
 
     def __post_init__(self) -> None:
         if not is_job_id(self.job_id):
@@ -218,6 +226,20 @@ class SegmentationRequest:
             raise PayloadError("fractional needs dicom_seg")
         if self.largest_component is not None and not isinstance(self.largest_component, bool):
             raise PayloadError(f"largest_component must be a bool or null, got {self.largest_component!r}")
+        if self.source is not None:
+            if self.input_name != DICOM_INPUT_NAME:
+                raise PayloadError(f"a DICOMweb source is retrieved into {DICOM_INPUT_NAME}, not {self.input_name!r}")
+            for key in ("study_uid", "series_uid"):
+                if not isinstance(self.source.get(key), str) or not self.source.get(key):
+                    raise PayloadError(f"source.{key} must be a UID string, got {self.source.get(key)!r}")
+            for key in ("max_bytes", "max_files", "max_voxels"):
+                value = self.source.get(key)
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise PayloadError(f"source.{key} must be a positive int, got {value!r}")
+        if not isinstance(self.push, bool):
+            raise PayloadError(f"push must be a bool, got {self.push!r}")
+        if self.push and not self.dicom_seg:
+            raise PayloadError("push needs dicom_seg (the DICOM-SEG is what is pushed)")
 
     @property
     def is_dicom(self) -> bool:
@@ -234,6 +256,8 @@ class SegmentationRequest:
             "dicom_seg": self.dicom_seg,
             "fractional": self.fractional,
             "largest_component": self.largest_component,
+            "source": dict(self.source) if self.source is not None else None,
+            "push": self.push,
         }
 
     @classmethod
@@ -249,6 +273,8 @@ class SegmentationRequest:
                 dicom_seg=payload.get("dicom_seg", False),
                 fractional=payload.get("fractional", False),
                 largest_component=payload.get("largest_component"),
+                source=payload.get("source"),
+                push=payload.get("push", False),
             )
         except (KeyError, TypeError) as exc:
             raise PayloadError(f"malformed segmentation payload: {exc!r}") from exc
@@ -277,3 +303,7 @@ class JobReporter(Protocol):
         ...
 
     def failed(self, reason: str) -> None: ...
+
+    def annotate(self, fields: Mapping[str, Any]) -> None:
+        """Extra record fields after the job ended (the DICOMweb push status)."""
+        ...

@@ -193,6 +193,10 @@ class RecordReporter:
         self._update(fields)
         self._stop_heartbeat()
 
+    def annotate(self, fields: Mapping[str, Any]) -> None:
+        """Write extra fields (the DICOMweb push status) into the record."""
+        self._update(dict(fields))
+
     def failed(self, reason: str) -> None:
         self._update({"status": JobState.FAILED.value, "finished_at": utc_now(), "error": reason})
         self._stop_heartbeat()

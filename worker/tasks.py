@@ -79,6 +79,10 @@ def describe_failure(exc: BaseException, storage_root: Path | None = None) -> st
         return text
     if isinstance(exc, JobStopped):
         return text
+    from model.dicomweb import DicomwebError
+
+    if isinstance(exc, DicomwebError):  # "source unreachable: ...", "series not found: ..."
+        return text
     return f"{type(exc).__name__}: {text}"
 
 
@@ -146,6 +150,10 @@ def run_segmentation(
         "bundle": bundle, "error": None,
     })
     log.info("job %s: finished (%d files)", request.job_id, len(names))
+    if request.push:  # after the results are final: a failed push is a status, never a lost result
+        from worker.dicomweb import push_results
+
+        push_results(request, results_dir(runtime.storage_root, request.job_id), reporter.annotate)
     return {"job_id": request.job_id, "results": names}
 
 
@@ -180,6 +188,10 @@ def record_terminal_state(storage_root: Path, job_id: str, fields: Mapping[str, 
 def _segment_atomically(runtime: WorkerRuntime, request: SegmentationRequest, reporter: JobReporter) -> list[str]:
     directory = job_dir(runtime.storage_root, request.job_id)
     input_path = request.input_path(runtime.storage_root)
+    if request.source is not None and not input_path.is_file():  # a DICOMweb reference: WADO-RS it first
+        from worker.dicomweb import fetch_source
+
+        fetch_source(request, input_path)
     if not input_path.is_file():
         raise FileNotFoundError(f"the upload for job {request.job_id} is missing from storage")
     final = results_dir(runtime.storage_root, request.job_id)

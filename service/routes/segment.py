@@ -148,6 +148,12 @@ async def submit_segmentation(
     largest_component: Annotated[bool | None, Query(description="keep only the largest connected piece of one-piece "
                                                                "organs (GET /targets: `connected`); default: the "
                                                                "model's")] = None,
+    study_uid: Annotated[str | None, Query(description="instead of a body: segment a series of this study on the "
+                                                       "DICOMweb source (service.dicomweb_ref)")] = None,
+    series_uid: Annotated[str | None, Query(description="the series (default: the study's CT series with the most "
+                                                        "instances; ambiguous or no CT: 422)")] = None,
+    push: Annotated[bool, Query(description="store segmentation.dcm in the PACS (STOW-RS) when the job finished; "
+                                            "needs study_uid")] = False,
 ) -> SubmitResponse:
     settings = services.settings
     if fractional and dicom is False:
@@ -173,6 +179,14 @@ async def submit_segmentation(
         raise HTTPException(422, f"ensemble must be at most {settings.max_ensemble}")
     if steps > settings.max_steps:
         raise HTTPException(422, f"steps must be at most {settings.max_steps}")
+    if study_uid is not None or series_uid is not None or push:  # a DICOMweb reference, no upload
+        from service.dicomweb_ref import ReferenceParams, submit_reference
+
+        record, duplicate = await submit_reference(services, request.headers, owner, ReferenceParams(
+            study_uid, series_uid, push, tuple(t.name for t in resolved), ensemble, steps, seed, dicom, fractional,
+            largest_component,
+        ))
+        return _accepted(request, response, record, duplicate)
 
     limit = settings.max_upload_bytes
     content_type = request.headers.get("content-type", "")
