@@ -100,11 +100,16 @@ class TargetOut(BaseModel):
     category: CodeOut = Field(description="the segmented property category")
     side: str | None = Field(description="the patient's side (left/right), the SEG's laterality modifier")
     connected: bool = Field(False, description="one connected piece: largest_component post-processing applies to it")
+    served: bool | None = Field(None, description="whether the deployed bundle(s) serve it (None: no bundle known yet)")
+    served_reason: str | None = Field(None, description="why it is not served (untrained, or its left-out Dice)")
 
 
 class TargetList(BaseModel):
     targets: list[TargetOut]
     vocabulary_sha256: str
+    served_targets: list[str] | None = Field(None, description="targets POST /segment accepts now (None: unknown)")
+    served_note: str | None = Field(None, description="why the served targets are unknown")
+    bundles: list[dict[str, str]] = Field(default_factory=list, description="the bundle(s) the answer comes from")
 
 
 class Health(BaseModel):

@@ -86,6 +86,9 @@ class ServiceSettings(BaseSettings):
     max_steps: int = Field(default=1000, ge=1)
     default_ensemble: int = Field(default=5, ge=1)
     default_steps: int = Field(default=10, ge=1)
+    # RQ mode: answer POST /segment with 503 while no live worker has published its bundle (what it
+    # serves is unknown then); off by default, so jobs wait in the queue for workers still starting.
+    require_worker_bundle: bool = False
     # Free-text targets (service.prompt_targets): caps checked before any prompt is resolved or
     # embedded (422 above them), and the size of the bounded cache of prompt embeddings.
     max_target_chars: int = Field(default=64, ge=1)

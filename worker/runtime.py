@@ -13,6 +13,7 @@ torch and MONAI are imported only inside :func:`load_runtime` / :func:`pick_devi
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import os
 import signal
@@ -153,11 +154,17 @@ class WorkerRuntime:
 
     @property
     def bundle_info(self) -> dict[str, str]:
+        """What the worker publishes (all strings): ``served_targets`` comma-separated and
+        ``unserved_reasons`` a JSON object {target: why}, read by the API (service.served)."""
+        manifest = self.bundle.manifest
+        unserved = {t: manifest.unserved_reason(t) for t in manifest.trained_targets if t not in manifest.served_targets}
         return {
             "name": str(self.bundle.name),
             "version": str(self.bundle.version),
             "device": str(self.bundle.device),
             "backend": self.bundle.backend,
+            "served_targets": ",".join(manifest.served_targets),
+            "unserved_reasons": json.dumps(unserved, sort_keys=True),
         }
 
 

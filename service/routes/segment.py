@@ -35,6 +35,7 @@ from service.nifti import UploadLimits, UploadRejected
 from service.dicom_upload import is_zip_upload
 from service.prompt_targets import PromptLimits, resolve_request_targets
 from service.schemas import SubmitResponse
+from service.served import served_targets, unserved_problem
 from service.storage import UploadTooLarge
 from service.upload_sandbox import SandboxLimits, check_upload
 from worker.contracts import SegmentationRequest, new_job_id
@@ -123,10 +124,12 @@ def _accepted(request: Request, response: Response, record: dict[str, Any], dupl
         401: {"description": "missing or invalid API key"},
         413: {"description": "too large (compressed, decompressed, voxels, or zip members)"},
         415: {"description": "neither a NIfTI nor a zip of DICOM images"},
-        422: {"description": "invalid parameters, a malformed NIfTI, or a DICOM zip that is not one usable series "
+        422: {"description": "invalid parameters, a target the deployed bundle(s) do not serve (GET /targets: "
+                             "`served`), a malformed NIfTI, or a DICOM zip that is not one usable series "
                              "(a single slice, several series, gantry tilt, uneven spacing...)"},
         429: {"description": "too many active jobs for this key, or the queue is full (see Retry-After)"},
-        503: {"description": "the job queue is unavailable"},
+        503: {"description": "the job queue is unavailable, or (LATENTSEG_REQUIRE_WORKER_BUNDLE) no worker has "
+                             "published its bundle yet"},
         507: {"description": "storage full: nothing was kept (see Retry-After)"},
     },
 )
@@ -173,6 +176,14 @@ async def submit_segmentation(
                                   "suggestions": exc.suggestions}) from exc
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
+    served = await run_in_threadpool(served_targets, services)  # before anything is read or queued
+    if (problem := unserved_problem(served, [t.name for t in resolved])) is not None:
+        known = served.served or frozenset()
+        raise HTTPException(422, {"message": problem, "unserved": [t.name for t in resolved if t.name not in known],
+                                  "served": [t.name for t in services.vocabulary.targets if t.name in known]})
+    if served.served is None and settings.require_worker_bundle and not settings.embedded:
+        raise HTTPException(503, f"{served.why_unknown}: the served targets are unknown until a worker starts",
+                            {"Retry-After": str(settings.retry_after_s)})
     ensemble = settings.default_ensemble if ensemble is None else ensemble
     steps = settings.default_steps if steps is None else steps
     if ensemble > settings.max_ensemble:
