@@ -95,6 +95,7 @@ class ServiceSettings(BaseSettings):
     max_targets: int = Field(default=32, ge=1)
     max_targets_chars: int = Field(default=1024, ge=1)
     prompt_cache_entries: int = Field(default=1024, ge=0)
+    max_prompt_embeddings: int = Field(default=16, ge=1)  # embedding passes (cache misses) per request
 
     # RQ lifetimes (seconds). Our durable record outlives RQ's result TTL.
     job_timeout_s: int = Field(default=3600, ge=1)

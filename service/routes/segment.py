@@ -165,8 +165,7 @@ async def submit_segmentation(
         await run_in_threadpool(services.jobs.check_admission, owner)
     except AdmissionRefused as exc:
         raise _refused(exc, settings.retry_after_s) from exc
-    prompt_limits = PromptLimits(settings.max_target_chars, settings.max_targets, settings.max_targets_chars,
-                                 settings.prompt_cache_entries)
+    prompt_limits = PromptLimits.from_settings(settings)
     try:  # names, synonyms or plain words ("left kidney"), length-capped first: service.prompt_targets
         resolved = await run_in_threadpool(
             resolve_request_targets, request.app, services.vocabulary, targets, prompt_limits

