@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["jobs"])
 MAX_BATCH_IDS = 500
+STATISTICS_FILE = "statistics.json"  # model.statistics.STATISTICS_FILE (the API does not import model.statistics)
 MEDIA_TYPES = (
     (".json", "application/json"),
     (".gz", "application/gzip"),
@@ -116,6 +118,29 @@ def get_results(request: Request, services: ServicesDep, owner: CallerDep, job_i
         archive_url=str(request.url_for("get_results_archive", job_id=job_id).path),
         bundle=record.get("bundle"),
     )
+
+
+@router.get(
+    "/jobs/{job_id}/statistics",
+    name="get_statistics",
+    responses={
+        200: {"description": "the job's statistics.json: per target volume (ml) with the ensemble's spread, HU, "
+                             "bounding box (RAS and LPS mm), components, edge contact, needs_review and its reason "
+                             "(schema: docs/statistics.md)"},
+        404: {"description": "no such job, or a job written before statistics existed"},
+        409: {"description": "the job has not finished"},
+    },
+)
+def get_statistics(services: ServicesDep, owner: CallerDep, job_id: str) -> JSONResponse:
+    _finished(services, job_id, owner)
+    item = services.storage.result(job_id, STATISTICS_FILE)
+    if item is None:
+        raise HTTPException(404, f"job {job_id} has no statistics (it finished before they were written)")
+    try:
+        document = json.loads(item.path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HTTPException(500, f"the statistics of job {job_id} could not be read") from exc
+    return JSONResponse(document)
 
 
 @router.get("/jobs/{job_id}/results.zip", name="get_results_archive", response_class=StreamingResponse)
