@@ -2,6 +2,11 @@
 
 INPUT is a NIfTI file, a folder holding one DICOM series, or a .zip of one series. Targets may
 be names, synonyms or plain words ("left kidney", "pancreatic tumour"; see model.prompts).
+
+Instead of INPUT, ``--study-uid UID [--series-uid UID] [--dicomweb URL]`` retrieves the series
+from a PACS with WADO-RS (model.dicomweb; URL and auth default to ``LATENTSEG_DICOMWEB_*``; a
+study alone picks its CT series with the most instances); ``--push`` stores segmentation.dcm
+back with STOW-RS.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "{target}_variance.nii.gz (ensemble variance), plus labels.nii.gz, labels.json and statistics.json. "
         "Optionally a DICOM-SEG (segmentation.dcm) and a picture (preview.png).",
     )
-    p.add_argument("input", type=Path, help="CT volume (.nii or .nii.gz), a DICOM series folder, or a .zip of one series")
+    p.add_argument("input", type=Path, nargs="?", default=None,
+                   help="CT volume (.nii or .nii.gz), a DICOM series folder, or a .zip of one series "
+                   "(or --study-uid: a series on a PACS)")
     p.add_argument(
         "--targets",
         required=True,
@@ -56,6 +63,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--fractional", action="store_true", help="make segmentation.dcm a FRACTIONAL SEG of the mean probability"
     )
     p.add_argument("--preview", action="store_true", help="also write preview.png (axial slices, contours, variance)")
+    p.add_argument("--dicomweb", metavar="URL", default=None,
+                   help="DICOMweb root of the PACS, e.g. http://pacs:8042/dicom-web (default: $LATENTSEG_DICOMWEB_URL; "
+                   "auth from LATENTSEG_DICOMWEB_AUTH/_USERNAME/_PASSWORD/_TOKEN)")
+    p.add_argument("--study-uid", default=None, help="segment a series of this study on the PACS instead of INPUT")
+    p.add_argument("--series-uid", default=None,
+                   help="the series (default: the study's CT series with the most instances)")
+    p.add_argument("--push", action="store_true",
+                   help="store segmentation.dcm in the PACS with STOW-RS (implies --dicom-seg; needs --study-uid)")
     p.add_argument("--statistics", action=argparse.BooleanOptionalAction, default=True,
                    help="write statistics.json: per-target volume (with the ensemble's spread), HU, bounding box, "
                    "components and the review flag (default: on; docs/statistics.md)")
@@ -69,15 +84,8 @@ def run(args: argparse.Namespace) -> int:
     # libgomp; on shared or busy CPUs spinning made the denoiser 2-3x slower (BENCHMARKS.md, Threads).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
-    from tqdm import tqdm
 
     from cli.main import CliError
-    from model.errors import BundleError, InputError
-    from model.onnx_backend import load_backend
-    from model.pipeline import SegmentationOptions, predict_model_grid, resolve_targets, write_prediction
-    from model.preprocessing import load_nifti
-    from model.prompts import PromptResolver, packaged_embedder
-    from model.vocabulary import UnknownTargetError
 
     if args.threads is not None:
         if args.threads < 1:
@@ -85,6 +93,77 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.backend == "onnx" and args.device is not None:
         raise CliError("--device applies to the torch backend; onnx uses CUDA when onnxruntime-gpu finds it, else CPU")
+    if (args.input is None) == (args.study_uid is None):
+        raise CliError("give INPUT or --study-uid (a series on a PACS), not both" if args.input is not None
+                       else "give INPUT (a file or folder) or --study-uid (a series on a PACS)")
+    if (args.series_uid is not None or args.push or args.dicomweb is not None) and args.study_uid is None:
+        raise CliError("--series-uid, --push and --dicomweb need --study-uid")
+    with _pacs_input(args) as pacs:
+        written = _run(args, CliError)
+        if pacs is not None and args.push:
+            written_seg = [p for p in written if p.name == "segmentation.dcm"]
+            try:
+                from model.dicomweb import DicomwebError, push_files
+
+                stored = push_files(pacs, written_seg)
+            except DicomwebError as exc:
+                raise CliError(f"push failed (the results are in {args.out}): {exc}") from exc
+            for uid in stored:
+                print(f"pushed {uid}")
+    for path in written:
+        print(path)
+    return 0
+
+
+def _pacs_input(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """A context: with --study-uid, the series retrieved into a temporary zip (args.input), and
+    the DICOMweb settings; otherwise None."""
+    import contextlib
+    import tempfile
+
+    from cli.main import CliError
+
+    @contextlib.contextmanager
+    def context():  # type: ignore[no-untyped-def]
+        if args.study_uid is None:
+            yield None
+            return
+        from pydantic import ValidationError
+
+        from model.dicom_io import DicomLimits
+        from model.dicomweb import DicomwebError, DicomwebSettings, RetrievalLimits, fetch_reference
+
+        try:
+            settings = DicomwebSettings(**({"url": args.dicomweb} if args.dicomweb else {}))
+        except ValidationError as exc:
+            raise CliError(f"DICOMweb settings: {exc.errors()[0]['msg']}") from None
+        if args.push:
+            args.dicom_seg = True
+        limits = DicomLimits()
+        with tempfile.TemporaryDirectory(prefix="latentseg-dicomweb-") as scratch:
+            path = Path(scratch) / "series.zip"
+            try:
+                fetch_reference(settings, args.study_uid, args.series_uid, path,
+                                RetrievalLimits(max_bytes=limits.max_total_bytes, max_files=limits.max_files))
+            except (DicomwebError, ValueError) as exc:
+                raise CliError(str(exc)) from None
+            args.input = path
+            yield settings
+
+    return context()
+
+
+def _run(args: argparse.Namespace, CliError: type[Exception]) -> list[Path]:  # noqa: N803
+    """The pipeline on ``args.input``; returns the written paths."""
+    from tqdm import tqdm
+
+    from model.errors import BundleError, InputError
+    from model.onnx_backend import load_backend
+    from model.pipeline import SegmentationOptions, predict_model_grid, resolve_targets, write_prediction
+    from model.preprocessing import load_nifti
+    from model.prompts import PromptResolver, packaged_embedder
+    from model.vocabulary import UnknownTargetError
+
     try:
         bundle = load_backend(args.bundle, args.backend, device=args.device, onnx_dir=args.onnx_dir,
                               threads=args.threads)
@@ -119,9 +198,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     except ImportError as exc:
         raise CliError(f"the onnx backend needs the onnx extra (pip install 'latentseg[onnx]'): {exc}") from exc
-    for path in written:
-        print(path)
-    return 0
+    return written
 
 
 def _plain_nifti_run(args: argparse.Namespace) -> bool:

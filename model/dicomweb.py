@@ -43,8 +43,10 @@ __all__ = [
     "SeriesCandidate",
     "SeriesChoiceError",
     "choose_ct_series",
+    "fetch_reference",
     "make_client",
     "public_url",
+    "push_files",
     "retrieve_series_zip",
     "search_series",
     "store_instances",
@@ -320,3 +322,24 @@ def store_instances(client: DICOMwebClient, datasets: Sequence[Dataset]) -> list
         raise DicomwebError(f"destination refused {len(failed)} instance(s) (failure reason {', '.join(codes)})")
     stored = [str(item.ReferencedSOPInstanceUID) for item in getattr(response, "ReferencedSOPSequence", None) or []]
     return stored or [str(ds.SOPInstanceUID) for ds in datasets]
+
+
+def fetch_reference(
+    settings: DicomwebSettings, study_uid: str, series_uid: str | None, path: Path, limits: RetrievalLimits
+) -> str:
+    """Retrieve a referenced series (the CT rule picks it when ``series_uid`` is None) into the
+    zip ``path``; returns the series UID. For the CLI: the service splits this between API and worker."""
+    client = make_client(settings)
+    if series_uid is None:
+        series_uid = choose_ct_series(study_uid, search_series(client, study_uid)).series_uid
+    retrieve_series_zip(client, study_uid, series_uid, path, limits)
+    return series_uid
+
+
+def push_files(settings: DicomwebSettings, paths: Sequence[Path]) -> list[str]:
+    """STOW-RS DICOM files to the destination (push URL, else the source); returns the stored SOP Instance UIDs."""
+    import pydicom
+
+    if not settings.destination:
+        raise DicomwebError("no DICOMweb destination configured: set LATENTSEG_DICOMWEB_PUSH_URL or _URL")
+    return store_instances(make_client(settings, settings.destination), [pydicom.dcmread(p) for p in paths])

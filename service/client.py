@@ -139,6 +139,25 @@ class LatentsegClient:
             )
         return self._check(response).json()  # type: ignore[no-any-return]
 
+    def submit_reference(
+        self, study_uid: str, targets: str | Sequence[str], *, series_uid: str | None = None, push: bool = False,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Queue a series on the server's DICOMweb source (no upload): ``POST /segment?study_uid=…``.
+
+        ``options`` are :meth:`submit`'s ``ensemble``, ``steps``, ``seed``, ``fractional``, ``largest_component``.
+        """
+        params: dict[str, Any] = {"targets": targets if isinstance(targets, str) else ",".join(targets),
+                                  "study_uid": study_uid}
+        if series_uid is not None:
+            params["series_uid"] = series_uid
+        if push:
+            params["push"] = "true"
+        for name, value in options.items():
+            if value is not None:
+                params[name] = ("true" if value else "false") if isinstance(value, bool) else value
+        return self._check(self._http.post("/segment", params=params)).json()  # type: ignore[no-any-return]
+
     def jobs(self, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Batch status: id -> status body. Unknown ids raise :class:`ApiError` (404)."""
         ids = list(job_ids)

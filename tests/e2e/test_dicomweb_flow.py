@@ -13,6 +13,7 @@ reported push_failed when it does not), studies the rule cannot resolve (422).
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from model.dicom_seg import derive_ct_series
 from model.dicomweb import DicomwebSettings, make_client
 from model.preprocessing import Volume as ModelVolume
 from model.vocabulary import default_vocabulary
-from tests.conftest import Volume, find_free_port
+from tests.conftest import LATENTSEG, Volume, clean_env, find_free_port
 from tests.e2e.flow import download_results, poll
 from tests.orthanc import Orthanc, dataset_bytes, needs_orthanc, start_orthanc
 from tests.reliability.dicom_zips import CT_FILES, needs_series
@@ -289,3 +290,42 @@ def test_faults_source_down_at_pull_and_destination_down_at_push(
     finally:
         source.stop()
         destination.stop()
+
+
+def test_cli_segment_and_submit_pull_from_and_push_to_a_pacs(
+    pacs: tuple[Orthanc, Studies], start_server, tiny_bundle: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    _, studies = pacs
+    own = start_orthanc(tmp_path / "pacs")  # its own PACS: the SEGs stored here are this test's only
+    try:
+        own.upload(CT_FILES)
+        quick = ["--ensemble", "2", "--steps", "2", "--targets", "liver"]
+        # ---- latentseg segment: study alone (the rule), results on disk, the SEG pushed back
+        proc = subprocess.run(
+            [LATENTSEG, "segment", "--dicomweb", own.dicomweb_url, "--study-uid", studies.real_study, "--push",
+             "--out", str(tmp_path / "segment"), "--bundle", str(tiny_bundle), "--quiet", *quick],
+            env=clean_env(), capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        pushed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("pushed ")]
+        local = pydicom.dcmread(tmp_path / "segment" / "segmentation.dcm")
+        assert pushed == [local.SOPInstanceUID]
+        assert [ds.SOPInstanceUID for ds in _stored_segs(own, studies.real_study)] == pushed
+        assert local.ReferencedSeriesSequence[0].SeriesInstanceUID == studies.real_series
+
+        # ---- latentseg submit --study-uid through the API; waits for the push's outcome
+        server = start_server(env={"LATENTSEG_BUNDLE": str(tiny_bundle), "LATENTSEG_STORAGE_DIR": str(tmp_path / "s"),
+                                   "LATENTSEG_DICOMWEB_URL": own.dicomweb_url})
+        proc = subprocess.run(
+            [LATENTSEG, "submit", "--server", server.url, "--study-uid", studies.real_study, "--series-uid",
+             studies.real_series, "--push", "--fractional", "--out", str(tmp_path / "submit"), "--no-progress",
+             "--poll-interval", "0.3", *quick],
+            env=clean_env(), capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"{studies.real_series}: pushed" in proc.stdout, proc.stdout
+        assert (tmp_path / "submit" / studies.real_series / "segmentation.dcm").is_file()
+        kinds = sorted(ds.SegmentationType for ds in _stored_segs(own, studies.real_study))
+        assert kinds == ["BINARY", "FRACTIONAL"]
+    finally:
+        own.stop()
