@@ -21,3 +21,10 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install chromium; the browser test will be skipped" >&2
 fi
+# The DICOMweb tests run a real PACS: Debian's Orthanc with its DICOMweb plugin (tests/orthanc.py).
+# Installing the package must not leave a system Orthanc running (policy-rc.d may already forbid it).
+if [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null) \
+    || echo "warning: could not install orthanc; the DICOMweb tests will be skipped" >&2
+  if command -v service >/dev/null 2>&1; then service orthanc stop >/dev/null 2>&1 || true; fi
+fi
