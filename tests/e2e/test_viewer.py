@@ -5,7 +5,7 @@ A cheap real job: eight axial slices through the liver and spleen of the shipped
 (examples/ts_a_torso), the shipped bundle, ensemble 2, 2 steps. The page opens it from its link
 (`/?job=ID`); the test toggles a target's mask and checks the canvas changed where the mask is and
 changes back, shows a variance map, changes the window and the view, and reads the statistics table
-against the job's own statistics.json. Every request the page makes goes to the server itself.
+against the job's own statistics.json; the target list offers only what the bundle serves. Every request the page makes goes to the server itself.
 Result files and the input answer HTTP range requests (206) with their content types.
 
 Skips with the reason when Chromium, the playwright package or the trained bundle is missing.
@@ -149,6 +149,15 @@ def test_viewer_shows_a_finished_job(start_server: Callable[..., Process], tmp_p
             page.eval_on_selector("#slice", "(s) => { s.value = '0'; s.dispatchEvent(new Event('input')); }")
             assert page.inner_text("#slice-label").startswith("1 /")
             assert _changed(middle, _shot(page)) > 0.01
+
+            # The target list offers what this bundle serves; the rest only on request, greyed, with the reason.
+            assert page.is_visible("input[name=target][value=liver]")
+            assert not page.is_visible("input[name=target][value=kidney_left]")
+            page.check("#show-unserved")
+            assert page.is_visible("input[name=target][value=kidney_left]")
+            assert page.is_disabled("input[name=target][value=kidney_left]")
+            reason = page.locator("#target-list label:has(input[value=kidney_left])").inner_text()
+            assert "not served" in reason and "Dice" in reason, reason
 
             assert errors == []
             foreign = [url for url in requests if not url.startswith((server.url, "blob:", "data:"))]
