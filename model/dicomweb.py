@@ -77,7 +77,10 @@ class SeriesChoiceError(ValueError):
 class DicomwebSettings(BaseSettings):
     """``LATENTSEG_DICOMWEB_*`` variables: where the PACS is and how to talk to it. Never stored."""
 
-    model_config = SettingsConfigDict(env_prefix="LATENTSEG_DICOMWEB_", frozen=True, extra="ignore")
+    # hide_input_in_errors: a refused URL or password is never echoed into a start-up error or log.
+    model_config = SettingsConfigDict(
+        env_prefix="LATENTSEG_DICOMWEB_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     url: str | None = None
     push_url: str | None = None  # None: push to ``url``
