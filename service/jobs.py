@@ -9,6 +9,8 @@ Every record has an ``owner`` (the API key's name): the service answers only its
 
 Reads reconcile, so nothing stays ``queued``/``started`` forever and nothing accepted is lost:
 
+- ``queued``/``started`` whose manifest records an ending (Redis rolled back: an append-only
+  file that lost its last second) -> the manifest's ending;
 - ``started`` whose worker stopped beating (killed, OOM) -> ``failed`` with the reason, and the
   worker's temp result directory is removed;
 - ``queued`` whose queue job vanished (Redis lost it) -> enqueued again from the job's
@@ -429,6 +431,9 @@ class JobService:
             if record is None:
                 records[index] = self._recover(job_id)
         pending = [r for r in records if r is not None and not JobState(r["status"]).is_terminal]
+        for record in pending:
+            self._apply_stored_ending(record)
+        pending = [r for r in pending if not JobState(r["status"]).is_terminal]
         if pending:
             failures = self.queue.lost_or_failed(pending)
             for record in records:
@@ -502,6 +507,26 @@ class JobService:
         self.queue.enqueue(request)
         log.warning("job %s: record lost; rebuilt from storage and enqueued again", job_id)
         return record
+
+    def _apply_stored_ending(self, record: dict[str, Any]) -> None:
+        """A queued/started record whose manifest records an ending: Redis rolled back (an
+        append-only file that lost its last second, a replica promoted late). The ending wins."""
+        manifest = self.storage.read_manifest(record["job_id"])
+        stored = manifest.get("record") if manifest is not None else None
+        if not isinstance(stored, dict) or _ended_state(stored) is None:
+            return
+        ending = {name: stored[name] for name in TERMINAL_FIELDS if name in stored}
+        was = record["status"]
+        if self.store.transition(record["job_id"], JobState(was), ending):
+            record.update(ending)
+            self.store.active_remove(str(record.get("owner", "")), [record["job_id"]])
+            log.warning("job %s: Redis said %s, storage says it ended %s; storage wins",
+                        record["job_id"], was, ending["status"])
+        else:  # changed meanwhile (the worker's own ending just landed): read it again
+            fresh = self.store.get_many([record["job_id"]])[0]
+            if fresh is not None:
+                record.clear()
+                record.update(fresh)
 
     def _requeue(self, job_id: str) -> bool:
         manifest = self.storage.read_manifest(job_id)

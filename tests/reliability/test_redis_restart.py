@@ -4,6 +4,7 @@ temp dir) that the tests SIGKILL and start again, or lose entirely."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import wait_until
+from tests.conftest import LATENTSEG, clean_env, wait_until
 from tests.reliability.conftest import QUICK, PrivateRedis, rq_env, wait_status
 from worker.contracts import record_key
 
@@ -145,3 +146,59 @@ def test_a_redis_that_lost_everything_is_rebuilt_from_storage_at_start_up(
         return raw == [b'"finished"'] * len(accepted)
 
     wait_until(finished, 120, "rebuilt jobs finished")
+
+
+def _worker_check(redis_url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [LATENTSEG, "worker", "--check", "--redis-url", redis_url, "--queue", "rel"],
+        env=clean_env(), capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_after_redis_loses_everything_readiness_and_the_worker_check_return_within_a_heartbeat(
+    private_redis: PrivateRedis, serve, work, quick_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """Workers used to register and publish their bundle only at start: after FLUSHALL /readyz
+    stayed 503 ("no live worker") and `latentseg worker --check` exited 1 until a restart."""
+    storage = tmp_path / "storage"
+    work(private_redis.url, "rel", storage, heartbeat_s=1.0)
+    server = serve(rq_env(private_redis.url, storage))
+    connection = redis.Redis.from_url(private_redis.url)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        wait_until(lambda: http.get("/readyz").status_code == 200, 20, "ready before the loss")
+        assert _worker_check(private_redis.url).returncode == 0
+        connection.flushall()
+        lost = time.monotonic()
+        wait_until(lambda: http.get("/readyz").status_code == 200, 10, "ready again after FLUSHALL")
+        recovered_s = time.monotonic() - lost
+        ready = http.get("/readyz").json()
+        assert ready["workers"] == 1 and ready["bundle"]["name"] == "random-tiny", ready
+        check = _worker_check(private_redis.url)
+        assert check.returncode == 0, check.stderr
+        print(f"/readyz 200 again {recovered_s:.2f} s after FLUSHALL (heartbeat 1 s)")
+        job_id = _submit(http, quick_volume)  # and the worker still takes work
+        assert wait_status(http, job_id, {"finished", "failed"}, 60)["status"] == "finished"
+
+
+def test_redis_kill_9_with_an_append_only_file_loses_no_accepted_job(
+    private_redis: PrivateRedis, serve, work, quick_volume: Path, long_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """appendonly yes, appendfsync everysec (the fixture's and the compose file's settings): a
+    SIGKILL may lose the last second of writes. Jobs accepted right before it, one running and
+    some just finished all end finished; none is lost (404) or left queued/started."""
+    storage = tmp_path / "storage"
+    work(private_redis.url, "rel", storage, heartbeat_s=1.0)
+    server = serve(rq_env(private_redis.url, storage, LATENTSEG_RECONCILE_INTERVAL_S="1"))
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        running = _submit(http, long_volume, ensemble=8, steps=60)
+        accepted = [running] + [_submit(http, quick_volume, seed=s) for s in range(4)]
+        wait_status(http, running, {"started", "finished"}, 60)
+        private_redis.kill()  # no pause: the last second of writes may be gone
+        time.sleep(1.0)
+        private_redis.start()
+        restarted = time.monotonic()
+        wait_until(lambda: http.get("/readyz").status_code == 200, 20, "ready after the restart")
+        ready_s = time.monotonic() - restarted
+        states = {job_id: wait_status(http, job_id, {"finished", "failed", "canceled"}, 180) for job_id in accepted}
+        assert {s["status"] for s in states.values()} == {"finished"}, states
+        print(f"kill -9 with AOF: ready {ready_s:.2f} s after the restart, {len(accepted)}/{len(accepted)} jobs finished")
