@@ -5,8 +5,10 @@ A cheap real job: eight axial slices through the liver and spleen of the shipped
 (examples/ts_a_torso), the shipped bundle, ensemble 2, 2 steps. The page opens it from its link
 (`/?job=ID`); the test toggles a target's mask and checks the canvas changed where the mask is and
 changes back, shows a variance map, changes the window and the view, and reads the statistics table
-against the job's own statistics.json; the target list offers only what the bundle serves. Every request the page makes goes to the server itself.
-Result files and the input answer HTTP range requests (206) with their content types.
+against the job's own statistics.json; the target list offers only what the bundle serves. The
+server wants an API key: the link alone gets a refusal in words, the key typed in opens the job
+(every volume the viewer fetches carries it). Every request the page makes goes to the server
+itself. Result files and the input answer HTTP range requests (206) with their content types.
 
 Skips with the reason when Chromium, the playwright package or the trained bundle is missing.
 """
@@ -23,12 +25,14 @@ import httpx
 import numpy as np
 import pytest
 
+from service.auth import hash_api_key
 from tests.conftest import REPO_ROOT, Process, trained_demo_bundle
 from tests.e2e.flow import poll, submit
 
 EXAMPLE = REPO_ROOT / "examples" / "ts_a_torso" / "imagesTr" / "ts_a_torso_0000.nii.gz"
 SLICES = slice(100, 108)  # the liver and the spleen are both large here
 TARGETS = ["liver", "spleen"]
+API_KEY = "viewer-test-key-0123456789"
 LAUNCH_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
@@ -102,8 +106,13 @@ def test_viewer_shows_a_finished_job(start_server: Callable[..., Process], tmp_p
     bundle = trained_demo_bundle()
     if bundle is None:
         pytest.skip("the shipped bundle is not a trained one")
-    server = start_server(args=["--bundle", str(bundle), "--device", "cpu"], timeout_s=90)
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    keys = tmp_path / "keys"
+    keys.write_text(f"viewer {hash_api_key(API_KEY)}\n")
+    server = start_server(
+        env={"LATENTSEG_API_KEYS_FILE": str(keys)}, args=["--bundle", str(bundle), "--device", "cpu"], timeout_s=90
+    )
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=server.url, timeout=60, headers=auth) as http:
         job_id = submit(http, _crop(tmp_path / "case.nii.gz"), ",".join(TARGETS), ensemble=2, steps=2)
         assert poll(http, [job_id], timeout_s=180)[job_id]["status"] == "finished", server.log()
         _check_ranges(http, job_id)
@@ -118,6 +127,10 @@ def test_viewer_shows_a_finished_job(start_server: Callable[..., Process], tmp_p
             page.on("request", lambda request: requests.append(request.url))
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(f"{server.url}/?job={job_id}")
+            page.wait_for_function("() => document.getElementById('error').textContent.length > 0")
+            assert "API key is required" in page.inner_text("#error")  # the link alone: no key typed yet
+            page.fill("#key", API_KEY)
+            page.click("#lookup button")
             page.wait_for_selector("#viewer[data-ready=true]", timeout=60_000)
             assert page.inner_text("#error") == "", page.inner_text("#error")
             # A mask toggles off and on: the canvas changes, then comes back.
