@@ -237,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         cs.summary_table(phantom) if phantom is not None else "_Not measured for this bundle (run the script without --reuse)._",
         "",
+        *review_flag_part(),
         "## Distance from the paper",
         cs.paper_gap_table(folds),
         "",
@@ -246,6 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.card.write_text("\n".join(parts))
     log.info("wrote %s", args.card)
     return 0
+
+
+def review_flag_part() -> list[str]:
+    """The review flag and calibration sections (issue 18), measured by scripts/measure_review_flag.py."""
+    section = Path(__file__).resolve().parents[1] / "docs" / "model_card" / "review_flag.md"
+    if not section.is_file():
+        return ["## Review flag and calibration", "_Not measured (run scripts/measure_review_flag.py)._", ""]
+    return [section.read_text().strip(), ""]
 
 
 if __name__ == "__main__":

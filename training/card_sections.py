@@ -146,3 +146,74 @@ def paper_gap_table(folds: Sequence[EvaluationReport]) -> str:
         ours = 100 * sum(dice) / len(dice)
         lines.append(f"| {target} | {paper:.1f} | {ours:.1f} | {paper - ours:.1f} |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- review flag and calibration (issue 18)
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f} %"
+
+
+def review_flag_section(document: Mapping[str, Any]) -> str:
+    """The review flag's measured ranking power and false-alarm rate (training.review_flag.measure)."""
+    runs = document["runs"]
+    validation = [r for r in runs if r["validation"]]
+    test = [r for r in runs if not r["validation"]]
+
+    def describe(items: Sequence[Mapping[str, Any]]) -> str:
+        return "; ".join(f"{r['bundle']} on {r['dataset']} ({len({row['case'] for row in r['rows']})} case(s), "
+                         f"{'held out' if r['held_out'] else 'its training data'})" for r in items) or "none"
+
+    poor = document["poor_dice"]
+    lines = [
+        f"Scores computed from the ensemble alone, against the true Dice of each case × target with the organ "
+        f"present (rows with an empty mean mask are left to the empty rule). Thresholds are chosen on the "
+        f"validation runs (Youden's J for Dice < {poor:g}) and tested on the others.",
+        "",
+        f"- validation: {describe(validation)}",
+        f"- test: {describe(test)}",
+        "",
+        f"| score (higher = worse) | rows (Dice < {poor:g}) | Spearman ρ vs Dice | AUROC for Dice < {poor:g} "
+        "| threshold (validation) | test: flagged poor / flagged good |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in document["scores"]:
+        lines.append(
+            f"| {s['score']} | {s['rows']} ({s['poor']}) | {_f(s['spearman'], 2)} | {_f(s['auroc'], 2)} | "
+            f"{_f(s['threshold'], 3)} | {_pct(s['test_sensitivity'])} / {_pct(s['test_false_alarm'])} |"
+        )
+    policy = document["policy"]
+    lines += [
+        "",
+        f"Shipped rule (`model.statistics.ReviewPolicy`): flag an empty mask, a mask below its organ's typical "
+        f"volume (`model.vocabulary.size_prior`) that does not touch the volume's edge, or members' pairwise Dice "
+        f"< {policy['min_pairwise_dice']:g}.",
+        "",
+        "| cases | rows (organ present / absent) | Dice < 0.7 flagged | Dice ≥ 0.7 flagged (false alarm) "
+        "| empty/size rule: false alarms | absent organ flagged |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, key in (("validation", "validation"), ("test", "test"), ("all", "all")):
+        r = document["rule"][key]
+        lines.append(
+            f"| {name} | {r['present']} / {r['absent']} | {_pct(r['sensitivity'])} ({r['poor']}) | "
+            f"{_pct(r['false_alarm'])} ({r['good']}) | {_pct(r['size_rule_false_alarm'])} | {_pct(r['absent_flagged'])} |"
+        )
+    return "\n".join(lines)
+
+
+def calibration_section(document: Mapping[str, Any], bundle: str) -> str:
+    """ECE (15 bins) and Brier of the mean probability per target for ``bundle``'s runs."""
+    lines = [
+        "| data | target | cases | Dice mean | ECE near / whole volume | Brier near / whole volume | variance AUROC |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for run in document["runs"]:
+        if run["bundle"] != bundle:
+            continue
+        for c in run["calibration"]:
+            lines.append(
+                f"| {run['dataset']} | {c['target']} | {c['cases']} | {_f(c['dice_mean'])} | "
+                f"{_f(c['ece_region'])} / {_f(c['ece'], 4)} | {_f(c['brier_region'])} / {_f(c['brier'], 4)} | "
+                f"{_f(c['variance_auroc'])} |"
+            )
+    return "\n".join(lines)
