@@ -74,11 +74,13 @@ export class JobViewer {
     }
     const byName = new Map(files.map((file) => [file.name, file.url]));
     const volumes = [];
-    // The CT (DICOM jobs have none in NIfTI: the first mean map gives the grid, drawn as grey).
+    // The CT. A DICOM job's input is a series, not NIfTI: the first mean map then only gives the grid
+    // (drawn transparent), and the masks show on black.
     volumes.push(ctUrl
       ? { url: ctUrl, name: "ct.nii", headers, colormap: "gray", ...this._windowRange("abdomen") }
       : { url: byName.get(targets[0] + "_mean.nii.gz"), name: "grid.nii.gz", headers, colormap: "gray",
-          cal_min: 0, cal_max: 4, opacity: 1 });
+          cal_min: 0, cal_max: 1, opacity: 0 });
+    this.hasCt = Boolean(ctUrl);
     this.layers = [];
     targets.forEach((target, i) => {
       const colour = TARGET_COLOURS[i % TARGET_COLOURS.length];
@@ -109,6 +111,7 @@ export class JobViewer {
   }
 
   setWindow(name) {
+    if (!this.hasCt) return;
     const base = this.nv.volumes[0];
     Object.assign(base, this._windowRange(name));
     this.nv.updateGLVolume();
