@@ -144,3 +144,14 @@ def test_ensemble_spread_zero_for_one_member_and_positive_when_members_differ(ra
     assert spread["mean"] == pytest.approx(float(np.mean(members.volumes_ml)), abs=1e-3)
     assert 0 <= entry["quality"]["pairwise_dice"] < 1
     json.dumps(entry, allow_nan=False)
+
+
+def test_size_priors_cover_the_trained_organs_and_leave_the_vocabulary_hash_alone() -> None:
+    from model.bundle_manifest import demo_bundle_path, read_manifest
+
+    manifest = read_manifest(demo_bundle_path())  # the bundle's recorded vocabulary hash still matches
+    assert manifest.vocabulary.sha256() == VOCAB.sha256()
+    for name in manifest.trained_targets:
+        prior = size_prior(name)
+        assert prior is not None and 0 < prior.low_ml < prior.high_ml and prior.source
+    assert all(size_prior(t.name) is None for t in VOCAB if t.is_lesion)
