@@ -98,5 +98,7 @@ def run(args: argparse.Namespace) -> int:
         app = create_app(settings)
     except OpenModeRefused as exc:
         raise CliError(str(exc)) from exc
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    from service.slow_clients import uvicorn_options  # header deadline, keep-alive timeout
+
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, **uvicorn_options(settings))
     return 0

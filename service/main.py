@@ -25,6 +25,7 @@ from service.jobs import JobService, JobStore, MemoryJobStore, RedisJobStore
 from service.queues import InProcessJobQueue, JobQueue
 from service.routes import health, job_input, jobs, preview, segment, targets, web
 from service.settings import ServiceSettings
+from service.slow_clients import UploadsInFlight
 from service.storage import Storage
 
 if TYPE_CHECKING:
@@ -165,6 +166,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served by install_api_surface from local Swagger UI files (no CDN)
         redoc_url=None,
+    )
+    app.add_middleware(
+        UploadsInFlight, cap=settings.max_uploads_in_flight_per_key, retry_after_s=settings.retry_after_s
     )
     install_api_surface(app)
     app.state.services = services

@@ -73,6 +73,16 @@ class ServiceSettings(BaseSettings):
     api_keys_file: Path | None = None
     allow_open: bool = False
 
+    # Slow clients (service.slow_clients): request headers must be complete this long after their
+    # first byte (else 408 and the connection closes); a kept-alive connection idle this long is
+    # closed; an upload body that sends nothing for body_idle_timeout_s, or takes longer than
+    # upload_deadline_s in all, gets 408; a key may have this many POST /segment in flight (429).
+    header_timeout_s: float = Field(default=15.0, gt=0)
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    body_idle_timeout_s: float = Field(default=30.0, gt=0)
+    upload_deadline_s: float = Field(default=900.0, gt=0)
+    max_uploads_in_flight_per_key: int = Field(default=4, ge=1)
+
     # Admission: a key's queued + running jobs, and the whole queue; over either -> 429.
     max_active_jobs_per_key: int = Field(default=16, ge=1)
     max_queued_jobs: int = Field(default=1000, ge=1)

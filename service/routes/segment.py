@@ -36,6 +36,7 @@ from service.dicom_upload import is_zip_upload
 from service.prompt_targets import PromptLimits, resolve_request_targets
 from service.schemas import SubmitResponse
 from service.served import served_targets, unserved_problem
+from service.slow_clients import UploadStalled, deadline_receive
 from service.storage import UploadTooLarge
 from service.upload_sandbox import SandboxLimits, check_upload
 from worker.contracts import SegmentationRequest, new_job_id
@@ -122,12 +123,14 @@ def _accepted(request: Request, response: Response, record: dict[str, Any], dupl
         200: {"description": "a duplicate: this key already submitted the same upload with the same parameters"},
         400: {"description": "a malformed multipart body"},
         401: {"description": "missing or invalid API key"},
+        408: {"description": "the upload stalled or took longer than the server's deadline"},
         413: {"description": "too large (compressed, decompressed, voxels, or zip members)"},
         415: {"description": "neither a NIfTI nor a zip of DICOM images"},
         422: {"description": "invalid parameters, a target the deployed bundle(s) do not serve (GET /targets: "
                              "`served`), a malformed NIfTI, or a DICOM zip that is not one usable series "
                              "(a single slice, several series, gantry tilt, uneven spacing...)"},
-        429: {"description": "too many active jobs for this key, or the queue is full (see Retry-After)"},
+        429: {"description": "too many active jobs or uploads in flight for this key, or the queue is full "
+                             "(see Retry-After)"},
         503: {"description": "the job queue is unavailable, or (LATENTSEG_REQUIRE_WORKER_BUNDLE) no worker has "
                              "published its bundle yet"},
         507: {"description": "storage full: nothing was kept (see Retry-After)"},
@@ -207,7 +210,8 @@ async def submit_segmentation(
         raise _too_large(limit)
 
     job_id = new_job_id()
-    limited = Request(request.scope, receive=_limited(request.receive, body_limit))
+    receive = deadline_receive(request.receive, settings.body_idle_timeout_s, settings.upload_deadline_s)
+    limited = Request(request.scope, receive=_limited(receive, body_limit))
     try:
         if multipart:
             async with limited.form(max_files=1, max_fields=8, max_part_size=64 * 1024) as form:
@@ -223,6 +227,9 @@ async def submit_segmentation(
     except ClientDisconnect:
         services.storage.delete_job(job_id)
         raise HTTPException(400, "the upload was interrupted") from None
+    except UploadStalled as exc:  # a slow or stalled client: answer, then close the connection
+        services.storage.delete_job(job_id)
+        raise HTTPException(408, str(exc), {"Connection": "close"}) from None
     except MultiPartException as exc:
         services.storage.delete_job(job_id)
         raise HTTPException(400, f"malformed multipart body: {exc.message}") from None

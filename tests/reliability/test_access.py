@@ -113,7 +113,10 @@ def test_duplicate_submission_by_the_same_key_is_answered_with_the_same_job(
         fresh = _submit(http, body, ALICE_KEY)
         assert fresh.status_code == 202 and fresh.json()["job_id"] != first.json()["job_id"]
     assert Queue(rq_queue_name, connection=redis.Redis.from_url(redis_url)).count == 3
-    assert len(list((tmp_path / "storage" / "jobs").iterdir())) == 3  # the duplicate's bytes were not kept
+    jobs = tmp_path / "storage" / "jobs"
+    # The duplicate's bytes were not kept; the canceled job keeps only its manifest (its ending).
+    assert len(list(jobs.iterdir())) == 4
+    assert [p.name for p in (jobs / first.json()["job_id"]).iterdir()] == ["job.json"]
 
 
 def test_keys_are_stored_hashed_and_compared_in_full() -> None:
