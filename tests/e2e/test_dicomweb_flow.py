@@ -52,6 +52,8 @@ class Studies:
     mr_study: str
     tied_study: str
     tied_series: tuple[str, str]
+    uneven_study: str
+    uneven_series: str
 
 
 def _as_mr(datasets: list[pydicom.Dataset], study_uid: str | None = None, patient_id: str | None = None) -> list:
@@ -80,13 +82,16 @@ def _load(pacs: Orthanc, phantom: Volume) -> Studies:
     tied_b = derive_ct_series(small)
     for ds in tied_b:  # same study as tied_a, its own series
         ds.StudyInstanceUID, ds.PatientID = tied_a[0].StudyInstanceUID, tied_a[0].PatientID
-    pacs.upload(dataset_bytes([*ct, *mr, *mr_only, *tied_a, *tied_b]))
+    uneven = derive_ct_series(small)  # slices that disagree: one is 2 mm off its place (a gap)
+    uneven[-1].ImagePositionPatient = [*uneven[-1].ImagePositionPatient[:2], float(uneven[-1].ImagePositionPatient[2]) + 2.0]
+    pacs.upload(dataset_bytes([*ct, *mr, *mr_only, *tied_a, *tied_b, *uneven]))
     return Studies(
         real_study=str(real.StudyInstanceUID), real_series=str(real.SeriesInstanceUID),
         phantom_study=str(study), phantom_ct_series=str(ct[0].SeriesInstanceUID),
         phantom_mr_series=str(mr[0].SeriesInstanceUID), mr_study=str(mr_only[0].StudyInstanceUID),
         tied_study=str(tied_a[0].StudyInstanceUID),
         tied_series=(str(tied_a[0].SeriesInstanceUID), str(tied_b[0].SeriesInstanceUID)),
+        uneven_study=str(uneven[0].StudyInstanceUID), uneven_series=str(uneven[0].SeriesInstanceUID),
     )
 
 
@@ -170,7 +175,7 @@ def test_pull_segment_push_and_read_the_seg_back_from_the_pacs(
         assert response.status_code == 202, response.text
         phantom_job = response.json()["job_id"]
         # ---- study and series given, FRACTIONAL: the real 3-slice CT
-        response = http.post("/segment", params={"targets": "liver,spleen", "study_uid": studies.real_study,
+        response = http.post("/segment", params={"targets": "liver", "study_uid": studies.real_study,
                                                  "series_uid": studies.real_series, "push": "true",
                                                  "fractional": "true", **QUICK})
         assert response.status_code == 202, response.text
@@ -182,7 +187,13 @@ def test_pull_segment_push_and_read_the_seg_back_from_the_pacs(
         missing_job = http.post("/segment", params={"targets": "liver", "study_uid": studies.real_study,
                                                     "series_uid": "1.2.3.4.5.6", **QUICK}).json()["job_id"]
 
-        states = poll(http, [phantom_job, real_job, mr_job, missing_job])
+        # ---- slices that disagree (a gap in the spacing): refused after retrieval, with the reason
+        uneven_job = http.post("/segment", params={"targets": "liver", "study_uid": studies.uneven_study,
+                                                   "series_uid": studies.uneven_series, **QUICK}).json()["job_id"]
+
+        states = poll(http, [phantom_job, real_job, mr_job, missing_job, uneven_job])
+        assert states[uneven_job]["status"] == "failed", states[uneven_job]
+        assert states[uneven_job]["error"].startswith("invalid input: ") and "spacing" in states[uneven_job]["error"]
         assert states[mr_job]["status"] == "failed" and "MR" in states[mr_job]["error"], states[mr_job]
         assert states[missing_job]["status"] == "failed", states[missing_job]
         assert states[missing_job]["error"].startswith("series not found: 1.2.3.4.5.6"), states[missing_job]
@@ -198,7 +209,7 @@ def test_pull_segment_push_and_read_the_seg_back_from_the_pacs(
         # ---- read back what the PACS stored (QIDO-RS + WADO-RS), compare with the job's own results
         for job_id, study, series, targets, kind in (
             (phantom_job, studies.phantom_study, studies.phantom_ct_series, ["liver", "kidney_left"], "BINARY"),
-            (real_job, studies.real_study, studies.real_series, ["liver", "spleen"], "FRACTIONAL"),
+            (real_job, studies.real_study, studies.real_series, ["liver"], "FRACTIONAL"),
         ):
             state = http.get(f"/jobs/{job_id}").json()
             assert state["push_status"] == "pushed", state
@@ -292,9 +303,7 @@ def test_faults_source_down_at_pull_and_destination_down_at_push(
         destination.stop()
 
 
-def test_cli_segment_and_submit_pull_from_and_push_to_a_pacs(
-    pacs: tuple[Orthanc, Studies], start_server, tiny_bundle: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
-) -> None:
+def test_cli_segment_pulls_from_and_pushes_to_a_pacs(pacs: tuple[Orthanc, Studies], tiny_bundle: Path, tmp_path: Path) -> None:
     _, studies = pacs
     own = start_orthanc(tmp_path / "pacs")  # its own PACS: the SEGs stored here are this test's only
     try:
@@ -313,19 +322,51 @@ def test_cli_segment_and_submit_pull_from_and_push_to_a_pacs(
         assert [ds.SOPInstanceUID for ds in _stored_segs(own, studies.real_study)] == pushed
         assert local.ReferencedSeriesSequence[0].SeriesInstanceUID == studies.real_series
 
-        # ---- latentseg submit --study-uid through the API; waits for the push's outcome
-        server = start_server(env={"LATENTSEG_BUNDLE": str(tiny_bundle), "LATENTSEG_STORAGE_DIR": str(tmp_path / "s"),
-                                   "LATENTSEG_DICOMWEB_URL": own.dicomweb_url})
+    finally:
+        own.stop()
+
+
+def test_rq_worker_pulls_segments_and_pushes(
+    pacs: tuple[Orthanc, Studies], start_server, start_worker, redis_url: str,  # type: ignore[no-untyped-def]
+    rq_queue_name: str, tiny_bundle: Path, tmp_path: Path,
+) -> None:
+    import redis
+
+    from worker.contracts import decode_fields, record_key
+
+    _, studies = pacs
+    own = start_orthanc(tmp_path / "pacs")
+    try:
+        own.upload(CT_FILES)
+        dicomweb = {"LATENTSEG_DICOMWEB_URL": own.dicomweb_url}
+        storage = tmp_path / "storage"
+        start_worker(rq_queue_name, storage, tiny_bundle, env=dicomweb)  # the worker reads its own PACS settings
+        server = start_server(env={"REDIS_URL": redis_url, "LATENTSEG_QUEUE": rq_queue_name,
+                                   "LATENTSEG_STORAGE_DIR": str(storage), **dicomweb})
+        # latentseg submit --study-uid (the rule picks the series) --push: waits for the job, then the push
         proc = subprocess.run(
-            [LATENTSEG, "submit", "--server", server.url, "--study-uid", studies.real_study, "--series-uid",
-             studies.real_series, "--push", "--fractional", "--out", str(tmp_path / "submit"), "--no-progress",
-             "--poll-interval", "0.3", *quick],
+            [LATENTSEG, "submit", "--server", server.url, "--study-uid", studies.real_study, "--push",
+             "--targets", "liver,spleen", "--ensemble", "2", "--steps", "2", "--out", str(tmp_path / "submit"),
+             "--no-progress", "--poll-interval", "0.3"],
             env=clean_env(), capture_output=True, text=True, timeout=300,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert f"{studies.real_series}: pushed" in proc.stdout, proc.stdout
-        assert (tmp_path / "submit" / studies.real_series / "segmentation.dcm").is_file()
-        kinds = sorted(ds.SegmentationType for ds in _stored_segs(own, studies.real_study))
-        assert kinds == ["BINARY", "FRACTIONAL"]
+        assert f"{studies.real_study}: pushed" in proc.stdout, proc.stdout
+        job_id = proc.stdout.splitlines()[0].split("\t")[1]
+        results = tmp_path / "submit" / studies.real_study
+        paths = {p.name: p for p in results.iterdir()}
+        with httpx.Client(base_url=server.url, timeout=60.0) as http:
+            state = http.get(f"/jobs/{job_id}").json()
+        assert state["push_status"] == "pushed" and state["source"]["series_uid"] == studies.real_series, state
+        # the durable record in Redis keeps what the PACS stored
+        connection = redis.Redis.from_url(redis_url)
+        record = decode_fields(connection.hgetall(record_key(rq_queue_name, job_id)))
+        connection.close()
+        assert record["push_status"] == "pushed" and record["push_attempts"] == 1
+        stored = _stored_segs(own, studies.real_study)
+        assert [str(ds.SOPInstanceUID) for ds in stored] == record["pushed_instances"]
+        source_uids = _source_uids(own, studies.real_study, studies.real_series, tmp_path / "source")
+        _check_seg_against_labels(stored[0], paths["labels.nii.gz"], source_uids, studies.real_series,
+                                  ["liver", "spleen"])
     finally:
         own.stop()
