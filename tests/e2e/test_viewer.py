@@ -178,7 +178,7 @@ def test_viewer_shows_a_finished_job(start_server: Callable[..., Process], tmp_p
 
             # The statistics table shows the job's statistics.json volumes.
             if statistics is None:
-                pytest.skip("the server gives no statistics for a job (GET /jobs/{id}/statistics and statistics.json: 404)")
+                pytest.skip("the server gives no statistics (GET /jobs/{id}/statistics and statistics.json: 404)")
             page.wait_for_function("() => document.querySelectorAll('#statistics tbody tr').length > 0")
             for target in TARGETS:
                 row = page.locator(f"#statistics tbody tr[data-target={target}]")
