@@ -55,6 +55,7 @@ from worker.contracts import (
     record_key,
     utc_now,
 )
+from worker.memory import MiB, budget_message
 
 __all__ = [
     "AdmissionRefused",
@@ -64,6 +65,7 @@ __all__ = [
     "MemoryJobStore",
     "RedisJobStore",
     "SubmitOutcome",
+    "TooLargeForWorkers",
 ]
 
 log = logging.getLogger(__name__)
@@ -291,6 +293,10 @@ class DeleteOutcome(StrEnum):
     MISSING = "missing"
 
 
+class TooLargeForWorkers(Exception):
+    """The upload's estimated peak memory exceeds every live worker's budget: HTTP 413."""
+
+
 class AdmissionRefused(Exception):
     """Too many active jobs for this key, or the queue is full: HTTP 429 with Retry-After."""
 
@@ -341,6 +347,7 @@ class JobService:
         A live job of the same owner with the same ``digest`` (upload bytes and parameters) is
         returned instead (``duplicate``), and this upload is discarded.
         """
+        self._check_memory(request, volume)
         record: dict[str, Any] = {
             "job_id": request.job_id,
             "owner": owner,
@@ -389,6 +396,21 @@ class JobService:
             self.storage.delete_job(request.job_id)
             raise
         return SubmitOutcome(record=record, duplicate=False)
+
+    def _check_memory(self, request: SegmentationRequest, volume: VolumeInfo) -> None:
+        """:class:`TooLargeForWorkers` when no live worker's budget holds the job's estimated peak
+        (worker.memory); nothing is refused while no worker has published one."""
+        budgets = self.queue.memory_budgets()
+        if not budgets or request.is_dicom:
+            return
+        estimates = [
+            (model.estimate_bytes(volume.shape, volume.spacing, len(request.targets), request.ensemble), budget)
+            for model, budget in budgets
+        ]
+        if any(estimate <= budget * MiB for estimate, budget in estimates):
+            return
+        smallest = min(estimate for estimate, _ in estimates)
+        raise TooLargeForWorkers(budget_message(smallest, max(b for _, b in budgets), "every worker's"))
 
     def _admit(self, owner: str, job_id: str) -> None:
         """Add-then-check, so concurrent submissions never exceed the per-key limit."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from worker.contracts import JobCanceled, JobInterrupted, JobState, JobTimedOut, SegmentationRequest
+from worker.memory import MemoryModel
 
 if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
@@ -63,6 +64,10 @@ class JobQueue(Protocol):
         ...
 
     def readiness(self) -> Readiness: ...
+
+    def memory_budgets(self) -> list[tuple[MemoryModel, int]]:
+        """Each live worker's memory model and budget (MiB); empty when none is known."""
+        ...
 
 
 class RecordAccess(Protocol):
@@ -145,6 +150,9 @@ class InProcessJobQueue:
 
     def forget(self, job_id: str) -> None:
         return None
+
+    def memory_budgets(self) -> list[tuple[MemoryModel, int]]:
+        return []  # embedded mode: the API's own process; no per-job budget
 
     def readiness(self) -> Readiness:
         problems: list[str] = []

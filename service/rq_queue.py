@@ -26,6 +26,7 @@ from worker.contracts import (
     bundle_info_key,
     worker_alive_key,
 )
+from worker.memory import MemoryModel, memory_key
 
 __all__ = ["RqJobQueue", "connect_redis"]
 
@@ -157,6 +158,25 @@ class RqJobQueue:
             Job.fetch(job_id, connection=self._redis, serializer=JSONSerializer).delete()
         except NoSuchJobError:
             pass
+
+    def memory_budgets(self) -> list[tuple[MemoryModel, int]]:
+        """Memory models and budgets the live workers published (worker.memory.memory_key)."""
+        raw = self._redis.hgetall(memory_key(self._queue_name))
+        if not raw:
+            return []
+        names = [k.decode() for k in raw]
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(worker_alive_key(self._queue_name, name))
+        budgets: list[tuple[MemoryModel, int]] = []
+        for name, beating in zip(names, pipe.execute(), strict=True):
+            if not beating:
+                continue
+            try:
+                budgets.append(MemoryModel.from_json(raw[name.encode()]))
+            except ValueError:
+                log.warning("worker %s published a malformed memory entry; ignored", name)
+        return budgets
 
     def readiness(self) -> Readiness:
         """Live workers (RQ's registry) and the bundle *they* serve; mixed bundles are a problem."""

@@ -53,6 +53,7 @@ from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 
 from worker.contracts import bundle_info_key, worker_alive_key
+from worker.memory import MemoryModel, default_budget_mb, memory_key, process_rss_bytes
 from worker.reporting import Heartbeat
 from worker.runtime import StopControl, WorkerRuntime, WorkerStopping, load_runtime, runtime_context
 from worker.settings import WorkerSettings
@@ -203,10 +204,31 @@ def run_worker(settings: WorkerSettings, *, burst: bool = False, max_jobs: int |
     except WorkerStopping:
         log.info("worker: stopped while starting")
         return False
+    budget_mb = settings.worker_memory_mb or default_budget_mb()
+    runtime = dataclasses.replace(runtime, stop=stop, memory=_memory_model(runtime), memory_budget_mb=budget_mb)
+    log.info("worker: memory budget %d MB per job (LATENTSEG_WORKER_MEMORY_MB)", budget_mb)
     try:
-        return _work(settings, connection, dataclasses.replace(runtime, stop=stop), burst, max_jobs)
+        return _work(settings, connection, runtime, burst, max_jobs)
     finally:
         stop.close()
+
+
+def _memory_model(runtime: WorkerRuntime) -> MemoryModel:
+    """This worker's :class:`~worker.memory.MemoryModel`: its bundle's grid, its gzip writer threads,
+    the CPU activation budget (host memory only on CPU), and the process as it is now (loaded)."""
+    import torch
+
+    from model.pipeline import CPU_ACTIVATION_BUDGET_BYTES
+
+    cfg = runtime.bundle.config
+    on_cpu = str(runtime.bundle.device).startswith("cpu")
+    return MemoryModel(
+        model_spacing=tuple(float(s) for s in cfg.preprocess.spacing),  # type: ignore[arg-type]
+        context_channels=int(cfg.image_window_channels),
+        writers=max(1, torch.get_num_threads()),
+        activation_bytes=CPU_ACTIVATION_BUDGET_BYTES if on_cpu else 0,
+        baseline_bytes=process_rss_bytes(),
+    )
 
 
 def _work(
@@ -218,6 +240,8 @@ def _work(
     alive = worker_alive_key(settings.queue, name)
     bundles = bundle_info_key(settings.queue)
     bundle_json = json.dumps(runtime.bundle_info)
+    memory = memory_key(settings.queue)
+    memory_json = runtime.memory.to_json(runtime.memory_budget_mb or 0) if runtime.memory is not None else None
     ttl_ms = max(1000, int(settings.heartbeat_s * 3000))
     current: list[SegmentationWorker] = []  # the RQ worker now working, for the liveness thread
 
@@ -227,6 +251,8 @@ def _work(
         pipe = connection.pipeline(transaction=False)
         pipe.set(alive, "1", px=ttl_ms)
         pipe.hset(bundles, name, bundle_json)
+        if memory_json is not None:
+            pipe.hset(memory, name, memory_json)
         pipe.execute()
         for worker in list(current):
             worker.republish()
@@ -269,6 +295,7 @@ def _work(
         try:
             connection.delete(alive)
             connection.hdel(bundles, name)
+            connection.hdel(memory, name)
         except Exception:  # Redis down at exit: readiness ignores entries of workers that are gone
             log.warning("could not withdraw the bundle entry of worker %s", name)
 

@@ -26,6 +26,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from worker.contracts import JobInterrupted
+from worker.memory import MemoryModel
 
 if TYPE_CHECKING:
     from model.bundle import LoadedBundle
@@ -151,6 +152,9 @@ class WorkerRuntime:
     heartbeat_s: float = 10.0
     # RQ mode: the process's SIGTERM/SIGINT handling; None in embedded mode.
     stop: StopControl | None = None
+    # A job whose estimated peak memory is over budget_mb fails before it allocates; None: unchecked.
+    memory: MemoryModel | None = None
+    memory_budget_mb: int | None = None
 
     @property
     def bundle_info(self) -> dict[str, str]:

@@ -41,3 +41,6 @@ class WorkerSettings(BaseSettings):
     # failed ("stopped: ..."), as on a second SIGTERM. None = wait for it (up to the job timeout):
     # set it a little below the supervisor's kill timeout (compose stop_grace_period).
     stop_grace_s: float | None = Field(default=None, gt=0)
+    # LATENTSEG_WORKER_MEMORY_MB: a job whose estimated peak memory (worker.memory) is above this
+    # fails before it allocates, saying so. None = 80 % of the cgroup's limit or the machine's memory.
+    worker_memory_mb: int | None = Field(default=None, ge=64)

@@ -45,9 +45,12 @@ from worker.contracts import (
     results_dir,
     utc_now,
 )
+from worker.memory import MiB, budget_message
 from worker.runtime import WorkerRuntime, WorkerStopped, current_runtime
 
-__all__ = ["JobStopped", "describe_failure", "record_terminal_state", "run_segmentation"]
+__all__ = [
+    "JobStopped", "OverMemoryBudget", "check_memory", "describe_failure", "record_terminal_state", "run_segmentation",
+]
 
 log = logging.getLogger(__name__)
 # With DICOM-SEG/preview outputs, the pipeline reports up to this fraction of the progress.
@@ -56,6 +59,10 @@ PIPELINE_SHARE = 0.9
 
 class JobStopped(RuntimeError):
     """A job its worker stopped (shut down with a second SIGTERM, or past its stop grace period)."""
+
+
+class OverMemoryBudget(RuntimeError):
+    """A job whose estimated peak memory (worker.memory) is over the worker's budget."""
 
 
 def describe_failure(exc: BaseException, storage_root: Path | None = None) -> str:
@@ -77,7 +84,7 @@ def describe_failure(exc: BaseException, storage_root: Path | None = None) -> st
         return f"timed out: {text}"
     if isinstance(exc, TimeoutError) and text.startswith("timed out"):
         return text
-    if isinstance(exc, JobStopped):
+    if isinstance(exc, (JobStopped, OverMemoryBudget)):
         return text
     from model.dicomweb import DicomwebError
 
@@ -185,6 +192,30 @@ def record_terminal_state(storage_root: Path, job_id: str, fields: Mapping[str, 
     return True
 
 
+def check_memory(runtime: WorkerRuntime, request: SegmentationRequest, input_path: Path) -> int | None:
+    """Refuse (:class:`OverMemoryBudget`) a NIfTI job whose estimated peak is over the runtime's
+    budget, from the header alone (nothing is allocated); returns the estimate in bytes, or None
+    when unchecked (no budget, or a DICOM series: its size is checked by the API's voxel cap)."""
+    if runtime.memory is None or runtime.memory_budget_mb is None or request.is_dicom:
+        return None
+    import nibabel as nib
+
+    from model.errors import InputError
+
+    try:
+        header = nib.load(str(input_path)).header
+        shape = tuple(int(n) for n in header.get_data_shape()[:3])
+        spacing = tuple(float(d) for d in header.get_zooms()[:3])
+    except Exception as exc:  # unreadable: the pipeline reports it in its own words
+        raise InputError(f"not a readable NIfTI header ({type(exc).__name__})") from exc
+    if len(shape) != 3:
+        return None  # the pipeline refuses it, saying why
+    estimate = runtime.memory.estimate_bytes(shape, spacing, len(request.targets), request.ensemble)
+    if estimate > runtime.memory_budget_mb * MiB:
+        raise OverMemoryBudget(budget_message(estimate, runtime.memory_budget_mb))
+    return estimate
+
+
 def _segment_atomically(runtime: WorkerRuntime, request: SegmentationRequest, reporter: JobReporter) -> list[str]:
     directory = job_dir(runtime.storage_root, request.job_id)
     input_path = request.input_path(runtime.storage_root)
@@ -194,6 +225,7 @@ def _segment_atomically(runtime: WorkerRuntime, request: SegmentationRequest, re
         fetch_source(request, input_path)
     if not input_path.is_file():
         raise FileNotFoundError(f"the upload for job {request.job_id} is missing from storage")
+    check_memory(runtime, request, input_path)
     final = results_dir(runtime.storage_root, request.job_id)
     tmp = directory / f"{RESULTS_TMP_PREFIX}{secrets.token_hex(4)}"
     tmp.mkdir()

@@ -30,7 +30,7 @@ from starlette.types import Message, Receive
 from model.vocabulary import UnknownTargetError
 from service.auth import CallerDep
 from service.deps import ServicesDep
-from service.jobs import AdmissionRefused
+from service.jobs import AdmissionRefused, TooLargeForWorkers
 from service.nifti import UploadLimits, UploadRejected
 from service.dicom_upload import is_zip_upload
 from service.prompt_targets import PromptLimits, resolve_request_targets
@@ -124,7 +124,8 @@ def _accepted(request: Request, response: Response, record: dict[str, Any], dupl
         400: {"description": "a malformed multipart body"},
         401: {"description": "missing or invalid API key"},
         408: {"description": "the upload stalled or took longer than the server's deadline"},
-        413: {"description": "too large (compressed, decompressed, voxels, or zip members)"},
+        413: {"description": "too large (compressed, decompressed, voxels, or zip members; or an estimated peak "
+                             "memory over every live worker's LATENTSEG_WORKER_MEMORY_MB)"},
         415: {"description": "neither a NIfTI nor a zip of DICOM images"},
         422: {"description": "invalid parameters, a target the deployed bundle(s) do not serve (GET /targets: "
                              "`served`), a malformed NIfTI, or a DICOM zip that is not one usable series "
@@ -281,6 +282,9 @@ async def submit_segmentation(
     except AdmissionRefused as exc:
         services.storage.delete_job(job_id)
         raise _refused(exc, settings.retry_after_s) from exc
+    except TooLargeForWorkers as exc:  # the estimate is over every live worker's memory budget
+        services.storage.delete_job(job_id)
+        raise HTTPException(413, str(exc)) from exc
     except BaseException:
         services.storage.delete_job(job_id)
         raise
