@@ -42,8 +42,14 @@ def _settings() -> Any:
     return DicomwebSettings()
 
 
-def fetch_source(request: SegmentationRequest, input_path: Path, settings: Any = None) -> int:
-    """Retrieve ``request.source`` into ``input_path`` (``input.zip``) and check it; returns the instance count."""
+def fetch_source(
+    request: SegmentationRequest, input_path: Path, annotate: Annotate | None = None, settings: Any = None
+) -> int:
+    """Retrieve ``request.source`` into ``input_path`` (``input.zip``) and check it; returns the instance count.
+
+    ``annotate`` (optional) receives the series' ``input_shape`` and ``input_spacing`` for the
+    record, unknown to the API when it queued the reference.
+    """
     from model.dicom_io import DicomLimits, inspect_dicom_series
     from model.dicomweb import RetrievalLimits, make_client, retrieve_series_zip
 
@@ -60,7 +66,9 @@ def fetch_source(request: SegmentationRequest, input_path: Path, settings: Any =
         max_files=int(source["max_files"]), max_total_bytes=int(source["max_bytes"]),
         max_voxels=int(source["max_voxels"]),
     )
-    inspect_dicom_series(input_path, limits)
+    info = inspect_dicom_series(input_path, limits)
+    if annotate is not None:
+        annotate({"input_shape": list(info.shape), "input_spacing": [round(v, 6) for v in info.spacing]})
     log.info("job %s: retrieved the source series (%d instances)", request.job_id, count)
     return count
 

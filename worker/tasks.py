@@ -222,7 +222,7 @@ def _segment_atomically(runtime: WorkerRuntime, request: SegmentationRequest, re
     if request.source is not None and not input_path.is_file():  # a DICOMweb reference: WADO-RS it first
         from worker.dicomweb import fetch_source
 
-        fetch_source(request, input_path)
+        fetch_source(request, input_path, reporter.annotate)
     if not input_path.is_file():
         raise FileNotFoundError(f"the upload for job {request.job_id} is missing from storage")
     check_memory(runtime, request, input_path)

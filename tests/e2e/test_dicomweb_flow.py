@@ -204,6 +204,8 @@ def test_pull_segment_push_and_read_the_seg_back_from_the_pacs(
         phantom_state = http.get(f"/jobs/{phantom_job}").json()
         assert phantom_state["source"]["series_uid"] == studies.phantom_ct_series
         assert "most instances" in phantom_state["source"]["chosen_by"]
+        assert phantom_state["input_shape"] == [96, 96, 24]  # known once the worker has the series
+        assert phantom_state["input_spacing"] == pytest.approx([3.0, 3.0, 4.0])
         assert phantom_state["push_status"] == "pushed" and phantom_state["push_attempts"] == 1
 
         # ---- read back what the PACS stored (QIDO-RS + WADO-RS), compare with the job's own results
