@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import re
 import time
+import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 
 from model.prompts import packaged_embedder
 from service.prompt_targets import CachedEmbedder
-from tests.conftest import Process, clean_env, launch_server
+from tests.conftest import Process, clean_env, launch_server, purge_namespace
 from tests.reliability.conftest import ALICE_KEY, auth, unaccepted_job_dirs, wait_status
 from tests.reliability.dicom_zips import CT_FILES, PATIENT_ID, PATIENT_NAME, needs_series, private_series_zip
 
@@ -217,3 +218,26 @@ def test_a_dicom_job_logs_no_uid_or_patient_attribute_and_its_results_are_not_ca
     assert job_id in log and "finished" in log
     leaked = sorted(i for i in identifiers if i in log)
     assert leaked == [], f"identifiers in the server log: {leaked}"
+
+
+def test_an_unexpected_server_error_is_a_json_500_that_tells_nothing(
+    redis_url: str, tmp_path: Path, small_nifti  # type: ignore[no-untyped-def]
+) -> None:
+    """The storage's ``jobs`` is a file, not a folder: every upload fails with an OSError."""
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    (storage / "jobs").write_text("not a folder\n")
+    queue = f"ls500-{uuid.uuid4().hex[:10]}"
+    process = launch_server(clean_env(REDIS_URL=redis_url, LATENTSEG_QUEUE=queue, LATENTSEG_STORAGE_DIR=str(storage)),
+                            tmp_path / "serve.log")
+    try:
+        with httpx.Client(base_url=process.url, timeout=30) as client:
+            response = client.post("/segment", params={"targets": "liver"}, content=small_nifti.path.read_bytes())
+            body = _assert_error_shape(response, 500)
+            assert body["detail"] == "internal server error; the server log has the details"
+            assert str(storage) not in response.text and "Error" not in response.text
+            assert client.get("/healthz").status_code == 200
+    finally:
+        process.stop()
+        purge_namespace(redis_url, queue)
+    assert "unexpected" in process.log_path.read_text()
