@@ -143,12 +143,18 @@ async def _storage_full(request: Request, exc: Exception) -> JSONResponse:
 async def _os_error(request: Request, exc: Exception) -> JSONResponse:
     if is_storage_full(exc):
         return await _storage_full(request, exc)
-    return await _unexpected(request, exc)
+    # Handled here, so nothing re-raises it: the traceback goes to the log now.
+    log.error("unexpected %s during %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+    return _internal_error()
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # The traceback is logged by the server; the client learns nothing about the internals.
+    # Starlette re-raises it after this answer and uvicorn logs the traceback; the client learns nothing.
     log.error("unexpected %s during %s %s", type(exc).__name__, request.method, request.url.path)
+    return _internal_error()
+
+
+def _internal_error() -> JSONResponse:
     return error_response(500, "internal server error; the server log has the details")
 
 

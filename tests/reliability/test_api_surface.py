@@ -240,4 +240,5 @@ def test_an_unexpected_server_error_is_a_json_500_that_tells_nothing(
     finally:
         process.stop()
         purge_namespace(redis_url, queue)
-    assert "unexpected" in process.log_path.read_text()
+    log = process.log_path.read_text()
+    assert "unexpected NotADirectoryError" in log and "Traceback" in log  # the operator gets the details
