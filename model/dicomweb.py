@@ -95,6 +95,9 @@ class DicomwebSettings(BaseSettings):
     push_attempts: int = Field(default=4, ge=1, le=20)
     push_backoff_s: float = Field(default=2.0, ge=0)
     push_max_backoff_s: float = Field(default=60.0, ge=0)
+    # Also push the uncertainty objects beside the SEG: probability.dcm (FRACTIONAL SEG of the
+    # means) and {target}_variance.dcm (Parametric Maps, float32: 1 MiB per 512x512 slice each).
+    push_uncertainty: bool = False
 
     @field_validator("url", "push_url")
     @classmethod

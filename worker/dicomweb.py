@@ -9,7 +9,8 @@ runs. Failures are the job's failure reason: ``source unreachable: …``, ``seri
 
 Push (:func:`push_results`): after the job finished (results are on disk and stay there
 whatever happens), ``segmentation.dcm`` is stored with STOW-RS at the destination
-(``LATENTSEG_DICOMWEB_PUSH_URL``, default the source). A failed attempt is retried with
+(``LATENTSEG_DICOMWEB_PUSH_URL``, default the source); with ``LATENTSEG_DICOMWEB_PUSH_UNCERTAINTY``
+also ``probability.dcm`` and the ``{target}_variance.dcm`` Parametric Maps. A failed attempt is retried with
 exponential backoff (``push_attempts``, ``push_backoff_s`` doubling up to
 ``push_max_backoff_s``). The record says where it stands: ``push_status`` = ``pending``,
 ``retrying: reason`` (after a failed attempt), ``pushed`` or ``push_failed: reason``;
@@ -84,7 +85,7 @@ def push_results(
 
     Never raises: the job's results are already final, and a push failure is a status.
     """
-    from model.dicom_seg import SEG_FILENAME
+    from model.dicom_seg import PROBABILITY_SEG_FILENAME, SEG_FILENAME
 
     attempts_done = 0
     try:
@@ -99,7 +100,11 @@ def push_results(
         seg_path = results / SEG_FILENAME
         if not seg_path.is_file():
             raise RuntimeError(f"the job has no {SEG_FILENAME} to push")
-        datasets = [pydicom.dcmread(seg_path)]
+        paths = [seg_path]
+        if settings.push_uncertainty:  # the FRACTIONAL SEG of the means and the variance maps too
+            paths += [p for p in [results / PROBABILITY_SEG_FILENAME] if p.is_file()]
+            paths += sorted(results.glob("*_variance.dcm"))
+        datasets = [pydicom.dcmread(p) for p in paths]
         annotate({"push_status": "pending", "push_attempts": 0, "push_destination": public_url(destination)})
         wait = settings.push_backoff_s
         reason = ""

@@ -342,7 +342,8 @@ def test_rq_worker_pulls_segments_and_pushes(
         own.upload(CT_FILES)
         dicomweb = {"LATENTSEG_DICOMWEB_URL": own.dicomweb_url}
         storage = tmp_path / "storage"
-        start_worker(rq_queue_name, storage, tiny_bundle, env=dicomweb)  # the worker reads its own PACS settings
+        # the worker reads its own PACS settings; it also pushes the uncertainty objects
+        start_worker(rq_queue_name, storage, tiny_bundle, env={**dicomweb, "LATENTSEG_DICOMWEB_PUSH_UNCERTAINTY": "true"})
         server = start_server(env={"REDIS_URL": redis_url, "LATENTSEG_QUEUE": rq_queue_name,
                                    "LATENTSEG_STORAGE_DIR": str(storage), **dicomweb})
         # latentseg submit --study-uid (the rule picks the series) --push: waits for the job, then the push
@@ -365,10 +366,28 @@ def test_rq_worker_pulls_segments_and_pushes(
         record = decode_fields(connection.hgetall(record_key(rq_queue_name, job_id)))
         connection.close()
         assert record["push_status"] == "pushed" and record["push_attempts"] == 1
-        stored = _stored_segs(own, studies.real_study)
-        assert [str(ds.SOPInstanceUID) for ds in stored] == record["pushed_instances"]
+        stored = {str(ds.SegmentationType): ds for ds in _stored_segs(own, studies.real_study)}
+        assert sorted(stored) == ["BINARY", "FRACTIONAL"]  # segmentation.dcm and probability.dcm
         source_uids = _source_uids(own, studies.real_study, studies.real_series, tmp_path / "source")
-        _check_seg_against_labels(stored[0], paths["labels.nii.gz"], source_uids, studies.real_series,
+        _check_seg_against_labels(stored["BINARY"], paths["labels.nii.gz"], source_uids, studies.real_series,
                                   ["liver", "spleen"])
+        # ... and the variance Parametric Maps: the whole push is in the record, SEG first
+        client = make_client(DicomwebSettings(url=own.dicomweb_url))
+        maps = client.search_for_instances(
+            study_instance_uid=studies.real_study, search_filters={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.30"}
+        )
+        map_uids = sorted(m["00080018"]["Value"][0] for m in maps)
+        assert len(map_uids) == 2
+        assert record["pushed_instances"][0] == stored["BINARY"].SOPInstanceUID
+        assert sorted(record["pushed_instances"]) == sorted(
+            [stored["BINARY"].SOPInstanceUID, stored["FRACTIONAL"].SOPInstanceUID, *map_uids]
+        )
+        first = client.retrieve_instance(studies.real_study, maps[0]["0020000E"]["Value"][0], map_uids[0])
+        name = "liver" if "liver" in str(first.ContentDescription) else "spleen"
+        variance = np.asarray(nib.load(paths[f"{name}_variance.nii.gz"]).dataobj, dtype=np.float32)
+        slice_of = {uid: k for k, uid in enumerate(source_uids)}
+        for frame, item in zip(first.pixel_array, first.PerFrameFunctionalGroupsSequence, strict=True):
+            k = slice_of[item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+            np.testing.assert_array_equal(frame, variance[:, :, k].T)  # float32, exactly the job's variance
     finally:
         own.stop()
