@@ -16,8 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from contextlib import AbstractContextManager
+
     from model.bundle import LoadedBundle
     from model.dicom_io import DicomSeries
+    from model.dicomweb import DicomwebSettings
     from model.onnx_backend import OnnxBundle
     from model.pipeline import Progress, SegmentationOptions
     from model.preprocessing import Volume
@@ -115,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pacs_input(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _pacs_input(args: argparse.Namespace) -> AbstractContextManager[DicomwebSettings | None]:
     """A context: with --study-uid, the series retrieved into a temporary zip (args.input), and
     the DICOMweb settings; otherwise None."""
     import contextlib
@@ -124,7 +128,7 @@ def _pacs_input(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from cli.main import CliError
 
     @contextlib.contextmanager
-    def context():  # type: ignore[no-untyped-def]
+    def context() -> Iterator[DicomwebSettings | None]:
         if args.study_uid is None:
             yield None
             return
