@@ -77,3 +77,30 @@ def test_shipped_bundle_refuses_a_target_it_does_not_serve(shipped: Path, tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and f"does not serve {unserved[0]}" in err and "left-out validation Dice" in err
     assert not (tmp_path / "out" / f"{unserved[0]}_mean.nii.gz").exists()
+
+
+SHARED_CT20 = REPO.parent / "shared" / "data" / "dicom-ct20"
+
+
+def test_compressed_dicom_series_segments_like_its_nifti(shipped: Path, tmp_path: Path) -> None:
+    """ts_b_upper's original DICOM series (JPEG 2000 lossless) through `latentseg segment`: same grid, same
+    masks as the NIfTI of the same scan (a flipped or shifted DICOM geometry would break both checks)."""
+    import nibabel as nib
+    import numpy as np
+
+    nifti = SHARED_TS / "imagesTr" / "ts_b_upper_0000.nii.gz"
+    if not SHARED_CT20.is_dir() or not nifti.is_file():
+        pytest.skip(f"real data not available: {SHARED_CT20} or {nifti} is absent (shared data lives beside the repo)")
+    common = ["--targets", "liver", "--steps", "3", "--ensemble", "2", "--seed", "0", "--quiet"]
+    assert latentseg(["segment", str(SHARED_CT20), "--out", str(tmp_path / "dicom"), *common]) == 0
+    assert latentseg(["segment", str(nifti), "--out", str(tmp_path / "nifti"), *common]) == 0
+    from_dicom = nib.load(tmp_path / "dicom" / "liver_mean.nii.gz")
+    from_nifti = nib.load(tmp_path / "nifti" / "liver_mean.nii.gz")
+    assert from_dicom.shape == from_nifti.shape
+    np.testing.assert_allclose(from_dicom.affine, from_nifti.affine, atol=1e-3)
+    a, b = from_dicom.get_fdata() > 0.5, from_nifti.get_fdata() > 0.5
+    agreement = 2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+    assert agreement > 0.98, f"DICOM and NIfTI of one scan disagree: Dice {agreement:.3f}"
+    reference = np.asarray(nib.load(SHARED_TS / "labelsTr" / "ts_b_upper.nii.gz").dataobj) == 5  # liver
+    dice = 2 * np.logical_and(a, reference).sum() / (a.sum() + reference.sum())
+    assert dice > FLOOR, f"liver Dice {dice:.3f} on the DICOM series (floor {FLOOR})"
