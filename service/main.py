@@ -41,7 +41,8 @@ def _load_embedded_runtime(settings: ServiceSettings) -> WorkerRuntime:
     from worker.runtime import load_runtime
 
     return load_runtime(
-        settings.bundle, settings.storage_dir, settings.device, backend=settings.backend, onnx_dir=settings.onnx_dir
+        settings.bundle, settings.storage_dir, settings.device, backend=settings.backend, onnx_dir=settings.onnx_dir,
+        memory_budget_mb=settings.worker_memory_mb,
     )
 
 

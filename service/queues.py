@@ -108,6 +108,7 @@ class InProcessJobQueue:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._bundle: dict[str, str] | None = None
+        self._memory: tuple[MemoryModel, int] | None = None
         self._load_error: str | None = None
 
     def start(self) -> None:
@@ -152,7 +153,8 @@ class InProcessJobQueue:
         return None
 
     def memory_budgets(self) -> list[tuple[MemoryModel, int]]:
-        return []  # embedded mode: the API's own process; no per-job budget
+        """The embedded runtime's, once its bundle is loaded."""
+        return [self._memory] if self._memory is not None else []
 
     def readiness(self) -> Readiness:
         problems: list[str] = []
@@ -205,6 +207,8 @@ class InProcessJobQueue:
         try:
             runtime = self._runtime_factory()
             self._bundle = runtime.bundle_info
+            if runtime.memory is not None and runtime.memory_budget_mb is not None:
+                self._memory = (runtime.memory, runtime.memory_budget_mb)
         except Exception as exc:
             self._load_error = " ".join(str(exc).split()) or type(exc).__name__
             log.exception("embedded worker: the bundle could not be loaded")

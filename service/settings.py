@@ -112,6 +112,9 @@ class ServiceSettings(BaseSettings):
     result_ttl_s: int = Field(default=24 * 3600, ge=0)
     failure_ttl_s: int = Field(default=7 * 24 * 3600, ge=0)
     record_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
+    # Embedded mode: the in-process worker's memory budget per job (as LATENTSEG_WORKER_MEMORY_MB
+    # for `latentseg worker`; None = 80 % of the cgroup's limit or the machine's memory).
+    worker_memory_mb: int | None = Field(default=None, ge=64)
 
     # The PACS for POST /segment?study_uid=... (LATENTSEG_DICOMWEB_URL, _AUTH, ...: model.dicomweb).
     dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)

@@ -53,7 +53,7 @@ from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 
 from worker.contracts import bundle_info_key, worker_alive_key
-from worker.memory import MemoryModel, default_budget_mb, memory_key, process_rss_bytes
+from worker.memory import memory_key
 from worker.reporting import Heartbeat
 from worker.runtime import StopControl, WorkerRuntime, WorkerStopping, load_runtime, runtime_context
 from worker.settings import WorkerSettings
@@ -199,36 +199,16 @@ def run_worker(settings: WorkerSettings, *, burst: bool = False, max_jobs: int |
             connection.ping()
             runtime = load_runtime(
                 settings.bundle, settings.storage_dir, settings.device, settings.heartbeat_s,
-                backend=settings.backend, onnx_dir=settings.onnx_dir,
+                backend=settings.backend, onnx_dir=settings.onnx_dir, memory_budget_mb=settings.worker_memory_mb,
             )
     except WorkerStopping:
         log.info("worker: stopped while starting")
         return False
-    budget_mb = settings.worker_memory_mb or default_budget_mb()
-    runtime = dataclasses.replace(runtime, stop=stop, memory=_memory_model(runtime), memory_budget_mb=budget_mb)
-    log.info("worker: memory budget %d MB per job (LATENTSEG_WORKER_MEMORY_MB)", budget_mb)
+    runtime = dataclasses.replace(runtime, stop=stop)
     try:
         return _work(settings, connection, runtime, burst, max_jobs)
     finally:
         stop.close()
-
-
-def _memory_model(runtime: WorkerRuntime) -> MemoryModel:
-    """This worker's :class:`~worker.memory.MemoryModel`: its bundle's grid, its gzip writer threads,
-    the CPU activation budget (host memory only on CPU), and the process as it is now (loaded)."""
-    import torch
-
-    from model.pipeline import CPU_ACTIVATION_BUDGET_BYTES
-
-    cfg = runtime.bundle.config
-    on_cpu = str(runtime.bundle.device).startswith("cpu")
-    return MemoryModel(
-        model_spacing=tuple(float(s) for s in cfg.preprocess.spacing),  # type: ignore[arg-type]
-        context_channels=int(cfg.image_window_channels),
-        writers=max(1, torch.get_num_threads()),
-        activation_bytes=CPU_ACTIVATION_BUDGET_BYTES if on_cpu else 0,
-        baseline_bytes=process_rss_bytes(),
-    )
 
 
 def _work(

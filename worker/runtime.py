@@ -26,7 +26,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from worker.contracts import JobInterrupted
-from worker.memory import MemoryModel
+from worker.memory import MemoryModel, default_budget_mb, process_rss_bytes
 
 if TYPE_CHECKING:
     from model.bundle import LoadedBundle
@@ -189,8 +189,12 @@ def load_runtime(
     *,
     backend: str = "torch",
     onnx_dir: Path | str | None = None,
+    memory_budget_mb: int | None = None,
 ) -> WorkerRuntime:
     """Load the bundle (``None`` = the demo bundle shipped in the package) onto ``device``.
+
+    Jobs on the runtime are refused above ``memory_budget_mb`` of estimated peak memory
+    (``LATENTSEG_WORKER_MEMORY_MB``; None = :func:`worker.memory.default_budget_mb`).
 
     ``backend="onnx"`` runs the networks with ONNX Runtime from the bundle's export
     (``latentseg export-onnx``; ``onnx_dir`` defaults to ``<bundle>/onnx``); a missing or
@@ -203,7 +207,32 @@ def load_runtime(
     storage_root = Path(storage_root)
     storage_root.mkdir(parents=True, exist_ok=True)
     log.info("loaded bundle %s %s on %s (%s backend)", bundle.name, bundle.version, bundle.device, backend)
-    return WorkerRuntime(bundle=bundle, storage_root=storage_root, heartbeat_s=heartbeat_s)
+    budget_mb = memory_budget_mb or default_budget_mb()
+    log.info("memory budget %d MB per job (LATENTSEG_WORKER_MEMORY_MB)", budget_mb)
+    return WorkerRuntime(
+        bundle=bundle, storage_root=storage_root, heartbeat_s=heartbeat_s, memory=memory_model(bundle),
+        memory_budget_mb=budget_mb,
+    )
+
+
+def memory_model(bundle: LoadedBundle | OnnxBundle) -> MemoryModel:
+    """The :class:`~worker.memory.MemoryModel` of this process with ``bundle`` loaded: the bundle's
+    grid, the gzip writer threads, the CPU activation budget (host memory only on CPU) and the
+    process's resident memory now."""
+    import torch
+
+    from model.pipeline import CPU_ACTIVATION_BUDGET_BYTES
+
+    cfg = bundle.config
+    on_cpu = str(bundle.device).startswith("cpu")
+    spacing = tuple(float(s) for s in cfg.preprocess.spacing)
+    return MemoryModel(
+        model_spacing=(spacing[0], spacing[1], spacing[2]),
+        context_channels=int(cfg.image_window_channels),
+        writers=max(1, torch.get_num_threads()),
+        activation_bytes=CPU_ACTIVATION_BUDGET_BYTES if on_cpu else 0,
+        baseline_bytes=process_rss_bytes(),
+    )
 
 
 @contextmanager

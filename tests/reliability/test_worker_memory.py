@@ -83,3 +83,21 @@ def test_an_over_budget_volume_is_refused_by_the_worker_then_by_the_api_with_413
         assert unaccepted_job_dirs(storage) == []  # nothing of the refused upload is left
         small = http.post("/segment", params={"targets": "liver", **QUICK, "seed": 4}, content=quick_volume.read_bytes())
         assert small.status_code == 202, small.text
+
+
+def test_embedded_mode_refuses_an_over_budget_upload_with_413_once_its_bundle_is_loaded(
+    serve, tiny_bundle: Path, quick_volume: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    big = write_nifti(tmp_path / "big.nii.gz", np.full((512, 512, 256), -1000, np.int16), np.diag([0.7, 0.7, 0.7, 1.0]))
+    server = serve({
+        "LATENTSEG_STORAGE_DIR": str(tmp_path / "storage"), "LATENTSEG_BUNDLE": str(tiny_bundle),
+        "LATENTSEG_DEVICE": "cpu", "LATENTSEG_WORKER_MEMORY_MB": str(BUDGET_MB), "OMP_NUM_THREADS": "1",
+    })
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        wait_until(lambda: http.get("/readyz").status_code == 200, 90, "embedded bundle loaded", server)
+        refused = http.post("/segment", params={"targets": "liver", **QUICK}, content=big.read_bytes())
+        assert refused.status_code == 413, refused.text
+        assert f"{BUDGET_MB:,} MB" in refused.text and "LATENTSEG_WORKER_MEMORY_MB" in refused.text
+        small = http.post("/segment", params={"targets": "liver", **QUICK}, content=quick_volume.read_bytes())
+        assert small.status_code == 202, small.text
+        assert wait_status(http, small.json()["job_id"], {"finished", "failed"}, 120)["status"] == "finished"
