@@ -399,9 +399,13 @@ class JobService:
 
     def _check_memory(self, request: SegmentationRequest, volume: VolumeInfo) -> None:
         """:class:`TooLargeForWorkers` when no live worker's budget holds the job's estimated peak
-        (worker.memory); nothing is refused while no worker has published one."""
+        (worker.memory); nothing is refused while no worker has published one, nor a job whose
+        volume is not known yet (a DICOMweb reference). For a DICOM series the estimate is the
+        NIfTI path's, a lower bound (the DICOM-SEG writing comes on top)."""
+        if 0 in volume.shape:
+            return
         budgets = self.queue.memory_budgets()
-        if not budgets or request.is_dicom:
+        if not budgets:
             return
         estimates = [
             (model.estimate_bytes(volume.shape, volume.spacing, len(request.targets), request.ensemble), budget)
