@@ -298,6 +298,11 @@ class JobReporter(Protocol):
 
     def progress(self, fraction: float) -> None: ...
 
+    @property
+    def percent(self) -> int:
+        """The last progress written (0-100; -1 before the job started)."""
+        ...
+
     def finished(self, results: list[str], bundle: Mapping[str, str] | None = None) -> None:
         """The job's result file names, and the bundle (name, version) that produced them."""
         ...

@@ -184,6 +184,10 @@ class RecordReporter:
         if self._on_progress is not None:
             self._on_progress(percent)
 
+    @property
+    def percent(self) -> int:
+        return self._last_percent
+
     def finished(self, results: list[str], bundle: Mapping[str, str] | None = None) -> None:
         fields: dict[str, Any] = {
             "status": JobState.FINISHED.value, "progress": 100, "finished_at": utc_now(), "results": list(results)

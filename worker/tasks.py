@@ -23,6 +23,7 @@ Inputs and outputs:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -53,6 +54,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The disk (or the caller's quota) is full: the job says "storage full", not an OSError.
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # With DICOM-SEG/preview outputs, the pipeline reports up to this fraction of the progress.
 PIPELINE_SHARE = 0.9
 
@@ -76,6 +80,8 @@ def describe_failure(exc: BaseException, storage_root: Path | None = None) -> st
     text = " ".join(str(exc).split()) or type(exc).__name__
     if storage_root is not None:
         text = re.sub(re.escape(str(storage_root).rstrip("/")) + r"/\S*?([^/\s]+)(?=[\s:,)]|$)", r"\1", text)
+    if isinstance(exc, OSError) and exc.errno in STORAGE_FULL_ERRNOS:
+        return f"storage full: {text}"
     if isinstance(exc, InputError):
         return f"invalid input: {text}"
     if isinstance(exc, BundleError):
@@ -143,6 +149,8 @@ def run_segmentation(
             raise TimeoutError(exc.reason) from None
     except Exception as exc:
         reason = describe_failure(exc, storage_root)
+        if reason.startswith("storage full") and reporter.percent >= 0:
+            reason += f" (the job had reached {reporter.percent} %)"
         log.warning("job %s failed: %s", payload.get("job_id"), reason)
         reporter.failed(reason)
         if storage_root is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +129,39 @@ def test_a_dicom_job_without_seg_writes_nifti_on_the_series_grid_and_a_picture(r
     labels = nib.load(directory / "results" / "labels.nii.gz")
     np.testing.assert_allclose(labels.affine, read_dicom_series(source).volume.affine, atol=1e-4)
     assert labels.shape == (512, 512, 3)
+
+
+@pytest.fixture
+def full_disk(tiny_bundle: Path, tmp_path: Path) -> Iterator[WorkerRuntime]:
+    """A runtime whose storage is a 4 MB tmpfs (needs root and mount(8); skips elsewhere)."""
+    import os
+    import subprocess
+
+    point = tmp_path / "small-fs"
+    point.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root and mount(8)")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(point)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield load_runtime(tiny_bundle, point / "storage", device="cpu")
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_a_full_disk_fails_the_job_as_storage_full_with_its_progress(full_disk: WorkerRuntime,
+                                                                      phantom_volume: Volume) -> None:
+    import os
+
+    request = _stage(full_disk, phantom_volume.path)
+    directory = job_dir(full_disk.storage_root, request.job_id)
+    stats = os.statvfs(directory)
+    (directory.parent / "filler").write_bytes(b"\0" * max(stats.f_bavail * stats.f_frsize - 8192, 0))
+    record = Record()
+    with pytest.raises(OSError):
+        run_segmentation(request.to_payload(), runtime=full_disk, reporter=RecordReporter(record.update))
+    error = record.fields["error"]
+    assert record.fields["status"] == "failed" and error.startswith("storage full"), error
+    assert "reached" in error and record.fields.get("progress", 0) < 100, record.fields
+    assert sorted(p.name for p in directory.iterdir()) == ["input.nii.gz"]  # nothing half-written left
