@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -109,9 +110,13 @@ class Storage:
 
     def write_manifest(self, job_id: str, manifest: dict[str, object]) -> None:
         path = self.job_dir(job_id) / MANIFEST_NAME
-        partial = path.with_name(f".{MANIFEST_NAME}.part")
-        partial.write_text(json.dumps(manifest))
-        os.replace(partial, path)
+        # A private temp name: the worker records a job's ending into the same file concurrently.
+        partial = path.with_name(f".{MANIFEST_NAME}.{secrets.token_hex(4)}.part")
+        try:
+            partial.write_text(json.dumps(manifest))
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def read_manifest(self, job_id: str) -> dict[str, object] | None:
         try:
