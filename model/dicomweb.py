@@ -209,10 +209,17 @@ def search_series(client: DICOMwebClient, study_uid: str) -> list[SeriesCandidat
         if not uid:
             continue
         number = _value(item, _SERIES_NUMBER)
+        count = _value(item, _INSTANCES)
+        if count in (None, ""):  # a PACS that does not report the count: ask for the instances
+            try:
+                count = len(client.search_for_instances(study_instance_uid=study_uid, series_instance_uid=str(uid),
+                                                        fields=["SOPInstanceUID"]))
+            except Exception as exc:
+                raise _reason(exc, client.base_url, f"series {uid}") from None
         candidates.append(SeriesCandidate(
             series_uid=str(uid),
             modality=str(_value(item, _MODALITY) or ""),
-            instances=int(_value(item, _INSTANCES) or 0),
+            instances=int(count),
             number=int(number) if number not in (None, "") else None,
             description=str(_value(item, _SERIES_DESCRIPTION) or ""),
         ))

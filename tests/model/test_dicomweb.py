@@ -79,7 +79,12 @@ class _Recorder(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         type(self).seen.append({"path": self.path, "authorization": self.headers.get("Authorization", "")})
-        body = json.dumps([]).encode()
+        answer: list[dict[str, object]] = []
+        if self.path.startswith("/dicom-web/studies/9.9/series?"):  # a PACS that gives no instance counts
+            answer = [{"0020000E": {"vr": "UI", "Value": ["9.9.1"]}, "00080060": {"vr": "CS", "Value": ["CT"]}}]
+        elif self.path.startswith("/dicom-web/studies/9.9/series/9.9.1/instances"):
+            answer = [{"00080018": {"vr": "UI", "Value": [f"9.9.1.{n}"]}} for n in range(7)]
+        body = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/dicom+json")
         self.send_header("Content-Length", str(len(body)))
@@ -151,3 +156,9 @@ def test_retrieval_stops_at_the_upload_caps(tmp_path: Path) -> None:
             retrieve_series_zip(client, study, "1.2.3.4", out, RetrievalLimits(max_bytes=10**9, max_files=10))
     finally:
         orthanc.stop()
+
+
+def test_a_pacs_without_series_counts_gets_its_instances_counted(recorder: str) -> None:
+    (candidate,) = search_series(make_client(DicomwebSettings(url=recorder)), "9.9")
+    assert (candidate.series_uid, candidate.modality, candidate.instances) == ("9.9.1", "CT", 7)
+    assert choose_ct_series("9.9", [candidate]).series_uid == "9.9.1"
