@@ -53,7 +53,7 @@ import stat
 import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -327,55 +327,96 @@ def _describe_series(uid: str, members: Sequence[tuple[Path, Dataset]]) -> str:
     return f"{uid}{label}: {len(members)} files"
 
 
+_Member = tuple[Path, Dataset]
+
+
 def scan_series(files: Iterable[Path], where: str) -> tuple[DicomSeriesInfo, list[tuple[Path, Dataset]]]:
     """Validate the headers of one series and sort it by geometry (pixel data not decoded).
 
     Returns the series' :class:`DicomSeriesInfo` and its ``(file, header)`` pairs in geometric
     order, pixel data still deferred so :func:`read_dicom_series` can decode it. ``where``
-    names the input in error messages.
+    names the input in error messages. The steps run in this order, each refusing with an
+    :class:`~model.errors.InputError` (the module docstring lists what is refused).
     """
-    images: list[tuple[Path, Dataset]] = []
-    skipped = 0
-    non_images: dict[str, int] = {}
-    damaged: list[tuple[str, str]] = []
+    images = _image_headers(files, where)
+    series_uid, members = _single_series(images, where)
+    _check_ct_slices(members, where)
+    grid = _slice_grid(members, where)
+    row_cos, col_cos, normal = _slice_axes(grid.orientation, where)
+    members, positions, distance = _sort_along_normal(members, grid.positions, normal)
+    _check_stacking(members, positions, distance, normal, grid.reference, where)
+    affine = LPS_TO_RAS @ _lps_affine(row_cos, col_cos, grid.pixel_spacing, positions)
+    return _series_info(series_uid, members, grid, affine), members
+
+
+@dataclass
+class _HeaderTriage:
+    """Every input file sorted into one of four piles (``scan_series``' first step)."""
+
+    images: list[_Member] = field(default_factory=list)
+    skipped: int = 0  # not DICOM (README, .DS_Store ...)
+    non_images: dict[str, int] = field(default_factory=dict)  # Modality -> count (SEG, SR, DICOMDIR ...)
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (file name, why)
+
+
+def _triage_headers(files: Iterable[Path]) -> _HeaderTriage:
+    triage = _HeaderTriage()
     for path in files:
         try:
             ds = _read_header(path)
         except _Damaged as exc:
-            damaged.append((path.name, str(exc)))
+            triage.damaged.append((path.name, str(exc)))
             continue
         if ds is None:
-            skipped += 1
+            triage.skipped += 1
             continue
         if not _is_image(ds):
-            if _is_image_storage(ds) and str(ds.get("Modality", "")).upper() not in _NON_IMAGE_MODALITIES:
-                damaged.append((path.name, "image header stops before Rows/Columns (truncated)"))
-                continue
-            if not _has_sop_class(ds) and _has_dicom_preamble(path):
-                damaged.append((path.name, "DICOM preamble but no readable header (no SOP Class UID)"))
+            why = _damaged_non_image(ds, path)
+            if why is not None:
+                triage.damaged.append((path.name, why))
                 continue
             kind = str(ds.get("Modality", "") or "non-image").upper()
-            non_images[kind] = non_images.get(kind, 0) + 1
+            triage.non_images[kind] = triage.non_images.get(kind, 0) + 1
             continue
         shortfall = _pixel_data_shortfall(ds, path)
         if shortfall is not None:
-            damaged.append((path.name, shortfall))
+            triage.damaged.append((path.name, shortfall))
             continue
-        images.append((path, ds))
+        triage.images.append((path, ds))
+    return triage
+
+
+def _damaged_non_image(ds: Dataset, path: Path) -> str | None:
+    """Why a header that is not an image looks like a slice cut short, or None (a real non-image)."""
+    if _is_image_storage(ds) and str(ds.get("Modality", "")).upper() not in _NON_IMAGE_MODALITIES:
+        return "image header stops before Rows/Columns (truncated)"
+    if not _has_sop_class(ds) and _has_dicom_preamble(path):
+        return "DICOM preamble but no readable header (no SOP Class UID)"
+    return None
+
+
+def _image_headers(files: Iterable[Path], where: str) -> list[_Member]:
+    """The image slices among ``files``; damaged files refuse the series, the rest is counted in the log."""
+    triage = _triage_headers(files)
+    damaged = triage.damaged
     if damaged:
         shown = "; ".join(f"{name}: {why}" for name, why in damaged[:5]) + (" ..." if len(damaged) > 5 else "")
         raise InputError(
             f"{where}: {len(damaged)} damaged DICOM file(s) ({shown}); the series would be incomplete "
             "without them: export the series again"
         )
-    if skipped:  # counts only: names and UIDs stay out of logs
-        log.info("%d non-DICOM files skipped", skipped)
-    for kind, count in sorted(non_images.items()):
+    if triage.skipped:  # counts only: names and UIDs stay out of logs
+        log.info("%d non-DICOM files skipped", triage.skipped)
+    for kind, count in sorted(triage.non_images.items()):
         log.info("%d %s object(s) skipped (not image slices)", count, kind)
-    if not images:
+    if not triage.images:
         raise InputError(f"{where}: no DICOM image files found")
+    return triage.images
 
-    by_series: dict[str, list[tuple[Path, Dataset]]] = {}
+
+def _single_series(images: Sequence[_Member], where: str) -> tuple[str, list[_Member]]:
+    """The one SeriesInstanceUID of ``images`` and its members; several series are refused, named."""
+    by_series: dict[str, list[_Member]] = {}
     for path, ds in images:
         by_series.setdefault(str(ds.get("SeriesInstanceUID", "") or "<no SeriesInstanceUID>"), []).append((path, ds))
     if len(by_series) > 1:
@@ -383,8 +424,12 @@ def scan_series(files: Iterable[Path], where: str) -> tuple[DicomSeriesInfo, lis
         raise InputError(
             f"{where}: holds {len(by_series)} series, send exactly one (SeriesInstanceUIDs: {listing})"
         )
-    (series_uid, members), = by_series.items()
+    ((series_uid, members),) = by_series.items()
+    return series_uid, members
 
+
+def _check_ct_slices(members: Sequence[_Member], where: str) -> None:
+    """CT, single-frame, at least two slices, each with pixel data."""
     modalities = sorted({str(ds.get("Modality", "") or "").strip().upper() for _, ds in members})
     if modalities != ["CT"]:
         named = ", ".join(repr(m) if m else "missing" for m in modalities)
@@ -392,7 +437,6 @@ def scan_series(files: Iterable[Path], where: str) -> tuple[DicomSeriesInfo, lis
             f"{where}: the series' Modality is {named}, not CT; this model segments CT only "
             "(an MR or PET series would be read as if its values were Hounsfield units)"
         )
-
     frames = [int(ds.get("NumberOfFrames", 1) or 1) for _, ds in members]
     if max(frames) > 1:
         raise InputError(
@@ -409,6 +453,21 @@ def scan_series(files: Iterable[Path], where: str) -> tuple[DicomSeriesInfo, lis
         shown = ", ".join(no_pixels[:5]) + (" ..." if len(no_pixels) > 5 else "")
         raise InputError(f"{where}: {len(no_pixels)} image file(s) have no pixel data: {shown}")
 
+
+@dataclass(frozen=True)
+class _SliceGrid:
+    """What every slice shares (size, orientation, pixel spacing) and where each one lies."""
+
+    reference: Dataset  # the first file's header: the other slices were checked against it
+    rows: int
+    cols: int
+    orientation: np.ndarray  # ImageOrientationPatient (6,)
+    pixel_spacing: np.ndarray  # PixelSpacing (2,): [row spacing, column spacing]
+    positions: np.ndarray  # ImagePositionPatient (K, 3), in ``members`` order
+
+
+def _slice_grid(members: Sequence[_Member], where: str) -> _SliceGrid:
+    """Check that the slices share size, orientation and pixel spacing; read their positions."""
     first_path, first = members[0]
     ref_where = f"{where} ({first_path.name})"
     rows, cols = int(first.Rows), int(first.Columns)
@@ -434,7 +493,11 @@ def scan_series(files: Iterable[Path], where: str) -> tuple[DicomSeriesInfo, lis
         if not np.allclose(_floats(ds, "PixelSpacing", 2, here), pixel_spacing, rtol=1e-4, atol=1e-5):
             raise InputError(f"{where}: slices differ in PixelSpacing ({path.name} vs {first_path.name})")
         positions.append(_floats(ds, "ImagePositionPatient", 3, here))
+    return _SliceGrid(first, rows, cols, orientation, pixel_spacing, np.stack(positions))
 
+
+def _slice_axes(orientation: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit row and column direction cosines and the slice normal ``row x column``."""
     row_cos, col_cos = orientation[:3], orientation[3:]
     if (
         abs(np.linalg.norm(row_cos) - 1) > _ORTHOGONALITY_TOL
@@ -447,13 +510,23 @@ def scan_series(files: Iterable[Path], where: str) -> tuple[DicomSeriesInfo, lis
         )
     row_cos = row_cos / np.linalg.norm(row_cos)
     col_cos = col_cos / np.linalg.norm(col_cos)
-    normal = np.cross(row_cos, col_cos)
-    pos = np.stack(positions)
-    distance = pos @ normal
-    order = np.argsort(distance, kind="stable")
-    pos, distance = pos[order], distance[order]
-    members = [members[i] for i in order]
+    return row_cos, col_cos, np.cross(row_cos, col_cos)
 
+
+def _sort_along_normal(
+    members: Sequence[_Member], positions: np.ndarray, normal: np.ndarray
+) -> tuple[list[_Member], np.ndarray, np.ndarray]:
+    """Members, positions and distances along ``normal``, ascending (stable for equal distances)."""
+    distance = positions @ normal
+    order = np.argsort(distance, kind="stable")
+    return [members[i] for i in order], positions[order], distance[order]
+
+
+def _check_stacking(
+    members: Sequence[_Member], pos: np.ndarray, distance: np.ndarray, normal: np.ndarray, reference: Dataset,
+    where: str,
+) -> None:
+    """Sorted slices: no two at one position, stacked along the normal (no tilt), evenly spaced."""
     steps = np.diff(distance)
     if (steps < _SPACING_ABS_TOL).any():
         k = int(np.argmin(steps))
@@ -465,7 +538,7 @@ def scan_series(files: Iterable[Path], where: str) -> tuple[DicomSeriesInfo, lis
     sines = np.linalg.norm(np.cross(deltas, normal), axis=1) / np.linalg.norm(deltas, axis=1)
     if (sines > _TILT_TOL).any():
         angle = float(np.degrees(np.arcsin(min(1.0, float(sines.max())))))
-        tilt = first.get("GantryDetectorTilt")
+        tilt = reference.get("GantryDetectorTilt")
         stated = f"; GantryDetectorTilt {tilt}" if tilt not in (None, "") else ""
         raise InputError(
             f"{where}: gantry tilt or sheared stack: slice positions deviate {angle:.2f} degrees from the "
@@ -480,23 +553,30 @@ def scan_series(files: Iterable[Path], where: str) -> tuple[DicomSeriesInfo, lis
             f"neighbouring slices, median {median:.3f} mm); slices may be missing"
         )
 
+
+def _lps_affine(row_cos: np.ndarray, col_cos: np.ndarray, pixel_spacing: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Voxel -> LPS mm for sorted slice positions ``pos`` (the module docstring's formula)."""
     step = (pos[-1] - pos[0]) / (len(pos) - 1)
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = row_cos * pixel_spacing[1]
     affine_lps[:3, 1] = col_cos * pixel_spacing[0]
     affine_lps[:3, 2] = step
     affine_lps[:3, 3] = pos[0]
-    info = DicomSeriesInfo(
+    return affine_lps
+
+
+def _series_info(series_uid: str, members: Sequence[_Member], grid: _SliceGrid, affine: np.ndarray) -> DicomSeriesInfo:
+    first = grid.reference
+    return DicomSeriesInfo(
         series_instance_uid=series_uid,
         study_instance_uid=str(first.get("StudyInstanceUID", "")),
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
         modality=str(first.get("Modality", "")),
-        shape=(cols, rows, len(members)),
-        affine=LPS_TO_RAS @ affine_lps,
+        shape=(grid.cols, grid.rows, len(members)),
+        affine=affine,
         file_names=tuple(path.name for path, _ in members),
         sop_instance_uids=tuple(str(ds.get("SOPInstanceUID", "")) for _, ds in members),
     )
-    return info, members
 
 
 # ---------------------------------------------------------------- logging
