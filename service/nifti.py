@@ -37,7 +37,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -196,7 +196,42 @@ def _finite(x: float) -> bool:
 
 
 def parse_header(head: bytes, limits: UploadLimits) -> ParsedHeader:
-    """Check the first bytes of a (decompressed) upload; raises an :class:`UploadRejected`."""
+    """Check the first bytes of a (decompressed) upload; raises an :class:`UploadRejected`.
+
+    The checks run in this order, before any voxel is read (see the module docstring).
+    """
+    kind, size = _header_kind(head)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nibabel warns about the nonsense headers refused here
+        header, fields = _read_fields(kind, head[:size])
+        shape = _volume_shape(fields.shape)
+        _check_dtype(fields.dtype, fields.code)
+        spacing = _spacing(fields.pixdim)
+        _check_scaling(fields.slope, fields.inter)
+        voxels = _voxel_count(shape, limits)
+        vox_offset = _vox_offset(fields.vox_offset, size)
+        data_bytes = _data_bytes(voxels, fields.dtype, vox_offset, limits)
+        _check_affine(header)
+        clean = _clean_header(header, size)
+    info = VolumeInfo(shape=shape, spacing=spacing, dtype=fields.dtype.name)
+    return ParsedHeader(info=info, vox_offset=vox_offset, data_bytes=data_bytes, clean_header=clean)
+
+
+@dataclass(frozen=True)
+class _HeaderFields:
+    """The raw header fields the checks read, as nibabel parsed them (nothing checked yet but ``dim[0]``)."""
+
+    shape: tuple[int, ...]  # dim[1 : dim[0] + 1]
+    code: int  # NIfTI datatype code
+    dtype: np.dtype[Any]
+    pixdim: tuple[float, ...]
+    vox_offset: float
+    slope: float
+    inter: float
+
+
+def _header_kind(head: bytes) -> tuple[Any, int]:
+    """The nibabel header class and header size that ``sizeof_hdr`` and the magic name (single-file only)."""
     import nibabel as nib
 
     if len(head) < NIFTI1_HEADER_BYTES:
@@ -220,83 +255,119 @@ def parse_header(head: bytes, limits: UploadLimits) -> ParsedHeader:
         raise NotNifti("the upload is not a NIfTI-1/NIfTI-2 file (no valid sizeof_hdr/magic); send .nii or .nii.gz")
     if magic[1:2] == b"i":
         raise MalformedNifti("the header belongs to a .hdr/.img pair (magic ni1/ni2); send a single-file .nii")
+    return kind, size
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            header = kind.from_fileobj(io.BytesIO(head[:size]), check=False)
-            dim = [int(d) for d in header["dim"]]
-            ndim = dim[0]
-            if not 1 <= ndim <= 7:
-                raise MalformedNifti(f"dim[0] must be 1..7, got {ndim}")
-            shape = tuple(dim[1 : ndim + 1])
-            code = int(header["datatype"])
-            try:
-                dtype = np.dtype(header.get_data_dtype())
-            except Exception as exc:
-                raise MalformedNifti(f"unknown NIfTI datatype code {code}") from exc
-            pixdim = [float(p) for p in header["pixdim"]]
-            vox_offset_raw = float(header["vox_offset"])
-            slope = float(header["scl_slope"])
-            inter = float(header["scl_inter"])
-        except UploadRejected:
-            raise
-        except Exception as exc:  # nibabel raises many types for nonsense headers
-            raise MalformedNifti(f"the NIfTI header cannot be read ({type(exc).__name__})") from exc
 
-        if len(shape) == 4 and shape[3] == 1:
-            shape = shape[:3]
-        if len(shape) != 3:
-            raise MalformedNifti(f"expected one 3-D volume (or 4-D with one volume), got dimensions {shape}")
-        if min(shape) < 1:
-            raise MalformedNifti(f"every dimension must be at least 1, got {shape}")
-        if dtype.name not in ALLOWED_DTYPES:
-            raise MalformedNifti(
-                f"voxel datatype {dtype.name} (NIfTI code {code}) is not supported; use one of {', '.join(sorted(ALLOWED_DTYPES))}"
-            )
-        spacing = tuple(pixdim[1:4])
-        if not all(_finite(z) and z > 0 for z in spacing):
-            raise MalformedNifti(f"voxel spacing (pixdim[1:4]) must be positive and finite, got {spacing}")
-        if not (_finite(slope) or math.isnan(slope)) or not (_finite(inter) or math.isnan(inter)):
-            raise MalformedNifti("the intensity scaling (scl_slope/scl_inter) is infinite")
-        voxels = math.prod(shape)
-        if voxels > limits.max_voxels:
-            raise UploadTooBig(f"the volume has {voxels} voxels; this server accepts at most {limits.max_voxels}")
-        if not _finite(vox_offset_raw) or vox_offset_raw != int(vox_offset_raw):
-            raise MalformedNifti("vox_offset is not a whole number of bytes")
-        vox_offset = int(vox_offset_raw)
-        if not size + 4 <= vox_offset <= size + 4 + MAX_EXTENSION_BYTES:
-            raise MalformedNifti(
-                f"vox_offset {vox_offset} is outside {size + 4}..{size + 4 + MAX_EXTENSION_BYTES} for a single-file NIfTI"
-            )
-        data_bytes = voxels * dtype.itemsize
-        if vox_offset + data_bytes > limits.max_decompressed_bytes:
-            raise UploadTooBig(
-                f"the volume needs {vox_offset + data_bytes} bytes uncompressed; "
-                f"this server accepts at most {limits.max_decompressed_bytes}"
-            )
+def _read_fields(kind: Any, block: bytes) -> tuple[Any, _HeaderFields]:
+    """nibabel's header over ``block`` and the fields the checks need; any nibabel failure is a 422."""
+    try:
+        header = kind.from_fileobj(io.BytesIO(block), check=False)
+        dim = [int(d) for d in header["dim"]]
+        ndim = dim[0]
+        if not 1 <= ndim <= 7:
+            raise MalformedNifti(f"dim[0] must be 1..7, got {ndim}")
+        code = int(header["datatype"])
         try:
-            affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+            dtype = np.dtype(header.get_data_dtype())
         except Exception as exc:
-            raise MalformedNifti(f"the affine (qform/sform) cannot be computed ({type(exc).__name__})") from exc
-        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-            raise MalformedNifti("the affine (qform/sform) is not finite")
-        det = float(np.linalg.det(affine[:3, :3]))
-        if not math.isfinite(det) or abs(det) < 1e-6:
-            raise MalformedNifti("the affine (qform/sform) is singular (zero voxel size or degenerate axes)")
+            raise MalformedNifti(f"unknown NIfTI datatype code {code}") from exc
+        fields = _HeaderFields(
+            shape=tuple(dim[1 : ndim + 1]),
+            code=code,
+            dtype=dtype,
+            pixdim=tuple(float(p) for p in header["pixdim"]),
+            vox_offset=float(header["vox_offset"]),
+            slope=float(header["scl_slope"]),
+            inter=float(header["scl_inter"]),
+        )
+    except UploadRejected:
+        raise
+    except Exception as exc:  # nibabel raises many types for nonsense headers
+        raise MalformedNifti(f"the NIfTI header cannot be read ({type(exc).__name__})") from exc
+    return header, fields
 
-        for name in PRIVATE_TEXT_FIELDS:
-            if name in header.keys():
-                header[name] = b""
-        header.set_data_offset(size + 4)
-        clean = header.binaryblock + b"\x00\x00\x00\x00"
 
-    info = VolumeInfo(
-        shape=(shape[0], shape[1], shape[2]),
-        spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
-        dtype=dtype.name,
-    )
-    return ParsedHeader(info=info, vox_offset=vox_offset, data_bytes=data_bytes, clean_header=clean)
+def _volume_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """One 3-D volume (a 4-D file with one volume counts), every dimension at least 1."""
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise MalformedNifti(f"expected one 3-D volume (or 4-D with one volume), got dimensions {shape}")
+    if min(shape) < 1:
+        raise MalformedNifti(f"every dimension must be at least 1, got {shape}")
+    return (shape[0], shape[1], shape[2])
+
+
+def _check_dtype(dtype: np.dtype[Any], code: int) -> None:
+    if dtype.name not in ALLOWED_DTYPES:
+        raise MalformedNifti(
+            f"voxel datatype {dtype.name} (NIfTI code {code}) is not supported; use one of {', '.join(sorted(ALLOWED_DTYPES))}"
+        )
+
+
+def _spacing(pixdim: tuple[float, ...]) -> tuple[float, float, float]:
+    spacing = tuple(pixdim[1:4])
+    if not all(_finite(z) and z > 0 for z in spacing):
+        raise MalformedNifti(f"voxel spacing (pixdim[1:4]) must be positive and finite, got {spacing}")
+    return (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+
+
+def _check_scaling(slope: float, inter: float) -> None:
+    """NaN scaling means "none" in NIfTI; only infinities are refused."""
+    if not (_finite(slope) or math.isnan(slope)) or not (_finite(inter) or math.isnan(inter)):
+        raise MalformedNifti("the intensity scaling (scl_slope/scl_inter) is infinite")
+
+
+def _voxel_count(shape: tuple[int, int, int], limits: UploadLimits) -> int:
+    voxels = math.prod(shape)
+    if voxels > limits.max_voxels:
+        raise UploadTooBig(f"the volume has {voxels} voxels; this server accepts at most {limits.max_voxels}")
+    return voxels
+
+
+def _vox_offset(raw: float, size: int) -> int:
+    """A whole byte offset after the header and its 4-byte extension flag, at most MAX_EXTENSION_BYTES further."""
+    if not _finite(raw) or raw != int(raw):
+        raise MalformedNifti("vox_offset is not a whole number of bytes")
+    vox_offset = int(raw)
+    if not size + 4 <= vox_offset <= size + 4 + MAX_EXTENSION_BYTES:
+        raise MalformedNifti(
+            f"vox_offset {vox_offset} is outside {size + 4}..{size + 4 + MAX_EXTENSION_BYTES} for a single-file NIfTI"
+        )
+    return vox_offset
+
+
+def _data_bytes(voxels: int, dtype: np.dtype[Any], vox_offset: int, limits: UploadLimits) -> int:
+    """The voxel bytes, checked with the offset against the decompressed-size cap."""
+    data_bytes = voxels * dtype.itemsize
+    if vox_offset + data_bytes > limits.max_decompressed_bytes:
+        raise UploadTooBig(
+            f"the volume needs {vox_offset + data_bytes} bytes uncompressed; "
+            f"this server accepts at most {limits.max_decompressed_bytes}"
+        )
+    return data_bytes
+
+
+def _check_affine(header: Any) -> None:
+    """The best affine (sform, else qform) is computable, finite and not singular."""
+    try:
+        affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    except Exception as exc:
+        raise MalformedNifti(f"the affine (qform/sform) cannot be computed ({type(exc).__name__})") from exc
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise MalformedNifti("the affine (qform/sform) is not finite")
+    det = float(np.linalg.det(affine[:3, :3]))
+    if not math.isfinite(det) or abs(det) < 1e-6:
+        raise MalformedNifti("the affine (qform/sform) is singular (zero voxel size or degenerate axes)")
+
+
+def _clean_header(header: Any, size: int) -> bytes:
+    """The header with its private text fields blanked, voxels right after an empty extension flag."""
+    for name in PRIVATE_TEXT_FIELDS:
+        if name in header.keys():
+            header[name] = b""
+    header.set_data_offset(size + 4)
+    return header.binaryblock + b"\x00\x00\x00\x00"
 
 
 # ---------------------------------------------------------------- whole upload
