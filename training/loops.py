@@ -189,118 +189,201 @@ def run_stage(
     extra_state: Callable[[], dict[str, Any]] | None = None,
     load_extra_state: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[nn.Module, StageResult]:
-    """Train ``model`` with ``step_fn`` for the stage's budget; returns (EMA or model, result)."""
-    device = ctx.device
-    ckpt_path = ctx.checkpoint_path(name)
-    if not ckpt_path.is_file():
-        start_weights = initial_weights(ctx.config, ctx.vocabulary, name, fresh=model.state_dict())
-        if start_weights is not None:
-            model.load_state_dict(start_weights)
-            log.info("%s: starting from the weights of bundle %s", name, ctx.config.init_from)
-    model.to(device).train()
+    """Train ``model`` with ``step_fn`` for the stage's budget; returns (EMA or model, result).
+
+    A fresh stage starts from the fine-tuning bundle's weights (``init_from``); a stage with a
+    checkpoint resumes from it. Then :func:`_train_step` runs until the step or wall-time
+    budget is spent, with a checkpoint every ``checkpoint_every`` steps and one at the end.
+    """
+    _load_initial_weights(ctx, name, model)
+    model.to(ctx.device).train()
     ema = deepcopy(model).eval().requires_grad_(False) if ema_decay is not None else None
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=stage.lr, weight_decay=stage.weight_decay
     )
-    start_step = 0
-    elapsed_before = 0.0
-    state: dict[str, Any] = {}
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        start_step = int(state["step"])
-        elapsed_before = float(state.get("seconds", 0.0))
-        # Each rank resumes its own data stream (``ranks``: one entry per rank of the saving run);
-        # a rank the saving run did not have keeps its fresh, rank-seeded stream.
-        ranks = state.get("ranks") or [{"sampler": state["sampler"], "extra": state.get("extra")}]
-        if ctx.rank < len(ranks):
-            ctx.sampler.set_state(ranks[ctx.rank]["sampler"])
-            if load_extra_state is not None and ranks[ctx.rank]["extra"] is not None:
-                load_extra_state(ranks[ctx.rank]["extra"])
-        log.info("%s: resumed from %s at step %d", name, ckpt_path, start_step)
-    started = time.time()
-    recent: dict[str, list[float]] = {}
+    resumed = _resume(ctx, name, model, optimizer, ema, load_extra_state)
+    run = _StageRun(ctx, name, model, ema, ema_decay, optimizer, extra_state, resumed.step, resumed.seconds)
+    if run.step >= stage.steps:
+        return _keep_without_training(run, resumed)
+    _train_within_budget(run, stage, step_fn)
+    run.save()
+    model.eval()
+    return run.trained, StageResult(run.step, time.time() - run.started, run.final())
 
-    def save(step: int) -> None:
-        mine = {"sampler": ctx.sampler.state(), "extra": None if extra_state is None else extra_state()}
+
+@dataclass(frozen=True)
+class _Resumed:
+    """Where a stage's checkpoint left off (all zero for a fresh stage)."""
+
+    step: int = 0
+    seconds: float = 0.0  # wall time of the runs before this one
+    final: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _StageRun:
+    """One stage in training: what :meth:`save` writes and what :func:`_train_step` advances."""
+
+    ctx: TrainContext
+    name: str
+    model: nn.Module
+    ema: nn.Module | None
+    ema_decay: float | None
+    optimizer: torch.optim.Optimizer
+    extra_state: Callable[[], dict[str, Any]] | None
+    step: int
+    seconds_before: float
+    started: float = field(default_factory=time.time)
+    recent: dict[str, list[float]] = field(default_factory=dict)  # the last 50 values of each loss term
+
+    @property
+    def trained(self) -> nn.Module:
+        return self.ema or self.model
+
+    def remember(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.recent.setdefault(k, []).append(v)
+            self.recent[k] = self.recent[k][-50:]
+
+    def final(self) -> dict[str, float]:
+        return {k: float(np.mean(v)) for k, v in self.recent.items()}
+
+    def save(self) -> None:
+        """Checkpoint at the current step: every rank's data stream, written by rank 0 (atomically)."""
+        ctx = self.ctx
+        mine = {"sampler": ctx.sampler.state(), "extra": None if self.extra_state is None else self.extra_state()}
         ranks: list[Any] = [mine]
         if ctx.world_size > 1:  # every rank calls save() at the same steps
             ranks = [None] * ctx.world_size
             dist.all_gather_object(ranks, mine)
         if not ctx.is_main:
             return
+        ckpt_path = ctx.checkpoint_path(self.name)
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save(
             {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "ema": None if ema is None else ema.state_dict(),
-                "step": step,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "ema": None if self.ema is None else self.ema.state_dict(),
+                "step": self.step,
                 "sampler": mine["sampler"],
                 "extra": mine["extra"],
                 "ranks": ranks,
-                "final": {k: float(np.mean(v)) for k, v in recent.items()},
-                "seconds": elapsed_before + time.time() - started,
+                "final": self.final(),
+                "seconds": self.seconds_before + time.time() - self.started,
             },
             tmp,
         )
         tmp.replace(ckpt_path)
 
-    if start_step >= stage.steps:
-        if not ckpt_path.is_file():  # steps: 0 with init_from: the bundle's network, as is
-            save(start_step)
-            log.info("%s: 0 steps: kept the network of bundle %s", name, ctx.config.init_from)
-        return (ema or model), StageResult(start_step, 0.0, state.get("final", {}))
 
-    wrapped: nn.Module = DistributedDataParallel(model) if ctx.world_size > 1 else model
-    use_amp = device.type == "cuda"
-    step_log = StepLog(ctx.out / "logs" / f"{name}.csv", ctx.is_main, start_step)
+def _load_initial_weights(ctx: TrainContext, name: str, model: nn.Module) -> None:
+    """A stage without a checkpoint starts from the ``init_from`` bundle's weights, when there is one."""
+    if ctx.checkpoint_path(name).is_file():
+        return
+    start_weights = initial_weights(ctx.config, ctx.vocabulary, name, fresh=model.state_dict())
+    if start_weights is not None:
+        model.load_state_dict(start_weights)
+        log.info("%s: starting from the weights of bundle %s", name, ctx.config.init_from)
 
-    bar = tqdm(total=stage.steps, initial=start_step, desc=name, disable=not ctx.is_main, leave=False)
-    step = start_step
+
+def _resume(
+    ctx: TrainContext,
+    name: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: nn.Module | None,
+    load_extra_state: Callable[[dict[str, Any]], None] | None,
+) -> _Resumed:
+    """Load the stage's checkpoint into model, optimiser, EMA and this rank's data stream, if there is one."""
+    ckpt_path = ctx.checkpoint_path(name)
+    if not ckpt_path.is_file():
+        return _Resumed()
+    state = torch.load(ckpt_path, map_location=ctx.device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
+    start_step = int(state["step"])
+    # Each rank resumes its own data stream (``ranks``: one entry per rank of the saving run);
+    # a rank the saving run did not have keeps its fresh, rank-seeded stream.
+    ranks = state.get("ranks") or [{"sampler": state["sampler"], "extra": state.get("extra")}]
+    if ctx.rank < len(ranks):
+        ctx.sampler.set_state(ranks[ctx.rank]["sampler"])
+        if load_extra_state is not None and ranks[ctx.rank]["extra"] is not None:
+            load_extra_state(ranks[ctx.rank]["extra"])
+    log.info("%s: resumed from %s at step %d", name, ckpt_path, start_step)
+    return _Resumed(start_step, float(state.get("seconds", 0.0)), state.get("final", {}))
+
+
+def _keep_without_training(run: _StageRun, resumed: _Resumed) -> tuple[nn.Module, StageResult]:
+    """The budget is already spent: the resumed network, or (``steps: 0`` with ``init_from``) the bundle's, as is."""
+    if not run.ctx.checkpoint_path(run.name).is_file():
+        run.save()
+        log.info("%s: 0 steps: kept the network of bundle %s", run.name, run.ctx.config.init_from)
+    return run.trained, StageResult(run.step, 0.0, resumed.final)
+
+
+def _train_within_budget(
+    run: _StageRun, stage: StageConfig, step_fn: Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
+) -> None:
+    """Optimizer steps until ``stage.steps`` or ``stage.max_minutes``: logged, shown and checkpointed."""
+    ctx = run.ctx
+    wrapped: nn.Module = DistributedDataParallel(run.model) if ctx.world_size > 1 else run.model
+    step_log = StepLog(ctx.out / "logs" / f"{run.name}.csv", ctx.is_main, run.step)
+    bar = tqdm(total=stage.steps, initial=run.step, desc=run.name, disable=not ctx.is_main, leave=False)
     try:
-        while step < stage.steps:
-            batch = ctx.sampler.batch(stage.batch_size)
-            batch = Batch(batch.images.to(device), batch.masks.to(device), batch.target_ids.to(device))
-            with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
-                terms = step_fn(wrapped, batch)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(stage, step)
-            optimizer.step()
-            if ema is not None and ema_decay is not None:
-                update_ema(ema, model, ema_decay, step)
-            step += 1
-            values = {k: float(v.detach()) for k, v in terms.items()}
-            for k, v in values.items():
-                recent.setdefault(k, []).append(v)
-                recent[k] = recent[k][-50:]
-            if step % stage.log_every == 0 or step == stage.steps:
-                step_log.write(step, {**values, "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - started})
-                bar.set_postfix(loss=f"{np.mean(recent['loss']):.4f}")
+        while run.step < stage.steps:
+            values = _train_step(run, stage, wrapped, step_fn)
+            if run.step % stage.log_every == 0 or run.step == stage.steps:
+                lr = run.optimizer.param_groups[0]["lr"]
+                step_log.write(run.step, {**values, "lr": lr, "seconds": time.time() - run.started})
+                bar.set_postfix(loss=f"{np.mean(run.recent['loss']):.4f}")
             bar.update(1)
-            if step % stage.checkpoint_every == 0:
-                save(step)
-            out_of_time = stage.max_minutes is not None and (time.time() - started) > 60 * stage.max_minutes
-            if ctx.world_size > 1:
-                flag = torch.tensor([1.0 if out_of_time else 0.0], device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                out_of_time = bool(flag.item() > 0)
-            if out_of_time:
-                log.info("%s: time budget of %.1f min reached at step %d", name, stage.max_minutes, step)
+            if run.step % stage.checkpoint_every == 0:
+                run.save()
+            if _out_of_time(ctx, stage, run.started):
+                log.info("%s: time budget of %.1f min reached at step %d", run.name, stage.max_minutes, run.step)
                 break
     finally:
         bar.close()
         step_log.close()
-    save(step)
-    model.eval()
-    final = {k: float(np.mean(v)) for k, v in recent.items()}
-    return (ema or model), StageResult(step, time.time() - started, final)
+
+
+def _train_step(
+    run: _StageRun,
+    stage: StageConfig,
+    wrapped: nn.Module,
+    step_fn: Callable[[nn.Module, Batch], dict[str, torch.Tensor]],
+) -> dict[str, float]:
+    """One optimizer step on one batch (bf16 autocast on CUDA), then the EMA; returns the loss terms."""
+    device = run.ctx.device
+    batch = run.ctx.sampler.batch(stage.batch_size)
+    batch = Batch(batch.images.to(device), batch.masks.to(device), batch.target_ids.to(device))
+    with torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext():
+        terms = step_fn(wrapped, batch)
+    run.optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(stage, run.step)
+    run.optimizer.step()
+    if run.ema is not None and run.ema_decay is not None:
+        update_ema(run.ema, run.model, run.ema_decay, run.step)
+    run.step += 1
+    values = {k: float(v.detach()) for k, v in terms.items()}
+    run.remember(values)
+    return values
+
+
+def _out_of_time(ctx: TrainContext, stage: StageConfig, started: float) -> bool:
+    """Whether the wall-time budget is spent; under DDP, on any rank (so all ranks stop together)."""
+    out_of_time = stage.max_minutes is not None and (time.time() - started) > 60 * stage.max_minutes
+    if ctx.world_size > 1:
+        flag = torch.tensor([1.0 if out_of_time else 0.0], device=ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        out_of_time = bool(flag.item() > 0)
+    return out_of_time
 
 
 # --------------------------------------------------------------------------- stages
