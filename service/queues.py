@@ -4,26 +4,46 @@ Both run the same job function, :func:`worker.tasks.run_segmentation`. The in-pr
 embedded mode (``latentseg serve`` without Redis): one daemon thread loads the bundle once and
 runs jobs one at a time. torch is imported by that thread when it starts (in the app's
 lifespan), never by building the app.
+
+Embedded records live in memory, so a restart rebuilds them from the job manifests on storage
+(:meth:`service.jobs.JobService.reconcile_storage`): endings come back as they were and jobs
+that never started are enqueued again. The worker thread marks a job ``started`` in its
+manifest when it claims it; a job that a restart finds still marked so was running when the
+process died (SIGKILL, the OOM killer, a crash), and it ends ``failed`` with
+:data:`DIED_WHILE_RUNNING` instead of running again, as a job whose RQ worker was killed does.
+A job that kills the process therefore cannot kill it again at every restart.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from worker.contracts import JobCanceled, JobInterrupted, JobState, JobTimedOut, SegmentationRequest
+from worker.contracts import (
+    MANIFEST_NAME,
+    JobCanceled,
+    JobInterrupted,
+    JobState,
+    JobTimedOut,
+    SegmentationRequest,
+    job_dir,
+    utc_now,
+)
 from worker.memory import MemoryModel
 
 if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
 
-__all__ = ["InProcessJobQueue", "JobQueue", "Readiness"]
+__all__ = ["DIED_WHILE_RUNNING", "InProcessJobQueue", "JobQueue", "Readiness"]
 
 log = logging.getLogger(__name__)
+DIED_WHILE_RUNNING = "stopped: the server stopped while this job ran (killed or crashed); submit it again"
 
 
 @dataclass(frozen=True)
@@ -179,7 +199,43 @@ class InProcessJobQueue:
                 return None
             return self._pending.popleft()
 
-    def _reporter(self, job_id: str) -> Any:
+    def _claim(self, storage_root: Path | None, job_id: str, fields: Mapping[str, Any]) -> bool:
+        """queued -> started in the record, then in the manifest (see the module docstring)."""
+        from worker.tasks import record_terminal_state
+
+        if not self._records.transition(job_id, JobState.QUEUED, fields):
+            return False
+        if storage_root is not None:
+            started = {"status": fields["status"], "started_at": fields["started_at"]}
+            record_terminal_state(storage_root, job_id, started)
+        return True
+
+    def _fail_if_it_died_running(self, storage_root: Path, job_id: str) -> bool:
+        """A job whose manifest says it started, popped by a fresh thread: the process running it
+        died. Fail it with the reason (record, manifest) and drop the dead run's temp results."""
+        import json
+
+        from worker.tasks import record_terminal_state
+
+        try:
+            manifest = json.loads((job_dir(storage_root, job_id) / MANIFEST_NAME).read_text())
+            stored = manifest["record"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if not isinstance(stored, dict) or stored.get("status") != JobState.STARTED.value:
+            return False
+        ending = {
+            "status": JobState.FAILED.value, "error": DIED_WHILE_RUNNING, "finished_at": utc_now(),
+            "started_at": stored.get("started_at"), "progress": 0,
+        }
+        if self._records.transition(job_id, JobState.QUEUED, ending):
+            record_terminal_state(storage_root, job_id, ending)
+            for partial in job_dir(storage_root, job_id).glob(".results-*"):
+                shutil.rmtree(partial, ignore_errors=True)
+            log.warning("embedded worker: job %s was running when the server stopped; failed", job_id)
+        return True
+
+    def _reporter(self, job_id: str, storage_root: Path | None) -> Any:
         import time
 
         from worker.reporting import Heartbeat, Interrupter, RecordReporter
@@ -196,7 +252,7 @@ class InProcessJobQueue:
         return RecordReporter(
             lambda fields: self._records.update(job_id, fields),  # type: ignore[arg-type, return-value]
             heartbeat=Heartbeat(lambda: None, self._watchdog_s, check, interrupter),
-            claim=lambda fields: self._records.transition(job_id, JobState.QUEUED, fields),
+            claim=lambda fields: self._claim(storage_root, job_id, fields),
             interrupter=interrupter,
         )
 
@@ -214,7 +270,9 @@ class InProcessJobQueue:
             log.exception("embedded worker: the bundle could not be loaded")
         while (request := self._next()) is not None:
             job_id = request.job_id
-            reporter = self._reporter(job_id)
+            if runtime is not None and self._fail_if_it_died_running(runtime.storage_root, job_id):
+                continue
+            reporter = self._reporter(job_id, runtime.storage_root if runtime is not None else None)
             if runtime is None:
                 if reporter.started():
                     reporter.failed(f"the bundle could not be loaded: {self._load_error}")
