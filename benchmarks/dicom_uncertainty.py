@@ -1,5 +1,5 @@
 """Cost of the DICOM uncertainty objects (model.dicom_seg): size and write time of segmentation.dcm,
-probability.dcm (FRACTIONAL SEG) and {target}_variance.dcm (float32 Parametric Map) for a synthetic
+probability.dcm (FRACTIONAL SEG) and {target}_variance.dcm (16-bit RLE Parametric Map) for a synthetic
 result on a CT-sized grid. Prints a table; nothing is asserted.
 
     python benchmarks/dicom_uncertainty.py [--slices 100] [--targets liver,spleen]

@@ -1,7 +1,7 @@
 """Uncertainty in DICOM (model.dicom_seg): the FRACTIONAL SEG of the mean and the variance as a
 Parametric Map, written beside the BINARY SEG, read back with highdicom and compared with the
-NIfTI maps the same job wrote (the mean to the SEG's 1/255 quantisation step, the variance
-exactly: float pixel data).
+NIfTI maps the same job wrote (the mean to the SEG's 1/255 quantisation step, the variance to
+its 16-bit quantisation step, max/65535: both are stored RLE-compressed).
 
 The real 3-slice CT is segmented with the random tiny bundle through the worker's own path
 (pipeline -> NIfTI files -> model.interop reads them back and writes the DICOM objects).
@@ -82,14 +82,15 @@ def test_fractional_seg_matches_the_nifti_means_to_the_quantisation_step(
         np.testing.assert_allclose(frames[..., s], mean, atol=QUANTUM / 2 + 1e-6, err_msg=name)
 
 
-def test_variance_parametric_map_holds_the_nifti_variance_exactly(job: tuple[DicomSeries, Path, list[Path]]) -> None:
+def test_variance_parametric_map_holds_the_nifti_variance_to_its_step(job: tuple[DicomSeries, Path, list[Path]]) -> None:
     series, out, _ = job
     series_uids = set()
     for number, name in enumerate(TARGETS, start=1):
         ds = pydicom.dcmread(out / variance_map_filename(name))
         pm = hd.pm.ParametricMap.from_dataset(ds)
         assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
-        assert "FloatPixelData" in ds and ds.BitsAllocated == 32
+        assert "PixelData" in ds and ds.BitsAllocated == 16 and ds.PixelRepresentation == 0
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
         assert int(ds.InstanceNumber) == number
         series_uids.add(ds.SeriesInstanceUID)
         assert ds.StudyInstanceUID == series.info.study_instance_uid
@@ -98,28 +99,30 @@ def test_variance_parametric_map_holds_the_nifti_variance_exactly(job: tuple[Dic
         assert {i.ReferencedSOPInstanceUID for i in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == set(
             series.info.sop_instance_uids
         )
-        # the real-world value mapping: identity, unit "1" (UCUM), quantity "Variance"
+        # the real-world value mapping: stored 0..65535 -> 0..max, unit "1" (UCUM), quantity "Variance"
         mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
-        assert (mapping.RealWorldValueSlope, mapping.RealWorldValueIntercept) == (1.0, 0.0)
+        variance = _nifti(out / f"{name}_variance.nii.gz").transpose(2, 1, 0)
+        step = float(variance.max()) / 65535
+        assert float(mapping.RealWorldValueSlope) == pytest.approx(step) and float(mapping.RealWorldValueIntercept) == 0
         unit = mapping.MeasurementUnitsCodeSequence[0]
         assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("1", "UCUM")
         quantity = mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0]
         assert (quantity.CodeValue, quantity.CodingSchemeDesignator, quantity.CodeMeaning) == (
             "C1711260", "UMLS", "Variance"
         )
-        variance = _nifti(out / f"{name}_variance.nii.gz").transpose(2, 1, 0)
         assert float(variance.max()) > 0, "ensemble 3 on a random bundle should disagree somewhere"
-        assert float(mapping.DoubleFloatRealWorldValueLastValueMapped) == pytest.approx(float(variance.max()))
+        assert int(mapping.RealWorldValueLastValueMapped) == 65535
         # highdicom stores frames in its own plane order: line them up by their source slice, and
         # check that each frame sits at that slice's position
         slice_of = {uid: k for k, uid in enumerate(series.info.sop_instance_uids)}
-        assert pm.pixel_array.dtype == np.float32 and pm.pixel_array.shape == variance.shape
+        assert pm.pixel_array.dtype == np.uint16 and pm.pixel_array.shape == variance.shape
         seen = []
         for frame, item in zip(pm.pixel_array, ds.PerFrameFunctionalGroupsSequence, strict=True):
             k = slice_of[item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
             position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
             assert position == pytest.approx([float(v) for v in series.headers[k].ImagePositionPatient], abs=1e-3)
-            np.testing.assert_array_equal(frame, variance[k], err_msg=f"{name} slice {k}")
+            np.testing.assert_allclose(frame * step, variance[k], rtol=0, atol=step,
+                                       err_msg=f"{name} slice {k}")
             seen.append(k)
         assert sorted(seen) == [0, 1, 2]
     assert len(series_uids) == 1  # one variance series per job, one instance per target
@@ -141,7 +144,8 @@ def test_variance_map_on_a_derived_series_and_grid_checks(tmp_path: Path) -> Non
     order = {s.SOPInstanceUID: k for k, s in enumerate(sources)}
     for frame, item in zip(ds.pixel_array, ds.PerFrameFunctionalGroupsSequence, strict=True):
         k = order[item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
-        np.testing.assert_array_equal(frame, variance[:, :, k].T)
+        step = float(variance.max()) / 65535
+        np.testing.assert_allclose(frame * step, variance[:, :, k].T, rtol=0, atol=step)
     with pytest.raises(ValueError, match="shape"):
         build_variance_map(result, result.targets[0], sources[:3], bundle_name="b", bundle_version="1")
     with pytest.raises(ValueError, match="no variance map"):
