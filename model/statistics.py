@@ -114,7 +114,9 @@ class ReviewPolicy:
     below ``min_pairwise_dice`` (the members disagree about the shape).
     """
 
-    min_pairwise_dice: float = 0.85
+    # 1 - the Youden threshold of (1 - pairwise Dice) for Dice < 0.7 on the validation phantoms
+    # (scripts/measure_review_flag.py: 0.246); MODEL_CARD.md, "Review flag".
+    min_pairwise_dice: float = 0.755
     high_variance: float = 0.05  # a voxel's variance above this counts as uncertain (quality.high_variance_share)
     size_priors: bool = True
 

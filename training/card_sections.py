@@ -182,6 +182,12 @@ def review_flag_section(document: Mapping[str, Any]) -> str:
             f"{_f(s['threshold'], 3)} | {_pct(s['test_sensitivity'])} / {_pct(s['test_false_alarm'])} |"
         )
     policy = document["policy"]
+    scored = [s for s in document["scores"] if s["auroc"] is not None]
+    if scored:
+        best = max(scored, key=lambda s: s["auroc"])
+        top_rho = max((s for s in scored if s["spearman"] is not None), key=lambda s: s["spearman"], default=None)
+        lines += ["", f"Chosen: **{best['score']}** (the highest AUROC"
+                  + (" and Spearman ρ" if top_rho is best else "") + "); the shipped threshold is its validation one."]
     lines += [
         "",
         f"Shipped rule (`model.statistics.ReviewPolicy`): flag an empty mask, a mask below its organ's typical "
