@@ -1,8 +1,8 @@
-"""scripts/model_card.py: the training lineage of a fine-tuned bundle (every run in the card)."""
+"""training/phantom_lineage.py: the training lineage of a fine-tuned bundle (every run in the phantom card)."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -10,16 +10,10 @@ from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def card() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("model_card", REPO / "scripts" / "model_card.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("training.phantom_lineage")
 
 
 def write_manifest(folder: Path, version: str, parent: Path | None) -> dict:
