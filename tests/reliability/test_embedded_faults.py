@@ -1,6 +1,6 @@
 """Embedded mode (``latentseg serve`` without Redis) under the faults the RQ tests apply: the process
-SIGKILLed mid-job and restarted on the same storage, a running job cancelled, and a full storage
-volume. Real server processes, real HTTP, the tiny random bundle.
+SIGKILLed mid-job and restarted on the same storage (then a running job cancelled), and a full
+storage volume. Real server processes, real HTTP, the tiny random bundle.
 
 (The memory budget in embedded mode: ``test_worker_memory.py::
 test_embedded_mode_refuses_an_over_budget_upload_with_413_once_its_bundle_is_loaded``; the
@@ -9,7 +9,7 @@ embedded job timeout: ``test_faults.py``.)
 
 from __future__ import annotations
 
-import gzip
+import json
 import os
 import shutil
 import signal
@@ -54,7 +54,7 @@ def test_a_sigkilled_embedded_server_restarts_with_every_accepted_job_in_a_truth
     server = _embedded(serve, storage, tiny_bundle)
     with httpx.Client(base_url=server.url, timeout=30) as http:
         # A job that fails on the worker: its input vanishes from storage while it waits.
-        finished = _submit(http, long_body, ensemble=4, steps=40)
+        finished = _submit(http, long_body, ensemble=2, steps=20)
         failed = _submit(http, quick.path.read_bytes(), seed=3)
         (storage / "jobs" / failed / "input.nii").unlink()
         assert wait_status(http, finished, ENDED, 60)["status"] == "finished"
@@ -88,7 +88,75 @@ def test_a_sigkilled_embedded_server_restarts_with_every_accepted_job_in_a_truth
         # The job still waiting in the dead process's queue runs now.
         assert wait_status(http, queued, ENDED, 60)["status"] == "finished"
         wait_until(lambda: not _temp_dirs(storage, running), 10, "the dead run's temp dir removed")
-        # And the failed one may be submitted again.
+        # The failed one may be submitted again; cancelled while it runs, it stops and leaves nothing.
         again = http.post("/segment", params={**CHEAP, **LONG}, content=long_body)
         assert again.status_code == 202 and again.json()["duplicate"] is False, again.text
-        assert http.delete(f"/jobs/{again.json()['job_id']}").status_code in (200, 202)
+        again_id = again.json()["job_id"]
+        wait_status(http, again_id, {"started"}, 60)
+        assert http.delete(f"/jobs/{again_id}").status_code == 202
+        state = wait_status(http, again_id, ENDED, 30)
+        assert state["status"] == "canceled" and state["error"] == "canceled by the client while running", state
+        assert http.get(f"/jobs/{again_id}/results").status_code == 409
+        assert not (storage / "jobs" / again_id / "results").exists() and not _temp_dirs(storage, again_id)
+        assert json.loads((storage / "jobs" / again_id / "job.json").read_text())["record"]["status"] == "canceled"
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs (as in test_storage_full.py); skips where mounting is not allowed."""
+    mount = shutil.which("mount")
+    point = tmp_path / "small-fs"
+    point.mkdir()
+    if mount is None or os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root and mount(8)")
+    done = subprocess.run([mount, "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(point)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def _fill(point: Path) -> Path:
+    """Write zeros (unbuffered) until the volume says it is full."""
+    filler = point / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, bytes(4096)) > 0:
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_disk_in_embedded_mode_gives_507_fails_the_job_as_storage_full_and_leaves_nothing(
+    serve, tiny_bundle: Path, small_fs: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    storage = small_fs / "storage"
+    server = _embedded(serve, storage, tiny_bundle)
+    quick = make_small_volume(tmp_path / "quick.nii.gz").path.read_bytes()
+    long_body = make_small_volume(tmp_path / "long.nii.gz", (48, 48, 12)).path.read_bytes()
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        running = _submit(http, long_body, **LONG)
+        wait_status(http, running, {"started"}, 60)
+        waiting = _submit(http, quick)  # accepted while there is room; runs once the disk is full
+        filler = _fill(small_fs)
+        refused = http.post("/segment", params={**CHEAP, "seed": 7}, content=quick)
+        assert refused.status_code == 507, refused.text
+        assert refused.json()["detail"].startswith("storage full") and int(refused.headers["retry-after"]) > 0
+        assert sorted(p.name for p in (storage / "jobs").iterdir()) == sorted([running, waiting])  # nothing kept
+
+        assert http.delete(f"/jobs/{running}").status_code == 202  # the worker thread moves on to `waiting`
+        state = wait_status(http, waiting, ENDED, 60)
+        assert state["status"] == "failed" and state["error"].startswith("storage full"), state
+        # (Its progress may read 100 here: this tiny job's pipeline reports 100 % before the
+        # outputs are written; the reason says how far it got.)
+        assert "the job had reached" in state["error"], state
+        assert not (storage / "jobs" / waiting / "results").exists() and not _temp_dirs(storage, waiting)
+
+        filler.unlink()  # room again: the same upload is taken and runs
+        again = _submit(http, quick, seed=8)
+        assert wait_status(http, again, ENDED, 60)["status"] == "finished"
