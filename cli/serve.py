@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cli.runtime_options import LOG_FORMAT, RUNTIME_FIELDS, add_bundle_arguments, settings_overrides
+
 __all__ = ["add_parser", "run"]
 
 
@@ -25,11 +27,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--redis-url", help="Redis URL for RQ mode (default REDIS_URL; none = embedded)")
     parser.add_argument("--queue", help="RQ queue name, shared with the workers (default latentseg)")
     parser.add_argument("--storage-dir", type=Path, help="storage shared with the workers")
-    parser.add_argument("--bundle", type=Path, help="embedded mode: model bundle directory (default: the demo bundle)")
-    parser.add_argument("--device", help="embedded mode: torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--backend", choices=("torch", "onnx"),
-                        help="embedded mode: inference backend (default torch; onnx needs `latentseg export-onnx` first)")
-    parser.add_argument("--onnx-dir", type=Path, help="embedded mode: ONNX export folder (default: <bundle>/onnx)")
+    add_bundle_arguments(parser, mode="embedded mode: ")
     parser.add_argument(
         "--api-keys-file", type=Path, help="file of 'name sha256-digest' lines; any key makes a bearer key mandatory"
     )
@@ -65,23 +63,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"keys-file line: {args.new_key} {hash_api_key(key)}")
         return 0
 
-    overrides = {
-        name: value
-        for name, value in (
-            ("host", args.host),
-            ("port", args.port),
-            ("redis_url", args.redis_url),
-            ("queue", args.queue),
-            ("storage_dir", args.storage_dir),
-            ("bundle", args.bundle),
-            ("device", args.device),
-            ("backend", args.backend),
-            ("onnx_dir", args.onnx_dir),
-            ("api_keys_file", args.api_keys_file),
-            ("allow_open", True if args.allow_open else None),
-        )
-        if value is not None
-    }
+    overrides = settings_overrides(args, ("host", "port", *RUNTIME_FIELDS, "api_keys_file"))
+    if args.allow_open:
+        overrides["allow_open"] = True
     try:
         settings = ServiceSettings(**overrides)
         settings.key_digests()
@@ -89,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"invalid settings: {' '.join(str(exc).split())}") from exc
     if args.bundle is not None and not args.bundle.exists():
         raise CliError(f"bundle not found: {args.bundle}")
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     mode = "embedded (in-process worker)" if settings.embedded else f"RQ queue {settings.queue!r}"
     logging.getLogger("latentseg.serve").info(
         "serving on http://%s:%d, %s, storage %s", settings.host, settings.port, mode, settings.storage_dir

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cli.runtime_options import LOG_FORMAT, RUNTIME_FIELDS, add_bundle_arguments, settings_overrides
+
 __all__ = ["add_parser", "run"]
 
 
@@ -23,11 +25,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--redis-url", help="Redis URL (default REDIS_URL)")
     parser.add_argument("--queue", help="queue name, the same as the API's (default latentseg)")
     parser.add_argument("--storage-dir", type=Path, help="storage shared with the API")
-    parser.add_argument("--bundle", type=Path, help="model bundle directory (default: the demo bundle)")
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--backend", choices=("torch", "onnx"),
-                        help="inference backend (default torch; onnx needs `latentseg export-onnx` first)")
-    parser.add_argument("--onnx-dir", type=Path, help="ONNX export folder (default: <bundle>/onnx)")
+    add_bundle_arguments(parser)
     parser.add_argument("--name", help="worker name (default: host, pid and a random suffix)")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--max-jobs", type=int, help="exit after this many jobs")
@@ -47,20 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from cli.main import CliError
     from worker.settings import WorkerSettings
 
-    overrides = {
-        name: value
-        for name, value in (
-            ("redis_url", args.redis_url),
-            ("queue", args.queue),
-            ("storage_dir", args.storage_dir),
-            ("bundle", args.bundle),
-            ("device", args.device),
-            ("backend", args.backend),
-            ("onnx_dir", args.onnx_dir),
-            ("name", args.name),
-        )
-        if value is not None
-    }
+    overrides = settings_overrides(args, (*RUNTIME_FIELDS, "name"))
     try:
         settings = WorkerSettings(**overrides)
     except ValidationError as exc:
@@ -76,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if healthy else 1
     if settings.bundle is not None and not settings.bundle.exists():
         raise CliError(f"bundle not found: {settings.bundle}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from model.errors import BundleError
