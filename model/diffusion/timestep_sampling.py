@@ -8,20 +8,8 @@ done by the trainer if it wants one).
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 import torch
-
-
-class TimestepSampler(Protocol):
-    num_timesteps: int
-
-    def weights(self) -> np.ndarray: ...
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None: ...
 
 
 def _draw(p: np.ndarray, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
