@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["DIED_WHILE_RUNNING", "InProcessJobQueue", "JobQueue", "Readiness"]
 
 log = logging.getLogger(__name__)
-DIED_WHILE_RUNNING = "stopped: the server stopped while this job ran (killed or crashed); submit it again"
+DIED_WHILE_RUNNING = "stopped: the server stopped while this job ran; submit it again"
 
 
 @dataclass(frozen=True)
