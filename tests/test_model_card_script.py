@@ -21,7 +21,10 @@ def write_manifest(folder: Path, version: str, parent: Path | None) -> dict:
     meta = {
         "name": "latentseg-demo",
         "version": version,
-        "provenance": {"init_from": None if parent is None else {"path": str(parent), "version": "?"}},
+        "provenance": {"init_from": None if parent is None else {
+            "path": str(parent), "version": json.loads((parent / "bundle.json").read_text())["version"]
+            if (parent / "bundle.json").is_file() else "?",
+        }},
     }
     (folder / "bundle.json").write_text(json.dumps(meta))
     return meta
@@ -60,3 +63,17 @@ def test_each_demo_config_has_its_own_version(card: ModuleType) -> None:
     assert configs["0.4.0"]["out"] == "runs/demo/context"
     assert configs["0.5.0"]["out"] == "runs/demo/context_long"
     assert configs["0.6.0"]["out"] == "runs/demo/stem"
+
+
+def test_a_bundle_fine_tuned_in_place_does_not_loop_on_itself(
+    card: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """v0.7 was fine-tuned from v0.6 in model/bundles/demo: its init_from path now holds v0.7 itself."""
+    write_manifest(tmp_path / "v1", "0.1.0", None)
+    last = write_manifest(tmp_path / "demo", "0.6.0", tmp_path / "v1")
+    last["version"] = "0.7.0"
+    last["provenance"]["init_from"] = {"path": str(tmp_path / "demo"), "version": "0.6.0"}
+    (tmp_path / "demo" / "bundle.json").write_text(json.dumps(last))
+    with caplog.at_level(logging.WARNING):
+        assert card.lineage(last) == []
+    assert "no longer at" in caplog.text

@@ -75,15 +75,23 @@ def demo_configs(repo: Path | None = None) -> dict[str, dict[str, str]]:
 
 def lineage(bundle_meta: dict[str, Any]) -> list[dict[str, Any]]:
     """The manifests of the bundles ``bundle_meta`` was fine-tuned from (provenance ``init_from``), oldest
-    first; the chain stops, with a warning, at a parent whose folder is gone."""
+    first; the chain stops, with a warning, at a parent whose folder is gone or now holds another bundle
+    (a bundle fine-tuned in place: its parent's folder holds the child, so the path leads back to itself)."""
     chain: list[dict[str, Any]] = []
     meta = bundle_meta
-    while (parent := (meta.get("provenance", {}).get("init_from") or {}).get("path")) and len(chain) < 32:
-        manifest = Path(parent) / "bundle.json"
+    while (parent := meta.get("provenance", {}).get("init_from") or {}).get("path") and len(chain) < 32:
+        manifest = Path(parent["path"]) / "bundle.json"
         if not manifest.is_file():
-            log.warning("parent bundle %s not found: it and earlier training runs are left out of the card", parent)
+            log.warning("parent bundle %s not found: it and earlier training runs are left out of the card",
+                        parent["path"])
             break
-        meta = json.loads(manifest.read_text())
+        found = json.loads(manifest.read_text())
+        wanted = parent.get("version")
+        if wanted is not None and found.get("version") != wanted:
+            log.warning("parent bundle %s %s is no longer at %s (it holds %s): earlier runs are left out of the card",
+                        parent.get("name"), wanted, parent["path"], found.get("version"))
+            break
+        meta = found
         chain.append(meta)
     return chain[::-1]
 
