@@ -581,7 +581,8 @@ def write_prediction(
             del mean
             save(variance, out_dir / f"{target.name}_variance.nii.gz")
             del variance
-            _report(progress, SAMPLING_SHARE + (1 - SAMPLING_SHARE) * (index + 1) / len(prediction.targets))
+            # the last share is the label map, legend and statistics: 100 % only once all is written
+            _report(progress, SAMPLING_SHARE + (1 - SAMPLING_SHARE) * (index + 1) / (len(prediction.targets) + 1))
         save(labels.result(threshold), out_dir / "labels.nii.gz")
         del labels
         while pending:

@@ -103,6 +103,16 @@ def test_progress_is_reported_up_to_one(random_bundle: LoadedBundle, volume: Vol
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) >= 3
 
 
+def test_writing_reports_one_hundred_percent_only_once_everything_is_written(
+    random_bundle: LoadedBundle, volume: Volume, tmp_path: Path
+) -> None:
+    path = tmp_path / "in.nii.gz"
+    nib.save(nib.Nifti1Image(volume.data, volume.affine), str(path))
+    seen: list[float] = []
+    segment_file(random_bundle, path, tmp_path / "out", ["liver"], ensemble=1, steps=1, progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 1.0 and seen.count(1.0) == 1, seen
+
+
 def test_written_files(random_bundle: LoadedBundle, volume: Volume, tmp_path: Path) -> None:
     path = tmp_path / "in.nii.gz"
     nib.save(nib.Nifti1Image(volume.data, volume.affine), str(path))
