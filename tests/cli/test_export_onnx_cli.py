@@ -64,7 +64,9 @@ def test_segment_with_onnx_matches_torch(exported: Path, bundle: Path, ct: Path,
         extra = ["--onnx-dir", str(exported)] if backend == "onnx" else ["--device", "cpu"]
         proc = latentseg("segment", str(ct), "--out", str(outs[backend]), "--backend", backend, *common, *extra)
         assert proc.returncode == 0, proc.stderr
-        assert len(proc.stdout.split()) == 4
+        assert [Path(line).name for line in proc.stdout.split()] == [
+            "liver_mean.nii.gz", "liver_variance.nii.gz", "labels.nii.gz", "labels.json", "statistics.json"
+        ]
     for kind in ("mean", "variance"):
         a = np.asarray(nib.load(str(outs["torch"] / f"liver_{kind}.nii.gz")).dataobj)
         b = np.asarray(nib.load(str(outs["onnx"] / f"liver_{kind}.nii.gz")).dataobj)
