@@ -23,11 +23,11 @@ import time
 import torch
 
 from benchmarks.common import Table, benchmark_bundle, load_average, publish, set_threads, standard_phantom
-from model.bundle import load_bundle
+from model.bundle.loaded import load_bundle
 from model.diffusion.samplers import sample
-from model.ensemble import WindowKey, sample_seed, sample_window_probabilities
-from model.pipeline import body_box
-from model.preprocessing import axial_slices, body_mask, load_nifti, scale_intensity, to_model_grid, with_context
+from model.inference.ensemble import WindowKey, sample_seed, sample_window_probabilities
+from model.inference.pipeline import body_box
+from model.inference.preprocessing import axial_slices, body_mask, load_nifti, scale_intensity, to_model_grid, with_context
 
 TARGETS = ("liver", "spleen")
 

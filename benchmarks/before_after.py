@@ -1,5 +1,5 @@
 """The standard case in process with the pipeline as it was before the performance work
-(commit 43b5d16: ``model/pipeline.py`` + ``model/ensemble.py`` taken from git) and as it is now,
+(commit 43b5d16: ``model/pipeline.py`` + ``model/ensemble.py``, their paths then, taken from git) and as it is now,
 same bundle, same volume, same process.
 
     python -m benchmarks.before_after [--commit 43b5d16]
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from model.config import ModelConfig
+from model.bundle.config import ModelConfig
 
 from benchmarks.common import (
     BENCH_DIR,
@@ -32,14 +33,19 @@ from benchmarks.common import (
 )
 
 BEFORE = "43b5d16"
+# Where the modules the old pipeline imports live now (model/ was grouped into folders since).
+MOVED = {"bundle": "model.bundle.loaded", "preprocessing": "model.inference.preprocessing",
+         "vocabulary": "model.targets.vocabulary"}
 
 
 def old_pipeline(commit: str, folder: Path) -> ModuleType:
-    """model/pipeline.py and model/ensemble.py at ``commit``, importable as stand-alone modules."""
+    """model/pipeline.py and model/ensemble.py at ``commit``, importable as stand-alone modules
+    (their imports of modules that moved since are pointed at the new paths)."""
     for name in ("ensemble", "pipeline"):
         source = subprocess.run(["git", "show", f"{commit}:model/{name}.py"], cwd=REPO, check=True,
                                 capture_output=True, text=True).stdout
         source = source.replace("from model.ensemble import", "from old_ensemble import")
+        source = re.sub(r"\bfrom model\.(\w+) import", lambda m: f"from {MOVED.get(m[1], 'model.' + m[1])} import", source)
         (folder / f"old_{name}.py").write_text(source)
     sys.path.insert(0, str(folder))
     try:
@@ -55,8 +61,8 @@ def old_pipeline(commit: str, folder: Path) -> ModuleType:
 
 def latent_only_bundle(config: ModelConfig) -> Path:
     """A random bundle (cached under runs/bench) of ``config`` with ``denoiser.image_pixels`` off."""
-    from model.bundle import write_random_bundle
-    from model.bundle_manifest import read_manifest
+    from model.bundle.loaded import write_random_bundle
+    from model.bundle.manifest import read_manifest
 
     path = BENCH_DIR / "random-latent-only"
     latent_only = config.model_copy(update={"denoiser": config.denoiser.model_copy(update={"image_pixels": False, "context_slices": 0})})
@@ -72,8 +78,8 @@ def main() -> None:
     args = parser.parse_args()
     threads = set_threads(args.threads)
     load_before = load_average()
-    import model.pipeline as now
-    from model.bundle import load_bundle
+    import model.inference.pipeline as now
+    from model.bundle.loaded import load_bundle
 
     bundle_path, trained = benchmark_bundle()
     bundle = load_bundle(bundle_path, device="cpu")

@@ -21,9 +21,9 @@ CASES: dict[str, tuple[str, str]] = {
         "import monai.inferers",
         "from model.monai_import import import_monai_lean; import_monai_lean(); import monai.inferers",
     ),
-    "import model.pipeline (what segment loads)": (
-        "import model.pipeline",
-        "from model.monai_import import import_monai_lean; import_monai_lean(); import model.pipeline",
+    "import model.inference.pipeline (what segment loads)": (
+        "import model.inference.pipeline",
+        "from model.monai_import import import_monai_lean; import_monai_lean(); import model.inference.pipeline",
     ),
 }
 

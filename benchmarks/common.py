@@ -62,7 +62,7 @@ def machine_info() -> dict[str, Any]:
 def benchmark_bundle() -> tuple[Path, bool]:
     """The trained demo bundle when present; else a random bundle with the demo configuration
     (same networks and shapes, so timings hold; accuracy does not). Returns (path, trained)."""
-    from model.bundle_manifest import demo_bundle_path, read_manifest
+    from model.bundle.manifest import demo_bundle_path, read_manifest
 
     demo = demo_bundle_path()
     try:
@@ -74,8 +74,8 @@ def benchmark_bundle() -> tuple[Path, bool]:
     if not (path / "bundle.json").is_file():
         import yaml
 
-        from model.bundle import write_random_bundle
-        from model.config import ModelConfig
+        from model.bundle.loaded import write_random_bundle
+        from model.bundle.config import ModelConfig
 
         config = ModelConfig.from_dict(yaml.safe_load(DEMO_CONFIG.read_text())["model"])
         write_random_bundle(path, seed=0, config=config)
@@ -85,7 +85,7 @@ def benchmark_bundle() -> tuple[Path, bool]:
 def ensure_onnx_export(bundle: Path) -> Path:
     """``bundle/onnx`` if it is current, else a fresh export under runs/bench (never inside the package)."""
     from model.errors import BundleError
-    from model.onnx_backend import default_onnx_dir, export_onnx, load_onnx_bundle
+    from model.bundle.onnx_backend import default_onnx_dir, export_onnx, load_onnx_bundle
 
     for candidate in (default_onnx_dir(bundle), BENCH_DIR / "onnx" / bundle.name):
         try:

@@ -1,4 +1,4 @@
-"""Cost of the DICOM uncertainty objects (model.dicom_seg): size and write time of segmentation.dcm,
+"""Cost of the DICOM uncertainty objects (model.io.dicom_seg): size and write time of segmentation.dcm,
 probability.dcm (FRACTIONAL SEG) and {target}_variance.dcm (16-bit RLE Parametric Map) for a synthetic
 result on a CT-sized grid. Prints a table; nothing is asserted.
 
@@ -22,10 +22,10 @@ def main() -> None:
     parser.add_argument("--targets", default="liver")
     args = parser.parse_args()
 
-    from model.dicom_seg import derive_ct_series, write_dicom_seg
-    from model.pipeline import Segmentation
-    from model.preprocessing import Volume
-    from model.vocabulary import default_vocabulary
+    from model.io.dicom_seg import derive_ct_series, write_dicom_seg
+    from model.inference.pipeline import Segmentation
+    from model.inference.preprocessing import Volume
+    from model.targets.vocabulary import default_vocabulary
 
     shape = (args.size, args.size, args.slices)
     volume = Volume(data=np.zeros(shape, np.float32), affine=np.diag([0.8, 0.8, 3.0, 1.0]))

@@ -18,11 +18,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import Table, benchmark_bundle, load_average, publish, set_threads
-from model.bundle_manifest import read_manifest
-from model.config import ModelConfig
+from model.bundle.manifest import read_manifest
+from model.bundle.config import ModelConfig
 from model.diffusion.process import VarType
 from model.nets.unet import LatentDenoiser
-from model.vocabulary import default_vocabulary
+from model.targets.vocabulary import default_vocabulary
 
 
 def build(config: ModelConfig, channels: int, condition: int) -> LatentDenoiser:

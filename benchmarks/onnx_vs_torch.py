@@ -41,7 +41,7 @@ def network_inputs(config: Any, name: str, batch: int) -> tuple[torch.Tensor, ..
     c, h, w = config.latent_shape
     if name == "encode_image":
         return (torch.rand(batch, config.image_window_channels, *config.preprocess.patch_size, generator=g),)
-    if name == "decode_mask":  # channels-last, as model.ensemble passes it
+    if name == "decode_mask":  # channels-last, as model.inference.ensemble passes it
         return (torch.randn(batch, c, h, w, generator=g).contiguous(memory_format=torch.channels_last),)
     return (torch.randn(batch, c, h, w, generator=g), torch.full((batch,), 500),
             torch.randn(batch, config.encoded_image_channels, h, w, generator=g), torch.full((batch,), 5))

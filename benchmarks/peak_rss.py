@@ -32,9 +32,9 @@ from benchmarks.common import (
 IN_MEMORY = """
 import sys
 from pathlib import Path
-from model.bundle import load_bundle
-from model.pipeline import SegmentationOptions, segment_volume, write_segmentation
-from model.preprocessing import load_nifti
+from model.bundle.loaded import load_bundle
+from model.inference.pipeline import SegmentationOptions, segment_volume, write_segmentation
+from model.inference.preprocessing import load_nifti
 bundle = load_bundle(sys.argv[1], device="cpu")
 result = segment_volume(bundle, load_nifti(sys.argv[2]), sys.argv[3], SegmentationOptions(ensemble=5, steps=10))
 write_segmentation(result, Path(sys.argv[4]))

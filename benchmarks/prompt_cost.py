@@ -19,7 +19,7 @@ import time
 
 from fastapi import FastAPI
 
-from model.vocabulary import UnknownTargetError, default_vocabulary
+from model.targets.vocabulary import UnknownTargetError, default_vocabulary
 from service.prompt_targets import EmbeddingBudgetSpent, PromptLimits, TargetTextTooLong, resolve_request_targets
 
 LETTERS = "bcdfghjklmnpqrstvwxz"

@@ -253,7 +253,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default=None, help="default: a private redis-server on a free port")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (logs, storage)")
     args = parser.parse_args()
-    from model.bundle import write_random_bundle
+    from model.bundle.loaded import write_random_bundle
 
     load_before = load_average()
     work = Path(tempfile.mkdtemp(prefix="latentseg-soak-"))

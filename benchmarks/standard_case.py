@@ -49,7 +49,7 @@ OUTPUT_PARTS = (("resample", "resampling (main thread)"), ("write", "gzip + writ
 
 
 def load(bundle_path: Path, backend: str) -> Any:
-    from model.onnx_backend import load_backend
+    from model.bundle.onnx_backend import load_backend
 
     onnx_dir = ensure_onnx_export(bundle_path) if backend == "onnx" else None
     return load_backend(bundle_path, backend, device="cpu" if backend == "torch" else None, onnx_dir=onnx_dir)
@@ -59,7 +59,7 @@ def in_process(bundle: Any, image: Path, targets: str, ensemble: int, steps: int
                keep: Path | None = None) -> dict[str, Any]:
     """One segment_file run with every phase timed; returns seconds per phase and counts.
     The output files are deleted unless ``keep`` names a folder for them."""
-    import model.pipeline as pipeline
+    import model.inference.pipeline as pipeline
 
     timed = TimedBundle(bundle)
     seconds: dict[str, float] = {}

@@ -20,9 +20,9 @@ import nibabel as nib
 import numpy as np
 
 from benchmarks.common import DATA_DIR, Table, benchmark_bundle, load_average, phantom_path, publish, set_threads
-from model.bundle import load_bundle
-from model.pipeline import SegmentationOptions, segment_volume
-from model.preprocessing import load_nifti
+from model.bundle.loaded import load_bundle
+from model.inference.pipeline import SegmentationOptions, segment_volume
+from model.inference.preprocessing import load_nifti
 from training.data import read_dataset, target_masks
 from training.evaluate import dice_score
 from training.phantoms import DATASET_NAME, PHANTOM_LABELS

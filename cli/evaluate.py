@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from cli.main import CliError
-    from model.bundle import load_bundle
+    from model.bundle.loaded import load_bundle
     from model.errors import BundleError, InputError
     from training.data import DatasetFormatError
     from training.evaluate import evaluate_dataset, markdown_table, write_report

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from model.errors import BundleError
 
     try:
-        from model.onnx_backend import export_onnx
+        from model.bundle.onnx_backend import export_onnx
 
         out = export_onnx(args.bundle, args.out, opset=args.opset, verify=not args.no_verify)
     except ImportError as exc:

@@ -1,10 +1,10 @@
 """`latentseg segment INPUT --targets liver,pancreas --out DIR`: the whole pipeline on one volume.
 
 INPUT is a NIfTI file, a folder holding one DICOM series, or a .zip of one series. Targets may
-be names, synonyms or plain words ("left kidney", "pancreatic tumour"; see model.prompts).
+be names, synonyms or plain words ("left kidney", "pancreatic tumour"; see model.targets.prompts).
 
 Instead of INPUT, ``--study-uid UID [--series-uid UID] [--dicomweb URL]`` retrieves the series
-from a PACS with WADO-RS (model.dicomweb; URL and auth default to ``LATENTSEG_DICOMWEB_*``; a
+from a PACS with WADO-RS (model.io.dicomweb; URL and auth default to ``LATENTSEG_DICOMWEB_*``; a
 study alone picks its CT series with the most instances); ``--push`` stores segmentation.dcm
 back with STOW-RS.
 """
@@ -19,12 +19,12 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from contextlib import AbstractContextManager
 
-    from model.bundle import LoadedBundle
-    from model.dicom_io import DicomSeries
-    from model.dicomweb import DicomwebSettings
-    from model.onnx_backend import OnnxBundle
-    from model.pipeline import Progress, SegmentationOptions
-    from model.preprocessing import Volume
+    from model.bundle.loaded import LoadedBundle
+    from model.io.dicom_io import DicomSeries
+    from model.io.dicomweb import DicomwebSettings
+    from model.bundle.onnx_backend import OnnxBundle
+    from model.inference.pipeline import Progress, SegmentationOptions
+    from model.inference.preprocessing import Volume
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         if pacs is not None and args.push:
             written_seg = [p for p in written if p.name == "segmentation.dcm"]
             try:
-                from model.dicomweb import DicomwebError, push_files
+                from model.io.dicomweb import DicomwebError, push_files
 
                 stored = push_files(pacs, written_seg)
             except DicomwebError as exc:
@@ -134,8 +134,8 @@ def _pacs_input(args: argparse.Namespace) -> AbstractContextManager[DicomwebSett
             return
         from pydantic import ValidationError
 
-        from model.dicom_io import DicomLimits
-        from model.dicomweb import DicomwebError, DicomwebSettings, RetrievalLimits, fetch_reference
+        from model.io.dicom_io import DicomLimits
+        from model.io.dicomweb import DicomwebError, DicomwebSettings, RetrievalLimits, fetch_reference
 
         try:
             settings = DicomwebSettings(**({"url": args.dicomweb} if args.dicomweb else {}))
@@ -162,16 +162,16 @@ def _run(args: argparse.Namespace, CliError: type[Exception]) -> list[Path]:  # 
     from tqdm import tqdm
 
     from model.errors import BundleError, InputError
-    from model.onnx_backend import load_backend
-    from model.pipeline import SegmentationOptions, predict_model_grid, resolve_targets, write_prediction
-    from model.preprocessing import load_nifti
-    from model.prompts import PromptResolver, packaged_embedder
-    from model.vocabulary import UnknownTargetError
+    from model.bundle.onnx_backend import load_backend
+    from model.inference.pipeline import SegmentationOptions, predict_model_grid, resolve_targets, write_prediction
+    from model.inference.preprocessing import load_nifti
+    from model.targets.prompts import PromptResolver, packaged_embedder
+    from model.targets.vocabulary import UnknownTargetError
 
     try:
         bundle = load_backend(args.bundle, args.backend, device=args.device, onnx_dir=args.onnx_dir,
                               threads=args.threads)
-        # Names, synonyms or plain words ("left kidney") -> vocabulary names (model.prompts).
+        # Names, synonyms or plain words ("left kidney") -> vocabulary names (model.targets.prompts).
         targets = [t.name for t in PromptResolver(bundle.vocabulary, packaged_embedder).resolve(args.targets)]
         resolve_targets(bundle, targets)  # fail fast, before reading the volume
         defaults = bundle.config.sampling
@@ -207,15 +207,15 @@ def _run(args: argparse.Namespace, CliError: type[Exception]) -> list[Path]:  # 
 
 def _plain_nifti_run(args: argparse.Namespace) -> bool:
     """NIfTI in, NIfTI out only: the streamed path (one full-resolution map in memory at a time)."""
-    from model.dicom_io import is_dicom_input
+    from model.io.dicom_io import is_dicom_input
 
     return not (args.dicom_seg or args.fractional or args.preview or is_dicom_input(args.input))
 
 
 def _read_input(path: Path) -> tuple[Volume, DicomSeries | None]:
     """A DICOM series (folder, .zip or file) or a NIfTI volume, with the series when it is DICOM."""
-    from model.dicom_io import is_dicom_input, read_dicom_series
-    from model.preprocessing import load_nifti
+    from model.io.dicom_io import is_dicom_input, read_dicom_series
+    from model.inference.preprocessing import load_nifti
 
     if is_dicom_input(path):
         series = read_dicom_series(path)
@@ -232,10 +232,10 @@ def _segment_with_extras(
     volume: Volume,
     dicom: DicomSeries | None,
 ) -> list[Path]:
-    """DICOM input and/or extra outputs: the NIfTI outputs are streamed (model.pipeline.write_prediction),
-    then the DICOM-SEG and the preview, when asked for, read them back (model.interop)."""
-    from model.interop import InteropRequest, write_interop_outputs
-    from model.pipeline import predict_model_grid, write_prediction
+    """DICOM input and/or extra outputs: the NIfTI outputs are streamed (model.inference.pipeline.write_prediction),
+    then the DICOM-SEG and the preview, when asked for, read them back (model.io.interop)."""
+    from model.io.interop import InteropRequest, write_interop_outputs
+    from model.inference.pipeline import predict_model_grid, write_prediction
 
     request = InteropRequest(dicom_seg=args.dicom_seg, fractional=args.fractional, preview=args.preview)
     prediction = predict_model_grid(bundle, volume, targets, options, progress)

@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cli.main import CliError
-    from model.bundle_manifest import read_manifest
+    from model.bundle.manifest import read_manifest
     from model.errors import BundleError
     from training.evaluate import read_report
     from training.served import validation_section, write_validation

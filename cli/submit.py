@@ -65,7 +65,7 @@ def _out_dirs(files: list[Path], out: Path) -> list[Path]:
 
 def _statistics_summary(directory: Path) -> str:
     """``; liver 1523 ml (±12), ... REVIEW: ...`` from the job's statistics.json (empty when it has none)."""
-    from model.statistics import STATISTICS_FILE, read_statistics, summary_line
+    from model.inference.statistics import STATISTICS_FILE, read_statistics, summary_line
 
     path = directory / STATISTICS_FILE
     if not path.is_file():

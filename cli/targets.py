@@ -13,7 +13,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.vocabulary import default_vocabulary
+    from model.targets.vocabulary import default_vocabulary
 
     vocabulary = default_vocabulary()
     rows = [

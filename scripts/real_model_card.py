@@ -26,7 +26,7 @@ log = logging.getLogger("real_model_card")
 
 
 def evaluate_once(work: Path, name: str, bundle: Path, data: Path, cases: Sequence[str] | None, reuse: bool) -> Any:
-    from model.bundle import load_bundle
+    from model.bundle.loaded import load_bundle
     from training.evaluate import evaluate_dataset, read_report, write_report
 
     report_path = work / name / "evaluation.json"
@@ -47,7 +47,7 @@ def ceilings(work: Path, bundle: Path, data: Path, reuse: bool) -> tuple[dict[st
     if not path.is_file():
         if reuse:
             raise SystemExit(f"--reuse: {path} is missing")
-        from model.bundle import load_bundle
+        from model.bundle.loaded import load_bundle
         from training.ceiling import grid_ceiling, mask_ae_ceiling
 
         loaded = load_bundle(bundle, device="cpu")
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     sys.path.insert(0, str(REPO))
-    from model.bundle_manifest import read_manifest
+    from model.bundle.manifest import read_manifest
     from training import card_sections as cs
     from training.data import case_id, read_dataset
     from training.phantoms import PhantomSpec, write_phantom_dataset
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(args.bundle)
     order = list(manifest.trained_targets)
-    from model.vocabulary import default_vocabulary
+    from model.targets.vocabulary import default_vocabulary
 
     cases = [case_id(c) for c in read_dataset(ts, default_vocabulary()).cases]
     folds = [evaluate_once(work, f"fold_{c}", args.runs / f"fold_{c}" / "bundle", ts, [c], args.reuse)

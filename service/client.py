@@ -13,7 +13,7 @@ from typing import IO, Any
 
 import httpx
 
-from model.file_walk import regular_files
+from model.io.file_walk import regular_files
 
 __all__ = ["ApiError", "LatentsegClient", "input_stem", "zip_folder"]
 

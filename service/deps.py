@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from model.vocabulary import Vocabulary
+from model.targets.vocabulary import Vocabulary
 from service.jobs import JobService
 from service.queues import JobQueue
 from service.settings import ServiceSettings

@@ -2,13 +2,13 @@
 
 :func:`normalize_dicom_upload` runs inside the sandbox subprocess (:mod:`service.upload_sandbox`),
 like the NIfTI validator, so a native crash in inflating or parsing cannot take the API down.
-It is torch-free (pydicom and numpy, through :mod:`model.dicom_io`).
+It is torch-free (pydicom and numpy, through :mod:`model.io.dicom_io`).
 
-- The archive is inflated by :func:`model.dicom_io.extract_zip`: member names are never used as
+- The archive is inflated by :func:`model.io.dicom_io.extract_zip`: member names are never used as
   paths (zip slip cannot escape), symbolic links are skipped, and the member count and the
   bytes actually inflated are capped (``max_dicom_files``, ``max_decompressed_bytes``), which
   stops zip bombs at the cap.
-- The headers are checked by :func:`model.dicom_io.scan_series` without decoding pixels: one
+- The headers are checked by :func:`model.io.dicom_io.scan_series` without decoding pixels: one
   series, at least two slices, consistent size/spacing/orientation, no gantry tilt, even
   slice spacing. The voxel count is capped (``max_voxels``) and one slice is decoded, so a
   transfer syntax this install cannot decode is refused now rather than failing the job.
@@ -47,7 +47,7 @@ def is_zip_upload(path: Path) -> bool:
 
 
 def _refusal(message: str) -> UploadRejected:
-    """Classify a :class:`model.errors.InputError` from model.dicom_io by what it is about."""
+    """Classify a :class:`model.errors.InputError` from model.io.dicom_io by what it is about."""
     if "not a readable zip archive" in message:
         return NotNifti("the upload starts like a zip archive but cannot be read as one; send a .zip of one "
                         "DICOM series or a NIfTI volume")
@@ -63,7 +63,7 @@ def normalize_dicom_upload(src: Path, dst: Path, limits: UploadLimits) -> Volume
 
     On any refusal ``dst`` is removed and an :class:`~service.nifti.UploadRejected` is raised.
     """
-    from model.dicom_io import DicomLimits, extract_zip, scan_series
+    from model.io.dicom_io import DicomLimits, extract_zip, scan_series
     from model.errors import InputError
 
     dst = Path(dst)

@@ -7,7 +7,7 @@ worker retrieves the series with WADO-RS (:mod:`worker.dicomweb`).
 - ``study_uid`` and ``series_uid``: accepted as they are (no PACS round trip); a series the
   PACS does not have fails the job with ``series not found: …``.
 - ``study_uid`` alone: one QIDO-RS query of the study's series, then the documented rule
-  (:func:`model.dicomweb.choose_ct_series`): the CT series with the most instances. A study
+  (:func:`model.io.dicomweb.choose_ct_series`): the CT series with the most instances. A study
   with no CT series (e.g. only MR), or CT series tied for the most, is refused with 422 naming
   the candidates; an unknown study is 422 too; a source the API cannot reach is 503.
 - ``push=true``: after the job finished, the worker stores ``segmentation.dcm`` (BINARY, or
@@ -31,7 +31,7 @@ from typing import Any
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from model.dicomweb import DicomwebError, DicomwebSettings, SeriesChoiceError, choose_ct_series, make_client, search_series
+from model.io.dicomweb import DicomwebError, DicomwebSettings, SeriesChoiceError, choose_ct_series, make_client, search_series
 from service.deps import Services
 from service.jobs import AdmissionRefused
 from service.nifti import VolumeInfo

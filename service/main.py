@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from model.vocabulary import default_vocabulary
+from model.targets.vocabulary import default_vocabulary
 from service.api_surface import error_response, install_api_surface
 from service.auth import Keyring, check_open_mode
 from service.deps import Services

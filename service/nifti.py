@@ -17,7 +17,7 @@ output or a log:
   ``data_type``) are blanked, and header extensions (which can hold DICOM tags) are dropped.
 - NaN/Inf policy: float voxels are counted while copied. With ``reject_nonfinite`` any non-finite
   voxel refuses the upload (422); otherwise they are kept and the model maps them at load time
-  (``model.preprocessing.sanitize_hu``: NaN -> -1024 HU, +Inf -> 4095, -Inf -> -1024), and the
+  (``model.inference.preprocessing.sanitize_hu``: NaN -> -1024 HU, +Inf -> 4095, -Inf -> -1024), and the
   count is reported in the job record.
 
 Error classes map to HTTP answers: :class:`NotNifti` 415, :class:`MalformedNifti` 422,

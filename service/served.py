@@ -2,7 +2,7 @@
 
 Torch-free. Where the answer comes from:
 
-- **embedded mode**: the API's own bundle, from its manifest (``model.bundle_manifest``); a
+- **embedded mode**: the API's own bundle, from its manifest (``model.bundle.manifest``); a
   manifest that cannot be read leaves the answer unknown (the worker thread reports the problem
   on ``/readyz`` and fails the job with it, as before);
 - **RQ mode**: the bundles that live workers publish (``worker.contracts.bundle_info_key``; each
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.bundle_manifest import demo_bundle_path, read_manifest
+from model.bundle.manifest import demo_bundle_path, read_manifest
 from service.deps import Services
 
 __all__ = ["ServedTargets", "served_targets", "unserved_problem"]

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.dicomweb import DicomwebSettings
+from model.io.dicomweb import DicomwebSettings
 from worker.contracts import default_storage_dir
 
 __all__ = ["ServiceSettings"]
@@ -116,7 +116,7 @@ class ServiceSettings(BaseSettings):
     # for `latentseg worker`; None = 80 % of the cgroup's limit or the machine's memory).
     worker_memory_mb: int | None = Field(default=None, ge=64)
 
-    # The PACS for POST /segment?study_uid=... (LATENTSEG_DICOMWEB_URL, _AUTH, ...: model.dicomweb).
+    # The PACS for POST /segment?study_uid=... (LATENTSEG_DICOMWEB_URL, _AUTH, ...: model.io.dicomweb).
     dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
 
     @field_validator("api_keys")

@@ -151,14 +151,14 @@ def write_truncated_gzip_nifti(source: Volume, path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny randomly initialised bundle (outputs are not meaningful; shapes and ranges are)."""
-    from model.bundle import write_random_bundle
+    from model.bundle.loaded import write_random_bundle
 
     return write_random_bundle(tmp_path_factory.mktemp("bundles") / "tiny", seed=0)
 
 
 def trained_demo_bundle() -> Path | None:
     """The shipped demo bundle if it exists and its manifest says it was trained, else None."""
-    from model.bundle_manifest import demo_bundle_path, read_manifest
+    from model.bundle.manifest import demo_bundle_path, read_manifest
 
     path = demo_bundle_path()
     try:

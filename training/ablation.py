@@ -131,7 +131,7 @@ def run_ablation(
     text_embeddings: Path | None = None,
 ) -> list[VariantResult]:
     """Train the diffusion stage of each variant from the same stage-1 checkpoints and evaluate it."""
-    from model.bundle import load_bundle
+    from model.bundle.loaded import load_bundle
     from training.evaluate import evaluate_dataset, write_report
     from training.loops import train
 

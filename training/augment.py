@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from model.config import FrozenConfig
+from model.bundle.config import FrozenConfig
 
 
 class AugmentConfig(FrozenConfig):
@@ -48,7 +48,7 @@ class AugmentConfig(FrozenConfig):
 
 class PatchAugmenter:
     """``augment(image (C,H,W), mask (H,W), seed) -> (image, mask)``; channel 0 is the annotated slice
-    and channels 1.. its context slices (order of :func:`model.preprocessing.context_offsets`)."""
+    and channels 1.. its context slices (order of :func:`model.inference.preprocessing.context_offsets`)."""
 
     def __init__(self, config: AugmentConfig) -> None:
         from monai.transforms import (

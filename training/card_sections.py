@@ -190,8 +190,8 @@ def review_flag_section(document: Mapping[str, Any]) -> str:
                   + (" and Spearman ρ" if top_rho is best else "") + "); the shipped threshold is its validation one."]
     lines += [
         "",
-        f"Shipped rule (`model.statistics.ReviewPolicy`): flag an empty mask, a mask below its organ's typical "
-        f"volume (`model.vocabulary.size_prior`) that does not touch the volume's edge, or members' pairwise Dice "
+        f"Shipped rule (`model.inference.statistics.ReviewPolicy`): flag an empty mask, a mask below its organ's typical "
+        f"volume (`model.targets.vocabulary.size_prior`) that does not touch the volume's edge, or members' pairwise Dice "
         f"< {policy['min_pairwise_dice']:g}.",
         "",
         "| cases | rows (organ present / absent) | Dice < 0.7 flagged | Dice ≥ 0.7 flagged (false alarm) "

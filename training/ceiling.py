@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.bundle import LoadedBundle
-from model.config import PreprocessConfig
-from model.preprocessing import Volume, to_model_grid
-from model.vocabulary import Vocabulary
+from model.bundle.loaded import LoadedBundle
+from model.bundle.config import PreprocessConfig
+from model.inference.preprocessing import Volume, to_model_grid
+from model.targets.vocabulary import Vocabulary
 from training.data import prepare_case, read_dataset, target_masks
 
 RoundTrip = Callable[[torch.Tensor], torch.Tensor]  # (B, 1, H, W) {0,1} -> (B, 1, H, W) probabilities
@@ -122,7 +122,7 @@ def grid_ceiling(
     model grid (as training sees it) and back (as inference returns it), over the cases with the target."""
     import nibabel as nib
 
-    from model.pipeline import resample_to_source
+    from model.inference.pipeline import resample_to_source
     from training.evaluate import dice_score
 
     source = read_dataset(data, vocabulary)

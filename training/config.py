@@ -10,7 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from model.config import FrozenConfig, ModelConfig
+from model.bundle.config import FrozenConfig, ModelConfig
 from training.augment import AugmentConfig
 
 

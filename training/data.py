@@ -14,7 +14,7 @@ Label mapping
     midline. The set of targets each dataset *annotates* travels with every case, and only
     those targets ever produce examples: an unannotated target is never trained as background.
 
-Preprocessing is ``model.preprocessing`` (the inference code), then a crop to the body's
+Preprocessing is ``model.inference.preprocessing`` (the inference code), then a crop to the body's
 bounding box; results are cached as ``.npz`` keyed by file, size, mtime and config.
 """
 
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 import yaml
 
-from model.config import PreprocessConfig
-from model.preprocessing import Volume, body_mask, context_offsets, load_nifti, scale_intensity, to_model_grid
-from model.vocabulary import DatasetLabelMap, UnknownDatasetError, Vocabulary
+from model.bundle.config import PreprocessConfig
+from model.inference.preprocessing import Volume, body_mask, context_offsets, load_nifti, scale_intensity, to_model_grid
+from model.targets.vocabulary import DatasetLabelMap, UnknownDatasetError, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +410,7 @@ class PatchSampler:
     on a voxel of a target present in the case (foreground oversampling), otherwise it is
     uniform over the case (so empty masks of annotated targets occur naturally). With
     ``context_slices`` k, each image patch also carries the k slices either side
-    (:func:`model.preprocessing.context_offsets`; the edge slice repeats past the volume's ends).
+    (:func:`model.inference.preprocessing.context_offsets`; the edge slice repeats past the volume's ends).
     ``augment(image, mask, seed)`` (e.g. :class:`training.augment.PatchAugmenter`) transforms each
     example; its seed is drawn from the sampler's generator, so a resumed run repeats the stream."""
 

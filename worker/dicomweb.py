@@ -16,7 +16,7 @@ exponential backoff (``push_attempts``, ``push_backoff_s`` doubling up to
 ``retrying: reason`` (after a failed attempt), ``pushed`` or ``push_failed: reason``;
 ``push_attempts``; ``pushed_instances`` (the SOP Instance UIDs the destination stored).
 
-Settings come from this process's environment (:class:`model.dicomweb.DicomwebSettings`), read
+Settings come from this process's environment (:class:`model.io.dicomweb.DicomwebSettings`), read
 when a job needs them: an RQ worker and the embedded worker of ``latentseg serve`` alike.
 """
 
@@ -38,7 +38,7 @@ Annotate = Callable[[Mapping[str, Any]], None]
 
 
 def _settings() -> Any:
-    from model.dicomweb import DicomwebSettings
+    from model.io.dicomweb import DicomwebSettings
 
     return DicomwebSettings()
 
@@ -51,8 +51,8 @@ def fetch_source(
     ``annotate`` (optional) receives the series' ``input_shape`` and ``input_spacing`` for the
     record, unknown to the API when it queued the reference.
     """
-    from model.dicom_io import DicomLimits, inspect_dicom_series
-    from model.dicomweb import RetrievalLimits, make_client, retrieve_series_zip
+    from model.io.dicom_io import DicomLimits, inspect_dicom_series
+    from model.io.dicomweb import RetrievalLimits, make_client, retrieve_series_zip
 
     assert request.source is not None
     source = request.source
@@ -85,13 +85,13 @@ def push_results(
 
     Never raises: the job's results are already final, and a push failure is a status.
     """
-    from model.dicom_seg import PROBABILITY_SEG_FILENAME, SEG_FILENAME
+    from model.io.dicom_seg import PROBABILITY_SEG_FILENAME, SEG_FILENAME
 
     attempts_done = 0
     try:
         import pydicom
 
-        from model.dicomweb import make_client, public_url, store_instances
+        from model.io.dicomweb import make_client, public_url, store_instances
 
         settings = settings if settings is not None else _settings()
         destination = settings.destination

@@ -1,7 +1,7 @@
 """A job's peak memory, estimated from its volume's shape before anything is allocated, and the
 worker's memory budget. Torch-free and Redis-free (stdlib only): the API imports it too.
 
-Where a NIfTI job's memory goes (model/pipeline.py ``segment_file``), per source voxel N_src and
+Where a NIfTI job's memory goes (model/inference/pipeline.py ``segment_file``), per source voxel N_src and
 per model-grid voxel N_model (the volume resampled to the bundle's spacing):
 
 - source grid, float32: the input's HU (kept for the statistics), the copy reoriented for

@@ -29,8 +29,8 @@ from worker.contracts import JobInterrupted
 from worker.memory import MemoryModel, default_budget_mb, process_rss_bytes
 
 if TYPE_CHECKING:
-    from model.bundle import LoadedBundle
-    from model.onnx_backend import OnnxBundle
+    from model.bundle.loaded import LoadedBundle
+    from model.bundle.onnx_backend import OnnxBundle
 
 __all__ = [
     "StopControl",
@@ -200,7 +200,7 @@ def load_runtime(
     (``latentseg export-onnx``; ``onnx_dir`` defaults to ``<bundle>/onnx``); a missing or
     stale export is a ``BundleError`` naming the command that makes it.
     """
-    from model.onnx_backend import load_backend
+    from model.bundle.onnx_backend import load_backend
 
     target_device = pick_device(device) if backend == "torch" else None
     bundle = load_backend(bundle_path, backend, device=target_device, onnx_dir=onnx_dir)
@@ -221,7 +221,7 @@ def memory_model(bundle: LoadedBundle | OnnxBundle) -> MemoryModel:
     process's resident memory now."""
     import torch
 
-    from model.pipeline import CPU_ACTIVATION_BUDGET_BYTES
+    from model.inference.pipeline import CPU_ACTIVATION_BUDGET_BYTES
 
     cfg = bundle.config
     on_cpu = str(bundle.device).startswith("cpu")

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.dicomweb import DicomwebSettings
+from model.io.dicomweb import DicomwebSettings
 from worker.contracts import default_storage_dir
 
 __all__ = ["WorkerSettings"]
@@ -34,7 +34,7 @@ class WorkerSettings(BaseSettings):
     # A running job refreshes its liveness key this often; the API fails a started job whose key
     # has been gone for three intervals (its worker was killed).
     heartbeat_s: float = Field(default=10.0, gt=0)
-    # The PACS jobs retrieve from and push to (LATENTSEG_DICOMWEB_*: model.dicomweb); checked when
+    # The PACS jobs retrieve from and push to (LATENTSEG_DICOMWEB_*: model.io.dicomweb); checked when
     # the worker starts, read again by each DICOMweb job (worker.dicomweb).
     dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
     # After a SIGTERM, a running job gets this long to finish; then it is stopped and ends

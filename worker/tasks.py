@@ -10,11 +10,11 @@ record in words (no traceback) and re-raised, so RQ marks its own job failed too
 
 Inputs and outputs:
 
-- NIfTI (``input.nii``): :func:`model.pipeline.segment_file` (streamed, one full-resolution map
+- NIfTI (``input.nii``): :func:`model.inference.pipeline.segment_file` (streamed, one full-resolution map
   in memory at a time). With ``dicom_seg`` the NIfTI outputs are written the same way, then
-  :func:`model.interop.write_interop_outputs` adds ``segmentation.dcm`` referencing a CT series
+  :func:`model.io.interop.write_interop_outputs` adds ``segmentation.dcm`` referencing a CT series
   derived from the volume, shipped as ``dicom_ct.zip``.
-- DICOM (``input.zip``, a validated series): :func:`model.dicom_io.read_dicom_series`; results
+- DICOM (``input.zip``, a validated series): :func:`model.io.dicom_io.read_dicom_series`; results
   are on the series' own grid, and ``segmentation.dcm`` (when asked for) references the source
   series. ``preview.png`` is written too (the API draws NIfTI previews on demand, but not from
   a zip). The SEG copies patient/study attributes from the source, as DICOM requires; nothing
@@ -92,7 +92,7 @@ def describe_failure(exc: BaseException, storage_root: Path | None = None) -> st
         return text
     if isinstance(exc, (JobStopped, OverMemoryBudget)):
         return text
-    from model.dicomweb import DicomwebError
+    from model.io.dicomweb import DicomwebError
 
     if isinstance(exc, DicomwebError):  # "source unreachable: ...", "series not found: ..."
         return text
@@ -256,7 +256,7 @@ def _segment_into(
     out_dir: Path,
     progress: Callable[[float], None],
 ) -> list[Path]:
-    from model.pipeline import SegmentationOptions, predict_model_grid, segment_file, write_prediction
+    from model.inference.pipeline import SegmentationOptions, predict_model_grid, segment_file, write_prediction
 
     options = SegmentationOptions(
         ensemble=request.ensemble, steps=request.steps, seed=request.seed, largest_component=request.largest_component
@@ -265,17 +265,17 @@ def _segment_into(
         return segment_file(runtime.bundle, input_path, out_dir, list(request.targets), options=options,
                             progress=progress)
 
-    from model.interop import InteropRequest, write_interop_outputs
+    from model.io.interop import InteropRequest, write_interop_outputs
 
     source_images = None
     if request.is_dicom:
-        from model.dicom_io import read_dicom_series
+        from model.io.dicom_io import read_dicom_series
 
         series = read_dicom_series(input_path)
         volume, source_images = series.volume, series.headers
         del series
     else:
-        from model.preprocessing import load_nifti
+        from model.inference.preprocessing import load_nifti
 
         volume = load_nifti(input_path)
 

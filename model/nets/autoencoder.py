@@ -7,7 +7,7 @@ from monai.networks.nets import AutoencoderKL
 from torch import nn
 from torch.nn import functional as F
 
-from model.config import ImageVAEConfig, MaskAEConfig
+from model.bundle.config import ImageVAEConfig, MaskAEConfig
 
 
 def _norm(channels: int) -> nn.GroupNorm:

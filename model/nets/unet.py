@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
-from model.config import DenoiserConfig
+from model.bundle.config import DenoiserConfig
 
 
 class TextClassEmbedding(nn.Module):

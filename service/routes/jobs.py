@@ -21,7 +21,7 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["jobs"])
 MAX_BATCH_IDS = 500
-STATISTICS_FILE = "statistics.json"  # model.statistics.STATISTICS_FILE (the API does not import model.statistics)
+STATISTICS_FILE = "statistics.json"  # model.inference.statistics.STATISTICS_FILE (the API does not import model.inference.statistics)
 MEDIA_TYPES = (
     (".json", "application/json"),
     (".gz", "application/gzip"),

@@ -1,4 +1,4 @@
-"""``GET /jobs/{job_id}/preview.png``: a picture of a finished job (model.preview).
+"""``GET /jobs/{job_id}/preview.png``: a picture of a finished job (model.io.preview).
 
 Drawn on first request from the stored input and the job's result files, then cached as
 ``jobs/<job_id>/preview.png`` beside (not inside) ``results/``, so the result listing and
@@ -31,7 +31,7 @@ PREVIEW_NAME = "preview.png"
 
 
 def _render(services: ServicesDep, job_id: str, cached: Path, requested: list[str]) -> None:
-    from model.preview import render_preview_files
+    from model.io.preview import render_preview_files
 
     results = {f.name: f.path for f in services.storage.results(job_id)}
     input_path = services.storage.input_path(job_id)

@@ -27,7 +27,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
-from model.vocabulary import UnknownTargetError
+from model.targets.vocabulary import UnknownTargetError
 from service.auth import CallerDep
 from service.deps import ServicesDep
 from service.jobs import AdmissionRefused, TooLargeForWorkers

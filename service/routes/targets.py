@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from model.vocabulary import Code
+from model.targets.vocabulary import Code
 from service.deps import ServicesDep
 from service.schemas import CodeOut, TargetList, TargetOut
 from service.served import served_targets

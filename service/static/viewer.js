@@ -19,7 +19,7 @@ export const VIEWS = {
 };
 // The slice a view scrolls through: the RAS axis of the volume (0 = x, 1 = y, 2 = z).
 const VIEW_AXIS = { axial: 2, coronal: 1, sagittal: 0, planes: 2 };
-// The preview's colours (model/preview.py TARGET_COLOURS), in the job's target order: none is grey
+// The preview's colours (model/io/preview.py TARGET_COLOURS), in the job's target order: none is grey
 // or on the heat ramp of the variance.
 export const TARGET_COLOURS = [
   [0, 255, 0], [0, 255, 255], [255, 0, 255], [0, 128, 255], [128, 0, 255], [0, 255, 128],

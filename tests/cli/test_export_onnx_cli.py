@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from model.bundle import write_random_bundle
+from model.bundle.loaded import write_random_bundle
 
 pytest.importorskip("onnxruntime")
 

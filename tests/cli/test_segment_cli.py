@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from model.bundle import write_random_bundle
+from model.bundle.loaded import write_random_bundle
 
 LATENTSEG = Path(sys.executable).with_name("latentseg")
 SPLEEN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "msd-spleen8" / "spleen_8_image.nii.gz"

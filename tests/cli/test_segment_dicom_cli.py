@@ -22,8 +22,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from model.bundle import write_random_bundle
-from model.dicom_io import read_dicom_series
+from model.bundle.loaded import write_random_bundle
+from model.io.dicom_io import read_dicom_series
 
 LATENTSEG = Path(sys.executable).with_name("latentseg")
 SERIES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom-ct3slice"

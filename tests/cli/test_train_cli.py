@@ -42,8 +42,8 @@ def test_train_all_makes_a_bundle_that_segment_uses(tmp_path: Path, phantoms: Pa
         assert (out / "checkpoints" / f"{stage}.pt").is_file()
         assert (out / "logs" / f"{stage}.csv").is_file()
 
-    from model.bundle import load_bundle
-    from model.vocabulary import default_vocabulary
+    from model.bundle.loaded import load_bundle
+    from model.targets.vocabulary import default_vocabulary
 
     bundle = load_bundle(out / "bundle", device="cpu")
     vocabulary = default_vocabulary()
@@ -128,7 +128,7 @@ def _main_train(args: list[str]) -> int:
 def test_init_from_fine_tunes_a_bundle_and_names_a_mismatch(
     tmp_path: Path, phantoms: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from model.bundle import load_bundle, write_random_bundle
+    from model.bundle.loaded import load_bundle, write_random_bundle
     from training.config import load_train_config
 
     model = load_train_config(TINY_CONFIG, {"data": [str(phantoms)]}).model

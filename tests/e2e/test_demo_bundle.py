@@ -1,7 +1,7 @@
 """The liver overlap check of issue 4, with the trained demo bundle, through the real RQ stack.
 
 Skipped (with the reason) until the demo bundle ships: it runs when
-``model.bundle_manifest.demo_bundle_path()`` holds a readable bundle whose manifest says
+``model.bundle.manifest.demo_bundle_path()`` holds a readable bundle whose manifest says
 ``provenance.trained == true``. A randomly initialised bundle cannot segment anything, so there
 is no meaningful threshold to check with it; tests/e2e/test_rq_flow.py covers the same flow with
 the tiny random bundle (shapes, affines, ranges, lifecycle).

@@ -19,8 +19,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from model.dicom_io import read_dicom_series
-from model.vocabulary import default_vocabulary
+from model.io.dicom_io import read_dicom_series
+from model.targets.vocabulary import default_vocabulary
 from tests.conftest import LATENTSEG, Volume, clean_env
 from tests.e2e.flow import download_results, poll
 from tests.reliability.dicom_zips import PATIENT_ID, PATIENT_NAME, SERIES, needs_series, private_series_zip

@@ -28,11 +28,11 @@ import pydicom
 import pytest
 from pydicom.uid import MRImageStorage, generate_uid
 
-from model.dicom_io import read_dicom_series
-from model.dicom_seg import derive_ct_series
-from model.dicomweb import DicomwebSettings, make_client
-from model.preprocessing import Volume as ModelVolume
-from model.vocabulary import default_vocabulary
+from model.io.dicom_io import read_dicom_series
+from model.io.dicom_seg import derive_ct_series
+from model.io.dicomweb import DicomwebSettings, make_client
+from model.inference.preprocessing import Volume as ModelVolume
+from model.targets.vocabulary import default_vocabulary
 from tests.conftest import LATENTSEG, Volume, clean_env, find_free_port
 from tests.e2e.flow import download_results, poll
 from tests.orthanc import Orthanc, dataset_bytes, needs_orthanc, start_orthanc

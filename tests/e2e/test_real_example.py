@@ -66,7 +66,7 @@ def test_shipped_bundle_on_the_shared_real_scans(shipped: Path, tmp_path: Path) 
 
 def test_shipped_bundle_refuses_a_target_it_does_not_serve(shipped: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from model.bundle_manifest import read_manifest
+    from model.bundle.manifest import read_manifest
 
     manifest = read_manifest(shipped)
     unserved = [t for t in manifest.trained_targets if t not in manifest.served_targets]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.bundle import LoadedBundle, load_bundle, write_random_bundle
-from model.config import tiny_config
+from model.bundle.loaded import LoadedBundle, load_bundle, write_random_bundle
+from model.bundle.config import tiny_config
 from model.diffusion.schedule import make_betas
 
 

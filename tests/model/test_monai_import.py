@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from model.bundle import write_random_bundle
+from model.bundle.loaded import write_random_bundle
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None, reason="transformers is not installed: nothing to hide"

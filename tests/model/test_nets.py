@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from model.bundle import build_networks, randomise_zero_parameters
-from model.config import (
+from model.bundle.loaded import build_networks, randomise_zero_parameters
+from model.bundle.config import (
     DenoiserConfig,
     ImageVAEConfig,
     MaskAEConfig,
@@ -16,7 +16,7 @@ from model.config import (
 )
 from model.nets.autoencoder import MaskAutoencoder, build_image_vae, encode_image_mean
 from model.nets.unet import LatentDenoiser
-from model.vocabulary import default_vocabulary
+from model.targets.vocabulary import default_vocabulary
 
 NUM_IDS = default_vocabulary().max_id + 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.bundle import LoadedBundle
+from model.bundle.loaded import LoadedBundle
 from model.diffusion.samplers import SamplerKind, randn, sample, sample_progressive
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from model.prompts import packaged_embedder
+from model.targets.prompts import packaged_embedder
 from service.prompt_targets import CachedEmbedder
 from tests.conftest import Process, clean_env, launch_server, purge_namespace
 from tests.reliability.conftest import ALICE_KEY, auth, unaccepted_job_dirs, wait_status

@@ -231,7 +231,7 @@ def test_fractional_cannot_go_with_dicom_false(http: httpx.Client) -> None:
 def test_reading_a_series_logs_counts_never_file_names_or_uids(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """What the worker and the CLI call: files named by their UIDs (as PACS exports do), a SEG and a
     README beside them, a symbolic link in a zip. INFO lines say how many were skipped, nothing more."""
-    from model.dicom_io import read_dicom_series
+    from model.io.dicom_io import read_dicom_series
 
     seg = SERIES_DIR / "liver.dcm"
     members = [(f"CT.{pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID}", p.read_bytes()) for p in CT_FILES]

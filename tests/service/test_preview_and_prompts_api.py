@@ -11,8 +11,8 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model.preview import target_colour
-from model.text_embedding import packaged_model_dir
+from model.io.preview import target_colour
+from model.targets.text_embedding import packaged_model_dir
 from service.auth import hash_api_key, new_api_key
 from service.main import create_app
 from service.settings import ServiceSettings

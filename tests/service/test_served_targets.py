@@ -10,7 +10,7 @@ import httpx
 from redis import Redis
 from rq import Queue
 
-from model.bundle_manifest import demo_bundle_path, read_manifest
+from model.bundle.manifest import demo_bundle_path, read_manifest
 from service.served import _from_entries, unserved_problem
 from tests.conftest import Process, Volume, wait_until
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from model.vocabulary import default_vocabulary
+from model.targets.vocabulary import default_vocabulary
 from service.main import create_app
 from service.settings import ServiceSettings
 from tests.conftest import LATENTSEG, clean_env

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.bundle import load_bundle, write_random_bundle
-from model.config import ModelConfig
+from model.bundle.loaded import load_bundle, write_random_bundle
+from model.bundle.config import ModelConfig
 from training.ceiling import mask_ae_ceiling, round_trip_dice
 from training.data import prepare_case, read_dataset
 
@@ -63,8 +63,8 @@ def test_trained_demo_auto_encoder_reconstructs_the_liver(msd_phantoms: Path) ->
 
 
 def test_grid_ceiling_is_what_the_spacing_costs(tmp_path: Path) -> None:
-    from model.config import PreprocessConfig
-    from model.vocabulary import default_vocabulary
+    from model.bundle.config import PreprocessConfig
+    from model.targets.vocabulary import default_vocabulary
     from training.ceiling import grid_ceiling
     from training.phantoms import PhantomSpec, write_phantom_dataset
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.config import tiny_config
+from model.bundle.config import tiny_config
 from tests.training.conftest import TINY_CONFIG
 from training.config import ConfigError, DiffusionStage, TrainConfig, learning_rate, load_train_config
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from model.config import tiny_config
-from model.vocabulary import DatasetLabelMap, default_vocabulary
+from model.bundle.config import tiny_config
+from model.targets.vocabulary import DatasetLabelMap, default_vocabulary
 from tests.training.conftest import msd_cases, write_msd_subset, write_nnunet_v2, write_plain
 from training.data import (
     CaseFiles,

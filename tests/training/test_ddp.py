@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.bundle import load_bundle
+from model.bundle.loaded import load_bundle
 from tests.conftest import clean_env, find_free_port
 from tests.training.conftest import REPO_ROOT, write_train_config
 

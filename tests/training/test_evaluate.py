@@ -114,7 +114,7 @@ def test_case_results_and_summary_exclude_absent_targets_from_dice() -> None:
 
 
 def test_evaluate_dataset_with_random_bundle_on_tiny_phantoms(tmp_path: Path) -> None:
-    from model.bundle import load_bundle, write_random_bundle
+    from model.bundle.loaded import load_bundle, write_random_bundle
     from training.evaluate import evaluate_dataset, read_report, write_report
     from training.phantoms import PhantomSpec, write_phantom_dataset
 
@@ -134,7 +134,7 @@ def test_evaluate_dataset_with_random_bundle_on_tiny_phantoms(tmp_path: Path) ->
 
 
 def test_evaluate_dataset_records_and_uses_the_requested_sampler(tmp_path: Path) -> None:
-    from model.bundle import load_bundle, write_random_bundle
+    from model.bundle.loaded import load_bundle, write_random_bundle
     from training.evaluate import evaluate_dataset
     from training.phantoms import PhantomSpec, write_phantom_dataset
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from model.bundle import load_bundle, write_random_bundle
+from model.bundle.loaded import load_bundle, write_random_bundle
 from training.finetune import FinetuneError
 from training.loops import STAGES, train
 

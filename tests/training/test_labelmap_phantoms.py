@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cli.main import main as latentseg
-from model.vocabulary import default_vocabulary
+from model.targets.vocabulary import default_vocabulary
 from tests.training.conftest import write_nnunet_v2
 from training.data import read_dataset
 from training.labelmap_phantoms import synthesise

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.bundle import load_bundle
-from model.vocabulary import default_vocabulary
+from model.bundle.loaded import load_bundle
+from model.targets.vocabulary import default_vocabulary
 from tests.training.conftest import read_log, write_train_config
 from training.config import TrainConfig, load_train_config
 from training.data import PatchSampler, prepare_sources, read_dataset

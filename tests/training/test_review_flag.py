@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from model.statistics import ReviewPolicy
+from model.inference.statistics import ReviewPolicy
 from training import card_sections as cs
 from training.review_flag import MeasuredRun, measure, read_measurement, write_measurement
 

@@ -18,7 +18,7 @@ def test_settings_parse_and_bad_ones_say_why() -> None:
 
 
 def test_sweep_cli_scores_every_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from model.bundle import write_random_bundle
+    from model.bundle.loaded import write_random_bundle
     from training.phantoms import PhantomSpec, write_phantom_dataset
 
     data = write_phantom_dataset(tmp_path / "ph", 1, 7, PhantomSpec(shape=(40, 40, 6), spacing=(9.0, 9.0, 12.0)))

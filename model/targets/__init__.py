@@ -1,0 +1,1 @@
+"""Segmentation targets: the vocabulary, free-text prompts and their numpy text embedding (torch-free)."""
