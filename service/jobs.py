@@ -31,10 +31,8 @@ periodically).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -54,6 +52,7 @@ from worker.contracts import (
     encode_fields,
     record_key,
     utc_now,
+    write_json_atomically,
 )
 from worker.memory import MiB, budget_message
 
@@ -596,16 +595,11 @@ class JobService:
         if only_if_missing and all(stored.get(name) == value for name, value in ending.items()):
             return False
         stored.update(ending)
-        path = self.storage.job_dir(job_id) / MANIFEST_NAME
-        partial = path.with_name(f".{MANIFEST_NAME}.{secrets.token_hex(4)}.part")
         try:
-            partial.write_text(json.dumps(manifest))
-            os.replace(partial, path)
+            write_json_atomically(self.storage.job_dir(job_id) / MANIFEST_NAME, manifest)
         except OSError as exc:
             log.warning("job %s: could not record its ending on storage (%s)", job_id, type(exc).__name__)
             return False
-        finally:
-            partial.unlink(missing_ok=True)
         return True
 
     # ------------------------------------------------------------ cancel and delete

@@ -14,8 +14,6 @@ import errno
 import hashlib
 import json
 import logging
-import os
-import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +28,7 @@ from worker.contracts import (
     is_job_id,
     job_dir,
     results_dir,
+    write_json_atomically,
 )
 
 __all__ = ["STORAGE_ERRNOS", "RawUpload", "ResultFile", "Storage", "StorageFull", "UploadTooLarge", "is_storage_full"]
@@ -109,14 +108,7 @@ class Storage:
         return self.job_dir(job_id) / (DICOM_INPUT_NAME if dicom else "input.nii")
 
     def write_manifest(self, job_id: str, manifest: dict[str, object]) -> None:
-        path = self.job_dir(job_id) / MANIFEST_NAME
-        # A private temp name: the worker records a job's ending into the same file concurrently.
-        partial = path.with_name(f".{MANIFEST_NAME}.{secrets.token_hex(4)}.part")
-        try:
-            partial.write_text(json.dumps(manifest))
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        write_json_atomically(self.job_dir(job_id) / MANIFEST_NAME, manifest)
 
     def read_manifest(self, job_id: str) -> dict[str, object] | None:
         try:

@@ -134,6 +134,18 @@ def default_storage_dir() -> Path:
     return Path(base) / "latentseg"
 
 
+def write_json_atomically(path: Path, value: Any) -> None:
+    """Replace ``path`` with ``value`` as JSON through a private temp file: a reader sees the old
+    file or the new one, never half of either, and two writers (the API and a worker both update a
+    job's ``job.json``) never rename each other's temp file. Raises OSError; leaves no temp file."""
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        partial.write_text(json.dumps(value))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def job_dir(storage_root: Path, job_id: str) -> Path:
     if not is_job_id(job_id):
         raise PayloadError(f"not a job id: {job_id!r}")

@@ -45,6 +45,7 @@ from worker.contracts import (
     job_dir,
     results_dir,
     utc_now,
+    write_json_atomically,
 )
 from worker.memory import MiB, budget_message
 from worker.runtime import WorkerRuntime, WorkerStopped, current_runtime
@@ -186,12 +187,7 @@ def record_terminal_state(storage_root: Path, job_id: str, fields: Mapping[str, 
         if not isinstance(manifest, dict) or not isinstance(manifest.get("record"), dict):
             return False
         manifest["record"].update(fields)
-        partial = path.with_name(f".{MANIFEST_NAME}.{secrets.token_hex(4)}.part")
-        try:
-            partial.write_text(json.dumps(manifest))
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        write_json_atomically(path, manifest)
     except FileNotFoundError:
         return False
     except (OSError, ValueError) as exc:
