@@ -14,8 +14,8 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
 from service.auth import CallerDep
-from service.deps import ServicesDep
-from worker.contracts import DICOM_INPUT_NAME, is_job_id
+from service.deps import ServicesDep, owned_job
+from worker.contracts import DICOM_INPUT_NAME
 
 __all__ = ["router"]
 
@@ -35,9 +35,7 @@ router = APIRouter(tags=["jobs"])
     },
 )
 def get_job_input(services: ServicesDep, owner: CallerDep, job_id: str) -> FileResponse:
-    record = services.jobs.get_owned(job_id, owner) if is_job_id(job_id) else None
-    if record is None:
-        raise HTTPException(404, f"no job {job_id!r}")
+    record = owned_job(services, job_id, owner)
     path = services.storage.input_path(job_id)
     if path is None:
         raise HTTPException(410, f"the input of job {job_id} is no longer stored")

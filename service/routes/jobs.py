@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from service.auth import CallerDep
-from service.deps import ServicesDep
+from service.deps import ServicesDep, owned_job
 from service.jobs import DeleteOutcome
 from service.schemas import JobList, JobStatus, ResultFileOut, ResultManifest
 from worker.contracts import JobState, is_job_id
@@ -40,12 +40,6 @@ def _status(request: Request, record: dict[str, Any]) -> JobStatus:
     return JobStatus.from_record(record, results_url)
 
 
-def _record(services: ServicesDep, job_id: str, owner: str) -> dict[str, Any]:
-    """The caller's job, else 404 (another key's job is indistinguishable from a missing one)."""
-    record = services.jobs.get_owned(job_id, owner) if is_job_id(job_id) else None
-    if record is None:
-        raise _not_found(job_id)
-    return record
 
 
 @router.get("/jobs", response_model=JobList)
@@ -69,7 +63,7 @@ def list_jobs(
 
 @router.get("/jobs/{job_id}", response_model=JobStatus, name="get_job")
 def get_job(request: Request, services: ServicesDep, owner: CallerDep, job_id: str) -> JobStatus:
-    return _status(request, _record(services, job_id, owner))
+    return _status(request, owned_job(services, job_id, owner))
 
 
 @router.delete(
@@ -87,15 +81,15 @@ def delete_job(request: Request, services: ServicesDep, owner: CallerDep, job_id
     if outcome is DeleteOutcome.MISSING:
         raise _not_found(job_id)
     if outcome is DeleteOutcome.CANCEL_REQUESTED:
-        body = _status(request, _record(services, job_id, owner))
+        body = _status(request, owned_job(services, job_id, owner))
         return JSONResponse(body.model_dump(mode="json"), status_code=202)
     if outcome is DeleteOutcome.CANCELED:
-        return _status(request, _record(services, job_id, owner))
+        return _status(request, owned_job(services, job_id, owner))
     return Response(status_code=204)
 
 
 def _finished(services: ServicesDep, job_id: str, owner: str) -> dict[str, Any]:
-    record = _record(services, job_id, owner)
+    record = owned_job(services, job_id, owner)
     if record["status"] != JobState.FINISHED.value:
         raise HTTPException(409, f"job {job_id} has no results: it is {record['status']}")
     return record

@@ -19,8 +19,8 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
 from service.auth import CallerDep
-from service.deps import ServicesDep
-from worker.contracts import DICOM_INPUT_NAME, JobState, is_job_id
+from service.deps import ServicesDep, owned_job
+from worker.contracts import DICOM_INPUT_NAME, JobState
 
 __all__ = ["router"]
 
@@ -61,9 +61,7 @@ def _render(services: ServicesDep, job_id: str, cached: Path, requested: list[st
     },
 )
 def get_preview(services: ServicesDep, owner: CallerDep, job_id: str) -> FileResponse:
-    record = services.jobs.get_owned(job_id, owner) if is_job_id(job_id) else None
-    if record is None:
-        raise HTTPException(404, f"no job {job_id!r}")
+    record = owned_job(services, job_id, owner)
     if record["status"] != JobState.FINISHED.value:
         raise HTTPException(409, f"job {job_id} has no picture: it is {record['status']}")
     written = services.storage.result(job_id, PREVIEW_NAME)
