@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from model.bundle.manifest import SAMPLING_RANGES
 from model.diffusion.process import LossType, MeanType, VarType
 from model.diffusion.samplers import SamplerKind
 from model.diffusion.schedule import ScheduleKind
@@ -130,8 +131,9 @@ class DiffusionConfig(FrozenConfig):
 class SamplingConfig(FrozenConfig):
     """Inference defaults; requests may override steps, ensemble and seed."""
 
-    steps: int = Field(10, ge=1, le=1000)
-    ensemble: int = Field(5, ge=1, le=64)
+    # The defaults of every entry point (CLI, API, worker); the ranges: model.bundle.manifest.check_sampling.
+    steps: int = Field(10, ge=SAMPLING_RANGES["steps"][0], le=SAMPLING_RANGES["steps"][1])
+    ensemble: int = Field(5, ge=SAMPLING_RANGES["ensemble"][0], le=SAMPLING_RANGES["ensemble"][1])
     sampler: SamplerKind = SamplerKind.DDPM
     eta: float = 0.0
     overlap: float = Field(0.25, ge=0.0, lt=1.0)

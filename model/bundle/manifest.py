@@ -8,6 +8,10 @@ A bundle is a folder::
 
 The API process reads only the manifest (to know the bundle's name, version and trained
 targets) and never imports torch.
+
+It is also the one home of the sampling parameters' ranges (:func:`check_sampling`): the CLI, the
+API (before anything is queued), the worker and the pipeline all check ``ensemble`` and ``steps``
+with it. Their defaults are the bundle's ``config.sampling`` section, never a setting.
 """
 
 from __future__ import annotations
@@ -18,13 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.errors import BundleError
+from model.errors import BundleError, InputError
 from model.targets.vocabulary import Vocabulary
 
 SCHEMA_VERSION = 1
 BUNDLE_FORMAT = "latentseg-bundle"
 MANIFEST_NAME = "bundle.json"
 WEIGHTS_NAME = "weights.safetensors"
+
+# What the model accepts (bundle configs, requests): inclusive (low, high).
+SAMPLING_RANGES: dict[str, tuple[int, int]] = {"ensemble": (1, 64), "steps": (1, 1000)}
 
 
 @dataclass(frozen=True)
@@ -152,3 +159,46 @@ def _validation(section: Any, manifest_path: Path, trained: tuple[str, ...]) -> 
         if not isinstance(mark, dict) or not isinstance(mark.get("served", True), bool):
             raise BundleError(f"{manifest_path}: validation.targets.{name}.served must be true or false")
     return dict(section)
+
+
+# ---------------------------------------------------------------- sampling parameters
+
+
+class SamplingRangeError(InputError):
+    """A sampling parameter outside the model's range or the operator's cap."""
+
+    def __init__(self, parameter: str, value: object, allowed: tuple[int, int], cap: str | None = None) -> None:
+        self.parameter, self.value, self.allowed = parameter, value, allowed
+        why = f" (this server's cap, {cap})" if cap else ""
+        super().__init__(f"{parameter} must be an integer in {allowed[0]}..{allowed[1]}{why}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SamplingCaps:
+    """Operators' upper bounds (``LATENTSEG_MAX_ENSEMBLE``, ``LATENTSEG_MAX_STEPS``); None: the model's range."""
+
+    max_ensemble: int | None = None
+    max_steps: int | None = None
+
+
+def check_sampling(ensemble: int | None, steps: int | None, caps: SamplingCaps = SamplingCaps()) -> None:
+    """The one range check of ``ensemble`` and ``steps`` (None: not given, the bundle's default applies):
+    the model's :data:`SAMPLING_RANGES`, narrowed by ``caps``; raises :class:`SamplingRangeError`."""
+    for name, value, cap in (("ensemble", ensemble, caps.max_ensemble), ("steps", steps, caps.max_steps)):
+        if value is None:
+            continue
+        low, high = SAMPLING_RANGES[name]
+        capped = cap is not None and cap < high
+        allowed = (low, cap if capped and cap is not None else high)
+        if not isinstance(value, int) or isinstance(value, bool) or not allowed[0] <= value <= allowed[1]:
+            raise SamplingRangeError(name, value, allowed, f"LATENTSEG_MAX_{name.upper()}" if capped else None)
+
+
+def resolve_sampling(
+    defaults: Any, ensemble: int | None, steps: int | None, caps: SamplingCaps = SamplingCaps()
+) -> tuple[int, int]:
+    """``(ensemble, steps)``: the given values, else the bundle's ``defaults`` (its ``config.sampling``:
+    anything with ``ensemble`` and ``steps``), checked by :func:`check_sampling`."""
+    chosen = (defaults.ensemble if ensemble is None else ensemble, defaults.steps if steps is None else steps)
+    check_sampling(*chosen, caps)
+    return chosen

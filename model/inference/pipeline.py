@@ -46,6 +46,7 @@ from model.inference.ensemble import (
     member_mask_overlaps,
     sample_window_probabilities,
 )
+from model.bundle.manifest import check_sampling, resolve_sampling
 from model.errors import InputError
 from model.inference.preprocessing import (
     Volume,
@@ -82,8 +83,8 @@ class SegmentationOptions:
     pairs); None uses the bundle's ``sampling.max_batch``. Neither changes results.
     """
 
-    ensemble: int = 5
-    steps: int = 10
+    ensemble: int | None = None  # None: the bundle's default (sampling.ensemble)
+    steps: int | None = None  # None: the bundle's default (sampling.steps)
     seed: int = 0
     sampler: str | None = None  # None: the bundle's default
     largest_component: bool | None = None  # None: the bundle's default (sampling.largest_component)
@@ -91,10 +92,7 @@ class SegmentationOptions:
     max_batch: int | None = None
 
     def check(self) -> None:
-        if not 1 <= self.ensemble <= 64:
-            raise InputError(f"ensemble must be in 1..64, got {self.ensemble}")
-        if not 1 <= self.steps <= 1000:
-            raise InputError(f"steps must be in 1..1000, got {self.steps}")
+        check_sampling(self.ensemble, self.steps)
         if self.slices_per_chunk is not None and self.slices_per_chunk < 1:
             raise InputError(f"slices_per_chunk must be >= 1, got {self.slices_per_chunk}")
         if self.max_batch is not None and self.max_batch < 1:
@@ -256,10 +254,11 @@ def predict_model_grid(
     options.check()
     resolved = resolve_targets(bundle, targets, unserved=unserved)
     cfg = bundle.config
+    ensemble, steps = resolve_sampling(cfg.sampling, options.ensemble, options.steps)
     pre = cfg.preprocess
     grid = to_model_grid(volume, pre)
     hu = grid.hu
-    num_targets, ensemble = len(resolved), options.ensemble
+    num_targets = len(resolved)
     mean = torch.zeros((num_targets, *hu.shape), dtype=torch.float32)
     variance = torch.zeros_like(mean)
     member_voxels = torch.zeros((num_targets, ensemble), dtype=torch.int64)
@@ -278,7 +277,7 @@ def predict_model_grid(
     body_slices = axial_slices(body[rows, cols].float())
     slice_has_body = body_slices.flatten(1).amax(dim=1) > 0
     num_slices = image_slices.shape[0]
-    process = bundle.process(options.steps)
+    process = bundle.process(steps)
     sampler = options.sampler or cfg.sampling.sampler
     max_batch = denoiser_batch_size(cfg, options.max_batch or cfg.sampling.max_batch, _memory_budget(bundle.device))
     target_ids = [t.id for t in resolved]
@@ -600,8 +599,8 @@ def segment_file(
     out_dir: Path,
     targets: Sequence[str] | str,
     *,
-    ensemble: int = 5,
-    steps: int = 10,
+    ensemble: int | None = None,
+    steps: int | None = None,
     seed: int = 0,
     progress: Progress | None = None,
     options: SegmentationOptions | None = None,
