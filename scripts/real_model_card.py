@@ -25,18 +25,31 @@ SHARED = REPO.parent / "shared" / "data"
 log = logging.getLogger("real_model_card")
 
 
-def evaluate_once(work: Path, name: str, bundle: Path, data: Path, cases: Sequence[str] | None, reuse: bool) -> Any:
+def evaluate_once(store: Path | None, work: Path, name: str, bundle: Path, data: Path, cases: Sequence[str] | None, reuse: bool) -> Any:
+    """A ``latentseg evaluate`` report: from ``work`` or the repository's store when present, else measured
+    now (and copied to the store, so that the card re-renders on a clone without the run folders)."""
+    import shutil
+
     from model.bundle.loaded import load_bundle
     from training.evaluate import evaluate_dataset, read_report, write_report
 
     report_path = work / name / "evaluation.json"
+    stored = None if store is None else store / f"{name}.json"
     if report_path.is_file():
+        if stored is not None and not stored.is_file():
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(report_path, stored)
         return read_report(report_path)
+    if stored is not None and stored.is_file():
+        return read_report(stored)
     if reuse:
         raise SystemExit(f"--reuse: {report_path} is missing")
     log.info("evaluating %s: %s on %s %s", name, bundle, data, list(cases or []))
     report = evaluate_dataset(load_bundle(bundle, device="cpu"), data, cases=cases)
     write_report(report, work / name)
+    if stored is not None:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(report_path, stored)
     return report
 
 
@@ -64,14 +77,26 @@ def ceilings(work: Path, bundle: Path, data: Path, reuse: bool) -> tuple[dict[st
             [CeilingResult(**r) for r in raw["mask_ae"]])
 
 
-def run_rows(runs: Path, names: Sequence[str]) -> str:
-    lines = ["| run | left out | data (datasets) | diffusion steps | wall time | s / 1000 steps | final mse |",
-             "|---|---|---|---:|---:|---:|---:|"]
+def run_provenance(runs: Path, names: Sequence[str], store: Path) -> dict[str, dict[str, Any]]:
+    """Each run bundle's provenance (``<runs>/<name>/bundle``), kept in ``store/runs.json`` so that the card
+    re-renders on a clone without the run folders."""
+    path = store / "runs.json"
+    kept: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else {}
     for name in names:
         manifest = runs / name / "bundle" / "bundle.json"
-        if not manifest.is_file():
-            continue
-        prov = json.loads(manifest.read_text())["provenance"]
+        if manifest.is_file():
+            kept[name] = json.loads(manifest.read_text())["provenance"]
+    if kept:
+        store.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
+    return kept
+
+
+def run_rows(provenance: dict[str, dict[str, Any]]) -> str:
+    lines = ["| run | left out | data (datasets) | diffusion steps | wall time | s / 1000 steps | final mse |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for name in sorted(provenance, key=lambda n: (n == "full", n)):
+        prov = provenance[name]
         stage = prov.get("stages", {}).get("diffusion", {})
         steps, seconds = stage.get("steps", 0), stage.get("seconds", 0.0)
         per_k = f"{1000 * seconds / steps:.0f}" if steps else "n/a"
@@ -81,6 +106,14 @@ def run_rows(runs: Path, names: Sequence[str]) -> str:
             f"{steps} | {seconds / 60:.0f} min | {per_k} | {'n/a' if mse is None else f'{mse:.4f}'} |"
         )
     return "\n".join(lines)
+
+
+def fold_steps(provenance: dict[str, dict[str, Any]]) -> str:
+    """The diffusion steps of the fold runs ("6000" or "5200–6000")."""
+    steps = sorted({p.get("stages", {}).get("diffusion", {}).get("steps", 0) for n, p in provenance.items() if n.startswith("fold_")})
+    if not steps:
+        return "?"
+    return str(steps[0]) if len(steps) == 1 else f"{steps[0]}–{steps[-1]}"
 
 
 EQUAL_STEP_RUNS = {  # run -> what it changes against its fold (the same left-out case, the same 1000 steps)
@@ -118,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "real_card")
     parser.add_argument("--card", type=Path, default=REPO / "MODEL_CARD.md")
     parser.add_argument("--notes", type=Path, default=REPO / "docs" / "model_card" / "real_notes.md")
+    parser.add_argument("--history", type=Path, default=REPO / "docs" / "model_card" / "history" / "v0.7_left_out.json",
+                        help="left-out results of earlier recipes whose reports were not kept")
+    parser.add_argument("--store", type=Path, default=REPO / "docs" / "model_card" / "evaluations",
+                        help="the card's evaluation reports, kept in the repository (one folder per bundle version)")
     parser.add_argument("--phantom-cases", type=int, default=3)
     parser.add_argument("--reuse", action="store_true")
     args = parser.parse_args(argv)
@@ -132,26 +169,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(args.bundle)
+    store = args.store / manifest.version
     order = list(manifest.trained_targets)
+    history = json.loads(args.history.read_text())["runs"] if args.history.is_file() else {}
     from model.targets.vocabulary import default_vocabulary
 
     cases = [case_id(c) for c in read_dataset(ts, default_vocabulary()).cases]
-    folds = [evaluate_once(work, f"fold_{c}", args.runs / f"fold_{c}" / "bundle", ts, [c], args.reuse)
-             for c in cases if (args.runs / f"fold_{c}" / "bundle").is_dir()]
-    baseline = [evaluate_once(work, f"baseline_{c}", args.baseline, ts, [c], args.reuse) for c in cases] \
-        if (args.baseline / "bundle.json").is_file() else []
-    nophantom = [evaluate_once(work, f"fold_{c}_nophantoms", args.runs / f"fold_{c}_nophantoms" / "bundle", ts, [c], args.reuse)
-                 for c in cases if (args.runs / f"fold_{c}_nophantoms" / "bundle").is_dir()]
+    def have(name: str, run: Path) -> bool:
+        return (run / "bundle").is_dir() or (store / f"{name}.json").is_file()
+
+    folds = [evaluate_once(store, work, f"fold_{c}", args.runs / f"fold_{c}" / "bundle", ts, [c], args.reuse)
+             for c in cases if have(f"fold_{c}", args.runs / f"fold_{c}")]
+    baseline = [evaluate_once(store, work, f"baseline_{c}", args.baseline, ts, [c], args.reuse) for c in cases] \
+        if (args.baseline / "bundle.json").is_file() or (store / f"baseline_{cases[0]}.json").is_file() else []
+    nophantom = [evaluate_once(store, work, f"fold_{c}_nophantoms", args.runs / f"fold_{c}_nophantoms" / "bundle", ts, [c], args.reuse)
+                 for c in cases if have(f"fold_{c}_nophantoms", args.runs / f"fold_{c}_nophantoms")]
     with_phantoms = [f for f in folds if any(f.cases == n.cases for n in nophantom)]
-    shipped_ts = evaluate_once(work, "shipped_ts", args.bundle, ts, None, args.reuse)
+    shipped_ts = evaluate_once(store, work, "shipped_ts", args.bundle, ts, None, args.reuse)
     spleen = None
-    if (args.runs / "data" / "spleen8" / "labelmap.json").is_file():
-        spleen = evaluate_once(work, "shipped_spleen8", args.bundle, args.runs / "data" / "spleen8", None, args.reuse)
+    if (args.runs / "data" / "spleen8" / "labelmap.json").is_file() or (store / "shipped_spleen8.json").is_file():
+        spleen = evaluate_once(store, work, "shipped_spleen8", args.bundle, args.runs / "data" / "spleen8", None, args.reuse)
     phantoms_dir = work / "heldout_phantoms"
     if not (phantoms_dir / "dataset.json").is_file() and not args.reuse:
         write_phantom_dataset(phantoms_dir, args.phantom_cases, 9000, PhantomSpec())
-    phantom = None if args.reuse and not (work / "shipped_phantoms" / "evaluation.json").is_file() else \
-        evaluate_once(work, "shipped_phantoms", args.bundle, phantoms_dir, None, args.reuse)
+    phantom = None if args.reuse and not (work / "shipped_phantoms" / "evaluation.json").is_file() \
+        and not (store / "shipped_phantoms.json").is_file() else \
+        evaluate_once(store, work, "shipped_phantoms", args.bundle, phantoms_dir, None, args.reuse)
+    provenance = run_provenance(args.runs, [p.name for p in sorted(args.runs.glob("fold_*")) if p.is_dir() and not p.is_symlink()] + ["full"], store)
     grids, ae = ceilings(work, args.bundle, ts, False)  # seconds: always computed when missing
 
     notes = args.notes.read_text() if args.notes.is_file() else ""
@@ -200,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ran its last 675 steps alone with both threads. Seconds per 1000 steps below are for runs sharing the "
         "2 cores four to six ways; one run alone with one thread takes about 1140 s per 1000 steps.",
         "",
-        run_rows(args.runs, [p.name for p in sorted(args.runs.glob("fold_*")) if p.is_dir() and not p.is_symlink()] + ["full"]),
+        run_rows(provenance),
         "",
         "## Left-out patients (the floors)",
         "Each row: a bundle trained without that patient, scored on it (bundle defaults: "
@@ -215,9 +259,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cs.served_table(manifest.validation) if manifest.validation else "_No validation section in this bundle._",
         "",
         "## What each change bought (same left-out cases)",
-        cs.comparison_table(
-            {**({"v0.6 (phantoms)": baseline} if baseline else {}), "v0.7 fold (real + phantoms)": folds,
-             **({"fold without phantoms": nophantom} if nophantom else {})}, order),
+        cs.dice_columns_table(
+            {**({"v0.6 (phantoms)": cs.dice_of(baseline)} if baseline else {}),
+             **{name: cs.dice_from_history(run) for name, run in history.items()
+                if not (baseline and name.startswith("v0.6"))},
+             f"v{manifest.version} fold ({fold_steps(provenance)} steps)": cs.dice_of(folds),
+             **({"fold without phantoms": cs.dice_of(nophantom)} if nophantom else {})}, order),
         "",
         *( [f"Phantoms vs none at equal steps: compared on {', '.join(c for f in with_phantoms for c in f.cases)}."] if with_phantoms else []),
         "",

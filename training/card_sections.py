@@ -73,26 +73,39 @@ def per_case_minimum(folds: Sequence[EvaluationReport]) -> str:
     return "\n".join(lines)
 
 
-def comparison_table(columns: Mapping[str, Sequence[EvaluationReport]], order: Sequence[str]) -> str:
-    """Dice per (case, target) side by side for several runs scored on the same left-out cases."""
+DiceColumn = Mapping[tuple[str, str], float]
+
+
+def dice_of(reports: Sequence[EvaluationReport]) -> dict[tuple[str, str], float]:
+    """Dice per (case, target) where the target is present in the case, from measured reports."""
+    return {k: r.dice for rep in reports for k, r in _rows(rep).items() if r.truth_voxels > 0}
+
+
+def dice_from_history(run: Mapping[str, Any]) -> dict[tuple[str, str], float]:
+    """Dice per (case, target) from a recorded run (``docs/model_card/history/*.json``: ``results`` maps
+    case -> target -> {"dice": ...}), for runs whose reports were not kept."""
+    return {(case, target): float(v["dice"]) for case, targets in run.get("results", {}).items()
+            for target, v in targets.items()}
+
+
+def dice_columns_table(columns: Mapping[str, DiceColumn], order: Sequence[str]) -> str:
+    """Dice per (case, target) side by side for several runs scored on the same left-out cases; a row
+    appears when any run has the target present in that case."""
     names = list(columns)
     lines = ["| case | target | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
-    index = {name: {k: v for rep in reps for k, v in _rows(rep).items()} for name, reps in columns.items()}
-    cases = [c for reps in columns.values() for rep in reps for c in rep.cases]
-    for case in dict.fromkeys(cases):
+    cases = dict.fromkeys(case for column in columns.values() for case, _ in column)
+    for case in cases:
         for target in order:
-            cells = []
-            present = False
-            for name in names:
-                r = index[name].get((case, target))
-                if r is not None and r.truth_voxels > 0:
-                    present = True
-                    cells.append(f"{r.dice:.3f}")
-                else:
-                    cells.append("—")
-            if present:
-                lines.append(f"| {case} | {target} | " + " | ".join(cells) + " |")
+            cells = [columns[name].get((case, target)) for name in names]
+            if all(c is None for c in cells):
+                continue
+            lines.append(f"| {case} | {target} | " + " | ".join("—" if c is None else f"{c:.3f}" for c in cells) + " |")
     return "\n".join(lines)
+
+
+def comparison_table(columns: Mapping[str, Sequence[EvaluationReport]], order: Sequence[str]) -> str:
+    """Dice per (case, target) side by side for several runs scored on the same left-out cases."""
+    return dice_columns_table({name: dice_of(reps) for name, reps in columns.items()}, order)
 
 
 def summary_table(report: EvaluationReport) -> str:
