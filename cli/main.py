@@ -13,6 +13,8 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
+from model.errors import UserError
+
 # Order is the order shown in --help.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "segment",
@@ -34,7 +36,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 MONAI_COMMANDS = frozenset({"segment", "evaluate", "worker", "export_onnx"})
 
 
-class CliError(Exception):
+class CliError(UserError):
     """An error the user can fix; printed as one line, exit status 2."""
 
 

@@ -10,6 +10,14 @@ The error model
     ``message`` is that sentence, with the names a client can act on (:class:`StructuredDetail`).
     The OpenAPI document declares that body for every error response of every operation.
 
+Errors of the family (:mod:`model.errors`)
+    Mapped here, once: a :class:`~model.errors.UserError` raised anywhere in a request is answered
+    with its class's ``status`` (4xx), its ``detail()`` and its ``headers`` (plus ``Retry-After``
+    where ``retry_later``); a :class:`~model.errors.ServerFault` is logged with its traceback and
+    answered with its ``status`` (5xx) and the same sentence as any unexpected error (for 500),
+    or its message (any other 5xx). Routes raise them as they are; they catch one only to clean
+    up or to answer it differently from its class.
+
 Storage full
     An ``OSError`` for a full disk or an exhausted quota (``ENOSPC``, ``EDQUOT``) anywhere in a
     request, or :class:`service.storage.StorageFull` (the upload validator's child met one),
@@ -41,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from model.errors import ServerFault, UserError
 from service.storage import StorageFull, is_storage_full
 
 __all__ = [
@@ -130,6 +139,28 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     sentences = [f"{_where(e['loc'])}: {e['msg']}" for e in errors[:3]]
     more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
     return error_response(422, "invalid request: " + "; ".join(sentences) + more, errors=errors)
+
+
+def _family_handlers(retry_after_s: int) -> tuple[Any, Any]:
+    """The handlers of :class:`UserError` and :class:`ServerFault` (module docstring)."""
+
+    def headers(exc: UserError | ServerFault) -> dict[str, str]:
+        extra = {"Retry-After": str(retry_after_s)} if exc.retry_later else {}
+        return {**exc.headers, **extra}
+
+    async def user_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, UserError)
+        return error_response(exc.status, exc.detail(), headers(exc))
+
+    async def server_fault(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServerFault)
+        # Handled here, so nothing re-raises it: the traceback goes to the log now.
+        log.error("%s during %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+        if exc.status == 500:
+            return _internal_error()
+        return error_response(exc.status, exc.detail(), headers(exc))
+
+    return user_error, server_fault
 
 
 async def _storage_full(request: Request, exc: Exception) -> JSONResponse:
@@ -264,14 +295,18 @@ def _install_docs(app: FastAPI) -> None:
         return get_swagger_ui_oauth2_redirect_html()
 
 
-def install_api_surface(app: FastAPI) -> None:
+def install_api_surface(app: FastAPI, *, retry_after_s: int) -> None:
     """Error handlers, security headers, OpenAPI error declarations and ``/docs`` (module docstring).
 
     Create the app with ``docs_url=None, redoc_url=None``: this serves ``/docs`` itself.
+    ``retry_after_s``: the ``Retry-After`` of an error whose class says ``retry_later``.
     """
+    user_error, server_fault = _family_handlers(retry_after_s)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StorageFull, _storage_full)
+    app.add_exception_handler(UserError, user_error)
+    app.add_exception_handler(StorageFull, _storage_full)  # a ServerFault with its own answer (nearest class wins)
+    app.add_exception_handler(ServerFault, server_fault)
     app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(SecurityHeadersMiddleware)

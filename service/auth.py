@@ -21,6 +21,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from model.errors import ServerFault
 from service.settings import ServiceSettings, is_loopback_host
 
 __all__ = [
@@ -61,8 +62,8 @@ class Keyring:
         return found
 
 
-class OpenModeRefused(RuntimeError):
-    pass
+class OpenModeRefused(ServerFault, RuntimeError):
+    """An open API (no keys) on a non-loopback host: the operator's set-up is refused at start."""
 
 
 def check_open_mode(settings: ServiceSettings, keyring: Keyring) -> None:

@@ -31,9 +31,8 @@ from typing import Any
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from model.io.dicomweb import DicomwebError, DicomwebSettings, SeriesChoiceError, choose_ct_series, make_client, search_series
+from model.io.dicomweb import DicomwebError, DicomwebSettings, choose_ct_series, make_client, search_series
 from service.deps import Services
-from service.jobs import AdmissionRefused
 from service.nifti import VolumeInfo
 from worker.contracts import DICOM_INPUT_NAME, SegmentationRequest, new_job_id
 
@@ -48,8 +47,8 @@ class ReferenceParams:
     series_uid: str | None
     push: bool
     targets: tuple[str, ...]
-    ensemble: int
-    steps: int
+    ensemble: int | None  # None: the bundle's default (the worker picks it)
+    steps: int | None
     seed: int
     dicom: bool | None
     fractional: bool
@@ -64,21 +63,13 @@ def _check_uid(name: str, value: str) -> str:
 
 
 def resolve_series(settings: DicomwebSettings, study_uid: str, series_uid: str | None) -> tuple[str, str | None]:
-    """(series UID, how it was chosen or None when given). Raises HTTPException 422/503."""
+    """(series UID, how it was chosen or None when given). Raises HTTPException 422/503, or
+    :class:`~model.io.dicomweb.SeriesChoiceError` (422, naming the candidates)."""
     if series_uid is not None:
         return series_uid, None
     try:
         candidates = search_series(make_client(settings), study_uid)
         chosen = choose_ct_series(study_uid, candidates)
-    except SeriesChoiceError as exc:
-        raise HTTPException(422, {
-            "message": str(exc),
-            "candidates": [
-                {"series_uid": c.series_uid, "modality": c.modality, "instances": c.instances,
-                 "description": c.description}
-                for c in exc.candidates
-            ],
-        }) from None
     except DicomwebError as exc:
         if str(exc).startswith("source unreachable"):
             raise HTTPException(503, f"the DICOMweb {exc}") from None
@@ -133,10 +124,7 @@ async def submit_reference(
             source = {"study_uid": study_uid, "series_uid": series_uid, **({"chosen_by": rule} if rule else {})}
             # the worker writes only push_* and lifecycle fields: no race with these two
             await run_in_threadpool(services.jobs.store.update, job_id, {"input_format": "dicomweb", "source": source})
-    except AdmissionRefused as exc:
-        services.storage.delete_job(job_id)
-        raise HTTPException(429, str(exc), {"Retry-After": str(settings.retry_after_s)}) from exc
-    except BaseException:
+    except BaseException:  # an AdmissionRefused answers 429 by itself
         services.storage.delete_job(job_id)
         raise
     record = dict(outcome.record)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from model.errors import UserError
 from service.nifti import VolumeInfo
 from service.queues import JobQueue
 from service.storage import Storage
@@ -292,12 +293,17 @@ class DeleteOutcome(StrEnum):
     MISSING = "missing"
 
 
-class TooLargeForWorkers(Exception):
+class TooLargeForWorkers(UserError):
     """The upload's estimated peak memory exceeds every live worker's budget: HTTP 413."""
 
+    status = 413
 
-class AdmissionRefused(Exception):
+
+class AdmissionRefused(UserError):
     """Too many active jobs for this key, or the queue is full: HTTP 429 with Retry-After."""
+
+    status = 429
+    retry_later = True
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(
         UploadsInFlight, cap=settings.max_uploads_in_flight_per_key, retry_after_s=settings.retry_after_s
     )
-    install_api_surface(app)
+    install_api_surface(app, retry_after_s=settings.retry_after_s)
     app.state.services = services
     app.state.keyring = keyring
     if not settings.embedded:

@@ -41,6 +41,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from model.errors import UserError
+
 __all__ = [
     "ALLOWED_DTYPES",
     "MalformedNifti",
@@ -64,7 +66,7 @@ _COPY_BLOCK = 1 << 20
 _READ_BLOCK = 64 * 1024
 
 
-class UploadRejected(ValueError):
+class UploadRejected(UserError, ValueError):
     """Base of the validator's refusals; ``status`` is the HTTP answer."""
 
     status = 422

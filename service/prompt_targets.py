@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from fastapi import FastAPI
 
+from model.errors import UserError
 from model.targets.prompts import PromptResolver, TextEmbedder, packaged_embedder
 from model.targets.vocabulary import Target, Vocabulary
 
@@ -75,7 +76,7 @@ class PromptLimits:
             raise ValueError("PromptLimits.cache_entries must be >= 0")
 
 
-class TargetTextTooLong(ValueError):
+class TargetTextTooLong(UserError, ValueError):
     """The ``targets`` text is over a :class:`PromptLimits` cap (HTTP 422)."""
 
 

@@ -27,10 +27,13 @@ import asyncio
 import json
 import logging
 import time
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from model.errors import UserError
 
 if TYPE_CHECKING:
     from service.settings import ServiceSettings
@@ -116,8 +119,11 @@ def uvicorn_options(settings: ServiceSettings) -> dict[str, Any]:
     }
 
 
-class UploadStalled(Exception):
+class UploadStalled(UserError):
     """The request body stopped arriving (idle) or took too long in all (HTTP 408)."""
+
+    status = 408
+    headers = MappingProxyType({"Connection": "close"})  # answer, then close the connection
 
 
 def deadline_receive(receive: Receive, idle_s: float, total_s: float) -> Receive:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.errors import ServerFault, UserError
 from worker.contracts import (
     DICOM_INPUT_NAME,
     JOBS_DIRNAME,
@@ -40,15 +41,19 @@ log = logging.getLogger(__name__)
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-class StorageFull(Exception):
+class StorageFull(ServerFault):
     """The storage volume has no room (or the quota is spent): HTTP 507 with Retry-After."""
+
+    status = 507
 
 
 def is_storage_full(exc: BaseException) -> bool:
     return isinstance(exc, StorageFull) or (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS)
 
 
-class UploadTooLarge(Exception):
+class UploadTooLarge(UserError):
+    status = 413
+
     def __init__(self, limit: int) -> None:
         super().__init__(f"upload exceeds the limit of {limit} bytes")
         self.limit = limit

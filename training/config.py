@@ -11,6 +11,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from model.bundle.config import FrozenConfig, ModelConfig
+from model.errors import UserError
 from training.augment import AugmentConfig
 
 
@@ -103,8 +104,8 @@ class TrainConfig(FrozenConfig):
         return self
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A training config file cannot be read or validated; the message says where."""
 
 
 def _one_line(exc: Exception) -> str:

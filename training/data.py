@@ -35,13 +35,14 @@ import torch
 import yaml
 
 from model.bundle.config import PreprocessConfig
+from model.errors import UserError
 from model.inference.preprocessing import Volume, body_mask, context_offsets, load_nifti, scale_intensity, to_model_grid
 from model.targets.vocabulary import DatasetLabelMap, UnknownDatasetError, Vocabulary
 
 log = logging.getLogger(__name__)
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """A dataset folder cannot be read; the message says what is wrong."""
 
 

@@ -21,13 +21,13 @@ import torch
 
 from model.bundle.loaded import LatentScale, load_bundle
 from model.bundle.config import DenoiserConfig, ModelConfig
-from model.errors import BundleError
+from model.errors import BundleError, UserError
 from model.targets.vocabulary import Vocabulary
 from training.config import TrainConfig
 
 
-class FinetuneError(ValueError):
-    pass
+class FinetuneError(UserError, ValueError):
+    """``init_from`` names a bundle this run cannot start from; the message says why."""
 
 
 _NETWORK_OF_STAGE = {"mask-ae": "mask_ae", "image-vae": "image_vae", "diffusion": "denoiser"}

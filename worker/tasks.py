@@ -35,6 +35,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from model.errors import ServerFault, UserError
 from worker.contracts import (
     MANIFEST_NAME,
     RESULTS_TMP_PREFIX,
@@ -62,40 +63,41 @@ STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 PIPELINE_SHARE = 0.9
 
 
-class JobStopped(RuntimeError):
+class JobStopped(ServerFault, RuntimeError):
     """A job its worker stopped (shut down with a second SIGTERM, or past its stop grace period)."""
 
 
-class OverMemoryBudget(RuntimeError):
+class OverMemoryBudget(UserError, RuntimeError):
     """A job whose estimated peak memory (worker.memory) is over the worker's budget."""
+
+    status = 413
 
 
 def describe_failure(exc: BaseException, storage_root: Path | None = None) -> str:
-    """One line a user can read: input problems as they are, anything else with its type.
+    """One line a user can read: the caller's errors (:class:`~model.errors.UserError`) as
+    ``invalid input: <message>``, anything else with its type (or its own words, below).
 
     Server paths under ``storage_root`` are replaced by their file name, so clients never learn
     the storage layout.
     """
-    from model.errors import BundleError, InputError
+    from model.errors import BundleError
+    from model.io.dicomweb import DicomwebError
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     if storage_root is not None:
         text = re.sub(re.escape(str(storage_root).rstrip("/")) + r"/\S*?([^/\s]+)(?=[\s:,)]|$)", r"\1", text)
     if isinstance(exc, OSError) and exc.errno in STORAGE_FULL_ERRNOS:
         return f"storage full: {text}"
-    if isinstance(exc, InputError):
+    # Their message is the reason: "stopped: ...", the memory budget's sentence, "source unreachable: ...".
+    if isinstance(exc, (JobStopped, OverMemoryBudget, DicomwebError)):
+        return text
+    if isinstance(exc, UserError):
         return f"invalid input: {text}"
     if isinstance(exc, BundleError):
         return f"bundle problem: {text}"
     if type(exc).__name__ == "JobTimeoutException":
         return f"timed out: {text}"
     if isinstance(exc, TimeoutError) and text.startswith("timed out"):
-        return text
-    if isinstance(exc, (JobStopped, OverMemoryBudget)):
-        return text
-    from model.io.dicomweb import DicomwebError
-
-    if isinstance(exc, DicomwebError):  # "source unreachable: ...", "series not found: ..."
         return text
     return f"{type(exc).__name__}: {text}"
 

@@ -62,7 +62,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from model.errors import InputError
+from model.errors import InputError, UserError
 from model.io.file_walk import regular_files
 
 if TYPE_CHECKING:
@@ -224,7 +224,7 @@ def _safe_base_name(member: str) -> str:
 # ---------------------------------------------------------------- header scan
 
 
-class _Damaged(Exception):
+class _Damaged(UserError):
     """A file that was meant to be a DICOM image and cannot be read as one (the reason in words)."""
 
 

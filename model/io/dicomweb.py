@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.errors import ServerFault, UserError
+
 if TYPE_CHECKING:
     from dicomweb_client.api import DICOMwebClient
     from pydicom.dataset import Dataset
@@ -62,16 +64,26 @@ _INSTANCES = "00201209"  # NumberOfSeriesRelatedInstances
 _FAILED_SOP_SEQUENCE = "FailedSOPSequence"
 
 
-class DicomwebError(RuntimeError):
+class DicomwebError(ServerFault, RuntimeError):
     """A DICOMweb exchange failed; the message is the job's failure reason as it stands."""
 
 
-class SeriesChoiceError(ValueError):
+class SeriesChoiceError(UserError, ValueError):
     """A study reference cannot be resolved to one CT series; names the candidates."""
 
     def __init__(self, message: str, candidates: Sequence[SeriesCandidate]) -> None:
         super().__init__(message)
         self.candidates = tuple(candidates)
+
+    def detail(self) -> dict[str, Any]:
+        return {
+            "message": str(self),
+            "candidates": [
+                {"series_uid": c.series_uid, "modality": c.modality, "instances": c.instances,
+                 "description": c.description}
+                for c in self.candidates
+            ],
+        }
 
 
 class DicomwebSettings(BaseSettings):

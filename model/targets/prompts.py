@@ -50,6 +50,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from model.errors import UserError
 from model.targets.vocabulary import Target, UnknownTargetError, Vocabulary, normalise_name
 
 __all__ = [
@@ -147,7 +148,7 @@ class UnresolvedPromptError(UnknownTargetError):
         return (type(self), (self.unknown, self.suggestions, self.valid, self.reasons))
 
 
-class _Unresolved(Exception):
+class _Unresolved(UserError):
     def __init__(self, reason: str, suggestions: Iterable[str] = ()) -> None:
         super().__init__(reason)
         self.reason = reason

@@ -53,6 +53,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from model.errors import UserError
+
 __all__ = [
     "ANATOMICAL_STRUCTURE",
     "CYST",
@@ -289,8 +291,10 @@ class DatasetLabelMap:
         )
 
 
-class UnknownTargetError(ValueError):
+class UnknownTargetError(UserError, ValueError):
     """One or more target names are not in the vocabulary; lists them all, with close matches."""
+
+    detail_fields = ("unknown", "valid", "suggestions")  # the API's structured detail
 
     def __init__(
         self, unknown: Sequence[str], suggestions: Mapping[str, list[str]], valid: Sequence[str]
@@ -310,7 +314,7 @@ class UnknownTargetError(ValueError):
         return (type(self), (self.unknown, self.suggestions, self.valid))
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(UserError, ValueError):
     """A dataset name or alias is not in the mapping table; lists the valid names."""
 
     def __init__(self, name: str, valid: Sequence[str], suggestions: Sequence[str] = ()) -> None:
