@@ -33,7 +33,8 @@ IN_MEMORY = """
 import sys
 from pathlib import Path
 from model.bundle.loaded import load_bundle
-from model.inference.pipeline import SegmentationOptions, segment_volume, write_segmentation
+from model.inference.pipeline import SegmentationOptions, segment_volume
+from model.inference.writing import write_segmentation
 from model.inference.preprocessing import load_nifti
 bundle = load_bundle(sys.argv[1], device="cpu")
 result = segment_volume(bundle, load_nifti(sys.argv[2]), sys.argv[3], SegmentationOptions(ensemble=5, steps=10))

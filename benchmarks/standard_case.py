@@ -60,6 +60,7 @@ def in_process(bundle: Any, image: Path, targets: str, ensemble: int, steps: int
     """One segment_file run with every phase timed; returns seconds per phase and counts.
     The output files are deleted unless ``keep`` names a folder for them."""
     import model.inference.pipeline as pipeline
+    import model.inference.writing as writing
 
     timed = TimedBundle(bundle)
     seconds: dict[str, float] = {}
@@ -72,7 +73,7 @@ def in_process(bundle: Any, image: Path, targets: str, ensemble: int, steps: int
             patched(pipeline, "predict_model_grid", seconds, "predict"),
             patched(pipeline, "write_prediction", seconds, "output"),
             patched(pipeline, "resample_to_source", seconds, "resample"),
-            patched(pipeline, "_save_nifti", seconds, "write"),
+            patched(writing, "save_nifti", seconds, "write"),
         ):
             start = time.perf_counter()
             pipeline.segment_file(timed, image, out, targets, options=options)

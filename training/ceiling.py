@@ -122,7 +122,7 @@ def grid_ceiling(
     model grid (as training sees it) and back (as inference returns it), over the cases with the target."""
     import nibabel as nib
 
-    from model.inference.pipeline import resample_to_source
+    from model.inference.resampling import resample_to_source
     from training.evaluate import dice_score
 
     source = read_dataset(data, vocabulary)

@@ -8,13 +8,15 @@
    batches and decoded; windows and slices with no body voxel are skipped (probability 0,
    variance 0);
 3. blend windows, take the mean and variance over the ensemble, resample each map back onto
-   the input grid (exact shape and affine) one target at a time, and write
-   ``{target}_mean.nii.gz``, ``{target}_variance.nii.gz``, ``labels.nii.gz`` and ``labels.json``.
+   the input grid (exact shape and affine: :mod:`model.inference.resampling`) one target at a
+   time, and write ``{target}_mean.nii.gz``, ``{target}_variance.nii.gz``, ``labels.nii.gz``,
+   ``labels.json`` and ``statistics.json`` (:mod:`model.inference.writing`).
 
-Memory: everything up to step 3 lives on the (small) model grid. :func:`segment_file`
-streams step 3, so only one full-resolution map plus the label accumulator exist at a time
-and peak memory does not grow with the number of targets. :func:`segment_volume` returns
-every map in memory (for callers that want arrays).
+This module is steps 1-2, tensor in and probabilities out (:func:`predict_model_grid`), plus
+the two entries that add step 3. Memory: everything up to step 3 lives on the (small) model
+grid. :func:`segment_file` streams step 3, so only one full-resolution map plus the label
+accumulator exist at a time and peak memory does not grow with the number of targets.
+:func:`segment_volume` returns every map in memory (for callers that want arrays).
 
 ``bundle`` is a :class:`model.bundle.loaded.LoadedBundle` (torch) or any object with the same
 sampling surface, such as :class:`model.bundle.onnx_backend.OnnxBundle`.
@@ -22,17 +24,13 @@ sampling surface, such as :class:`model.bundle.onnx_backend.OnnxBundle`.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
@@ -55,10 +53,12 @@ from model.inference.preprocessing import (
     load_nifti,
     scale_intensity,
     to_model_grid,
-    to_source_grid,
     with_context,
 )
-from model.inference.statistics import MemberSummary, ReviewPolicy, StatisticsWriter
+from model.inference.progress import SAMPLING_SHARE, Progress, report
+from model.inference.resampling import resample_to_source
+from model.inference.statistics import MemberSummary
+from model.inference.writing import LabelAccumulator, write_prediction
 from model.targets.vocabulary import Target
 
 if TYPE_CHECKING:
@@ -66,10 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[float], None]
-
-SAMPLING_SHARE = 0.9  # progress fraction reported once sampling is done; the rest is resampling/writing
-RESAMPLE_CHUNK_VOXELS = 1 << 23  # output voxels per resampling slab (bounds temporaries to ~100 MB)
 CPU_ACTIVATION_BUDGET_BYTES = 1 << 30  # denoiser activations per batch on CPU
 BODY_EROSION_VOXELS = 2  # in-plane erosion that detaches the scanner table before picking the patient
 
@@ -112,7 +108,7 @@ class Segmentation:
     def labels(self, threshold: float = 0.5) -> np.ndarray:
         """uint8 label map: the vocabulary id of the most probable target where its mean > threshold
         (ties go to the earlier target)."""
-        labels = _LabelAccumulator(next(iter(self.mean.values())).shape)
+        labels = LabelAccumulator(next(iter(self.mean.values())).shape)
         for target in self.targets:
             labels.add(target.id, self.mean[target.name])
         return labels.result(threshold)
@@ -155,21 +151,22 @@ class ModelGridPrediction:
         return resample_to_source(self.variance[index], self.model_affine, self.source_affine, self.source_shape,
                                   clip=(0.0, None))
 
-
-class _LabelAccumulator:
-    """Running argmax over targets, one map at a time (first target wins ties, as ``argmax``)."""
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.best = np.full(shape, -np.inf, np.float32, order="F")  # the maps' (NIfTI) voxel order
-        self.ids = np.zeros(shape, np.uint8, order="F")
-
-    def add(self, target_id: int, mean: np.ndarray) -> None:
-        better = mean > self.best
-        np.copyto(self.best, mean, where=better)
-        self.ids[better] = target_id
-
-    def result(self, threshold: float) -> np.ndarray:
-        return np.where(self.best > threshold, self.ids, np.uint8(0)).astype(np.uint8, order="F")
+    def on_source(self, progress: Progress | None = None) -> Segmentation:
+        """Every target's mean and variance on the input grid, in memory (progress from
+        ``SAMPLING_SHARE`` to 1)."""
+        means: dict[str, np.ndarray] = {}
+        variances: dict[str, np.ndarray] = {}
+        members: dict[str, MemberSummary] = {}
+        for index, target in enumerate(self.targets):
+            means[target.name] = self.mean_on_source(index)
+            variances[target.name] = self.variance_on_source(index)
+            summary = self.members(index)
+            if summary is not None:
+                members[target.name] = summary
+            report(progress, SAMPLING_SHARE + (1 - SAMPLING_SHARE) * (index + 1) / len(self.targets))
+        report(progress, 1.0)
+        return Segmentation(targets=self.targets, mean=means, variance=variances, affine=self.source_affine,
+                            members=members)
 
 
 def resolve_targets(
@@ -268,7 +265,7 @@ def predict_model_grid(
     body = body_mask(hu, pre)
     box = body_box(body, pre.patch_size)
     if box is None:
-        _report(progress, SAMPLING_SHARE)
+        report(progress, SAMPLING_SHARE)
         return prediction
     rows, cols = box
     # (Z, C_window, x, y): each slice, then its context slices
@@ -330,7 +327,7 @@ def predict_model_grid(
             member_intersections += chunk_intersections
             mean[:, rows, cols, chunk] = chunk_mean.permute(1, 2, 3, 0)
             variance[:, rows, cols, chunk] = chunk_var.permute(1, 2, 3, 0)
-        _report(progress, SAMPLING_SHARE * chunk.stop / num_slices)
+        report(progress, SAMPLING_SHARE * chunk.stop / num_slices)
     largest = options.largest_component if options.largest_component is not None else cfg.sampling.largest_component
     if largest:
         for index, target in enumerate(resolved):
@@ -366,231 +363,13 @@ def _memory_budget(device: torch.device) -> int:
     return CPU_ACTIVATION_BUDGET_BYTES
 
 
-def _report(progress: Progress | None, fraction: float) -> None:
-    if progress is not None:
-        progress(fraction)
-
-
-# --------------------------------------------------------------------------- back to the input grid
-def resample_to_source(
-    channel: torch.Tensor,
-    model_affine: np.ndarray,
-    source_affine: np.ndarray,
-    source_shape: tuple[int, int, int],
-    *,
-    clip: tuple[float | None, float | None] = (None, None),
-) -> np.ndarray:
-    """One (X, Y, Z) model-grid map, linearly resampled onto the input grid: float32 (I, J, K).
-
-    Same values as :func:`model.inference.preprocessing.to_source_grid` (bilinear, zero outside). When
-    each input axis maps onto one model axis (any flip, permutation or spacing: every
-    non-oblique input), the interpolation is separable and done axis by axis, slab by slab;
-    oblique inputs go through ``to_source_grid`` one slab of input slices at a time.
-    """
-    xform = np.linalg.solve(np.asarray(model_affine, np.float64), np.asarray(source_affine, np.float64))
-    linear = xform[:3, :3]
-    significant = np.abs(linear) > 1e-9 * np.abs(linear).max()
-    shape = tuple(int(s) for s in source_shape)
-    # The result is in Fortran order, NIfTI's own voxel order, so writing it needs no transposing
-    # copy: computed as the C-ordered (K, J, I) array with every axis reversed, then transposed.
-    if (significant.sum(axis=0) == 1).all() and (significant.sum(axis=1) == 1).all():
-        reversed_xform = np.eye(4)
-        reversed_xform[:3, :3] = linear[::-1, ::-1]
-        reversed_xform[:3, 3] = xform[:3, 3][::-1]
-        out_t = np.empty(shape[::-1], np.float32)
-        array_t = np.ascontiguousarray(channel.numpy().astype(np.float32, copy=False).transpose(2, 1, 0))
-        _resample_separable(array_t, reversed_xform, 2 - significant.argmax(axis=1)[::-1], out_t)
-        out = out_t.T
-    else:
-        out = np.empty(shape, np.float32, order="F")
-        _resample_oblique(channel, model_affine, source_affine, out)
-    lo, hi = clip
-    if lo is not None or hi is not None:
-        np.clip(out, lo, hi, out=out)
-    return out
-
-
-def _linear_weights(positions: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Neighbour indices and weights for linear interpolation at ``positions`` (zero outside)."""
-    floor = np.floor(positions)
-    frac = (positions - floor).astype(np.float32)
-    i0 = floor.astype(np.int64)
-    i1 = i0 + 1
-    w0 = np.where((i0 >= 0) & (i0 < size), 1.0 - frac, 0.0).astype(np.float32)
-    w1 = np.where((i1 >= 0) & (i1 < size), frac, 0.0).astype(np.float32)
-    return np.clip(i0, 0, size - 1), w0, np.clip(i1, 0, size - 1), w1
-
-
-def _interpolate_axis(array: np.ndarray, axis: int, weights: tuple[np.ndarray, ...]) -> np.ndarray:
-    i0, w0, i1, w1 = weights
-    shape = [1] * array.ndim
-    shape[axis] = -1
-    result = np.take(array, i0, axis=axis)
-    result *= w0.reshape(shape)
-    upper = np.take(array, i1, axis=axis)
-    upper *= w1.reshape(shape)
-    result += upper
-    return result
-
-
-def _resample_separable(array: np.ndarray, xform: np.ndarray, source_axis_of: np.ndarray, out: np.ndarray) -> None:
-    """out[i, j, k] = trilinear(array) at xform @ (i, j, k, 1), one model axis at a time."""
-    view = out.transpose(tuple(int(a) for a in source_axis_of))  # view axis r = model axis r
-    weights = []
-    for r in range(3):
-        c = int(source_axis_of[r])
-        positions = xform[r, c] * np.arange(out.shape[c], dtype=np.float64) + xform[r, 3]
-        weights.append(_linear_weights(positions, array.shape[r]))
-    # The axis that grows the most goes last and is done slab by slab straight into ``out``.
-    order = sorted(range(3), key=lambda r: view.shape[r] / array.shape[r])
-    last = order[-1]
-    for r in order[:-1]:
-        array = _interpolate_axis(array, r, weights[r])
-    slab_axis = order[0]
-    per_index = max(1, math.prod(view.shape) // view.shape[slab_axis])
-    step = max(1, RESAMPLE_CHUNK_VOXELS // per_index)
-    for start in range(0, view.shape[slab_axis], step):
-        index = [slice(None)] * 3
-        index[slab_axis] = slice(start, start + step)
-        view[tuple(index)] = _interpolate_axis(array[tuple(index)], last, weights[last])
-
-
-def _resample_oblique(channel: torch.Tensor, model_affine: np.ndarray, source_affine: np.ndarray, out: np.ndarray) -> None:
-    height, width, depth = out.shape
-    step = max(1, RESAMPLE_CHUNK_VOXELS // (height * width))
-    for start in range(0, depth, step):
-        stop = min(depth, start + step)
-        shifted = np.asarray(source_affine, np.float64).copy()
-        shifted[:3, 3] += shifted[:3, 2] * start  # the affine of the slab's first slice
-        slab = to_source_grid(channel[None], model_affine, shifted, (height, width, stop - start))
-        out[:, :, start:stop] = slab[0].numpy()
-
-
-# --------------------------------------------------------------------------- outputs
-def segment_volume(
-    bundle: LoadedBundle | OnnxBundle,
-    volume: Volume,
-    targets: Sequence[str] | str,
-    options: SegmentationOptions = SegmentationOptions(),
-    progress: Progress | None = None,
-    *,
-    unserved: bool = False,
-) -> Segmentation:
-    """Segment a volume in memory: every target's mean and variance on the input grid (``unserved``:
-    also targets the bundle does not serve, for evaluation)."""
-    prediction = predict_model_grid(bundle, volume, targets, options, progress, unserved=unserved)
-    means: dict[str, np.ndarray] = {}
-    variances: dict[str, np.ndarray] = {}
-    members: dict[str, MemberSummary] = {}
-    for index, target in enumerate(prediction.targets):
-        means[target.name] = prediction.mean_on_source(index)
-        variances[target.name] = prediction.variance_on_source(index)
-        summary = prediction.members(index)
-        if summary is not None:
-            members[target.name] = summary
-        _report(progress, SAMPLING_SHARE + (1 - SAMPLING_SHARE) * (index + 1) / len(prediction.targets))
-    _report(progress, 1.0)
-    return Segmentation(targets=prediction.targets, mean=means, variance=variances, affine=volume.affine,
-                        members=members)
-
-
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write a NIfTI; ``.nii.gz`` goes through ISA-L's gzip (``isal``, about 5-20× faster than
-    zlib at the same ratio, same file format) when it is installed, else through nibabel's zlib."""
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    path = Path(path)
-    if path.name.endswith(".gz"):
-        try:
-            from isal import igzip
-        except ImportError:
-            igzip = None
-        if igzip is not None:
-            with igzip.open(path, "wb", compresslevel=1) as handle:
-                img.to_file_map({"image": nib.FileHolder(filename=str(path), fileobj=handle)})
-            return
-    nib.save(img, str(path))
-
-
-def _write_legend(targets: Sequence[Target], out_dir: Path) -> Path:
-    legend = out_dir / "labels.json"
-    legend.write_text(json.dumps({str(t.id): t.name for t in targets}, indent=2) + "\n")
-    return legend
-
-
-def write_segmentation(result: Segmentation, out_dir: Path) -> list[Path]:
-    """Write the result files into ``out_dir`` and return their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    for target in result.targets:
-        for kind, maps in (("mean", result.mean), ("variance", result.variance)):
-            path = out_dir / f"{target.name}_{kind}.nii.gz"
-            _save_nifti(maps[target.name].astype(np.float32, copy=False), result.affine, path)
-            written.append(path)
-    labels_path = out_dir / "labels.nii.gz"
-    _save_nifti(result.labels(), result.affine, labels_path)
-    written.append(labels_path)
-    written.append(_write_legend(result.targets, out_dir))
-    return written
-
-
-def write_prediction(
-    prediction: ModelGridPrediction,
-    out_dir: Path,
-    progress: Progress | None = None,
-    threshold: float = 0.5,
-    *,
-    hu: np.ndarray | None = None,
-    statistics: bool = True,
-    review: ReviewPolicy = ReviewPolicy(),
-) -> list[Path]:
-    """Resample and write one map at a time: the same files as ``write_segmentation(segment_volume(...))``
-    with one full-resolution map (plus the label accumulator) in memory at a time.
-
-    With ``statistics`` (the default) also ``statistics.json`` (:mod:`model.inference.statistics`), computed
-    from each map while it is in memory; ``hu`` is the input volume's HU on its own grid (None
-    leaves the HU keys null)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    affine = prediction.source_affine
-    labels = _LabelAccumulator(prediction.source_shape)
-    ensemble = None if prediction.member_voxels is None else int(prediction.member_voxels.shape[1])
-    stats = StatisticsWriter(affine, prediction.source_shape, hu, policy=review, ensemble=ensemble) if statistics else None
-    written: list[Path] = []
-    # gzip is single-threaded and releases the GIL: compress files on writer threads while the
-    # next map is resampled, with at most ``writers`` maps waiting to be written.
-    writers = max(1, torch.get_num_threads())
-    pending: deque[Future[None]] = deque()
-    with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="nifti-writer") as pool:
-
-        def save(array: np.ndarray, path: Path) -> None:
-            while len(pending) >= writers:
-                pending.popleft().result()
-            pending.append(pool.submit(_save_nifti, array, affine, path))
-            written.append(path)
-
-        for index, target in enumerate(prediction.targets):
-            mean = prediction.mean_on_source(index)
-            labels.add(target.id, mean)
-            save(mean, out_dir / f"{target.name}_mean.nii.gz")
-            variance = prediction.variance_on_source(index)
-            if stats is not None:
-                stats.add(target, mean, variance, prediction.members(index))
-            del mean
-            save(variance, out_dir / f"{target.name}_variance.nii.gz")
-            del variance
-            # the last share is the label map, legend and statistics: 100 % only once all is written
-            _report(progress, SAMPLING_SHARE + (1 - SAMPLING_SHARE) * (index + 1) / (len(prediction.targets) + 1))
-        save(labels.result(threshold), out_dir / "labels.nii.gz")
-        del labels
-        while pending:
-            pending.popleft().result()
-    written.append(_write_legend(prediction.targets, out_dir))
-    if stats is not None:
-        written.append(stats.write(out_dir))
-    _report(progress, 1.0)
-    return written
+# --------------------------------------------------------------------------- entries
+def segment_volume(bundle: LoadedBundle | OnnxBundle, volume: Volume, targets: Sequence[str] | str,
+                   options: SegmentationOptions = SegmentationOptions(), progress: Progress | None = None, *,
+                   unserved: bool = False) -> Segmentation:
+    """Segment a volume in memory: :func:`predict_model_grid` (same arguments), then every map on the
+    input grid (:meth:`ModelGridPrediction.on_source`)."""
+    return predict_model_grid(bundle, volume, targets, options, progress, unserved=unserved).on_source(progress)
 
 
 def segment_file(

@@ -23,12 +23,12 @@ from model.inference.pipeline import (
     SegmentationOptions,
     body_box,
     predict_model_grid,
-    resample_to_source,
     segment_file,
     segment_volume,
-    write_segmentation,
 )
 from model.inference.preprocessing import Volume, to_source_grid
+from model.inference.resampling import resample_to_source
+from model.inference.writing import write_segmentation
 from model.targets.vocabulary import default_vocabulary
 
 

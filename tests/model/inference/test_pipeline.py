@@ -13,7 +13,8 @@ import torch
 from model.bundle.loaded import LatentScale, LoadedBundle, build_networks, load_bundle, save_bundle
 from model.bundle.config import tiny_config
 from model.errors import InputError
-from model.inference.pipeline import SegmentationOptions, segment_file, segment_volume, write_segmentation
+from model.inference.pipeline import SegmentationOptions, segment_file, segment_volume
+from model.inference.writing import write_segmentation
 from model.inference.preprocessing import Volume
 from model.targets.vocabulary import UnknownTargetError, default_vocabulary
 

@@ -123,7 +123,7 @@ def test_nothing_found_still_renders_and_bad_input_is_refused() -> None:
 def test_file_based_rendering_draws_the_same_picture(tmp_path: Path) -> None:
     import nibabel as nib
 
-    from model.inference.pipeline import write_segmentation
+    from model.inference.writing import write_segmentation
     from model.io.preview import render_preview_files
 
     volume, masks = phantom(LPS_LIKE)
