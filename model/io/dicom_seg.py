@@ -170,13 +170,6 @@ def _source_geometry(headers: Sequence[Dataset]) -> tuple[tuple[int, int, int], 
     return (int(first.Columns), int(first.Rows), len(headers)), LPS_FROM_RAS @ lps
 
 
-class _HasLabels(Protocol):
-    targets: tuple[Target, ...]
-    affine: np.ndarray
-
-    def labels(self) -> np.ndarray: ...
-
-
 @runtime_checkable
 class _HasMeans(Protocol):
     targets: tuple[Target, ...]
