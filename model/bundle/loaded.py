@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +20,7 @@ from model.bundle.manifest import (
     demo_bundle_path,
     file_sha256,
     read_manifest,
+    replacing_folder,
 )
 from model.bundle.config import ModelConfig, tiny_config
 from model.diffusion.process import GaussianDiffusion
@@ -196,8 +195,7 @@ def save_bundle(
     unknown = [n for n in trained_targets if n not in vocabulary.names()]
     if unknown:
         raise BundleError(f"trained targets not in the vocabulary: {', '.join(unknown)}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with replacing_folder(target) as tmp:
         weights = tmp / WEIGHTS_NAME
         save_file(networks.state_dict(), str(weights), metadata={"format": "latentseg-bundle"})
         manifest = BundleManifest(
@@ -211,12 +209,6 @@ def save_bundle(
             provenance={"created": datetime.now(UTC).isoformat(timespec="seconds"), **(provenance or {})},
         )
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -18,6 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +103,33 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_json(path: Path, missing: str) -> dict[str, Any]:
+    """``path`` parsed as JSON; a :class:`BundleError` saying ``missing`` when there is no such file,
+    or naming the file when it is not valid JSON."""
+    if not path.is_file():
+        raise BundleError(missing)
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+    return data
+
+
+@contextmanager
+def replacing_folder(target: Path) -> Iterator[Path]:
+    """A temporary folder beside ``target`` to fill; when the block ends it replaces ``target``
+    (an old ``target`` is removed first), and when the block raises it is removed instead."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def demo_bundle_path() -> Path:
     """Where the demo bundle ships inside the package."""
     return Path(__file__).resolve().parents[1] / "bundles" / "demo"
@@ -107,12 +139,7 @@ def read_manifest(path: str | Path) -> BundleManifest:
     """Read and validate ``bundle.json`` strictly; any mismatch is a :class:`BundleError`."""
     folder = Path(path)
     manifest_path = folder / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise BundleError(f"not a latentseg bundle: {folder} has no {MANIFEST_NAME}")
-    try:
-        data = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    data = read_json(manifest_path, f"not a latentseg bundle: {folder} has no {MANIFEST_NAME}")
     if data.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{manifest_path}: format is {data.get('format')!r}, expected {BUNDLE_FORMAT!r}")
     if data.get("schema_version") != SCHEMA_VERSION:

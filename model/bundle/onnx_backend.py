@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,7 +39,7 @@ import torch
 from torch import nn
 
 from model.bundle.loaded import BundleInfo, LoadedBundle, load_bundle, resolve_bundle_path
-from model.bundle.manifest import BundleManifest, file_sha256, read_manifest
+from model.bundle.manifest import BundleManifest, file_sha256, read_json, read_manifest, replacing_folder
 from model.bundle.config import ModelConfig
 from model.errors import BundleError
 from model.nets.autoencoder import image_condition
@@ -191,8 +188,7 @@ def export_onnx(
         "denoiser": _Denoiser(bundle).eval(),
         "mask_decoder": _MaskDecoder(bundle).eval(),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with replacing_folder(target) as tmp:
         errors: dict[str, float] = {}
         example = _example_inputs(bundle.config, 2, torch.Generator().manual_seed(0))
         for name, module in modules.items():
@@ -213,12 +209,6 @@ def export_onnx(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         (tmp / ONNX_MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("exported %s %s to %s", bundle.name, bundle.version, target)
     return target
 
@@ -280,12 +270,7 @@ def _session(path: Path, *, threads: int | None, providers: Sequence[str] | None
 
 def _read_onnx_manifest(folder: Path) -> dict[str, Any]:
     path = folder / ONNX_MANIFEST_NAME
-    if not path.is_file():
-        raise BundleError(f"no ONNX export in {folder} (missing {ONNX_MANIFEST_NAME}); run `latentseg export-onnx`")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+    data = read_json(path, f"no ONNX export in {folder} (missing {ONNX_MANIFEST_NAME}); run `latentseg export-onnx`")
     if data.get("format") != ONNX_FORMAT or data.get("schema_version") != ONNX_SCHEMA_VERSION:
         raise BundleError(f"{path}: not a latentseg ONNX export of schema {ONNX_SCHEMA_VERSION}")
     return data
