@@ -162,6 +162,7 @@ def _run(args: argparse.Namespace, CliError: type[Exception]) -> list[Path]:  # 
     from tqdm import tqdm
 
     from model.errors import BundleError, InputError
+    from model.bundle.manifest import resolve_sampling
     from model.bundle.onnx_backend import load_backend
     from model.inference.pipeline import SegmentationOptions, predict_model_grid, resolve_targets, write_prediction
     from model.inference.preprocessing import load_nifti
@@ -174,13 +175,10 @@ def _run(args: argparse.Namespace, CliError: type[Exception]) -> list[Path]:  # 
         # Names, synonyms or plain words ("left kidney") -> vocabulary names (model.targets.prompts).
         targets = [t.name for t in PromptResolver(bundle.vocabulary, packaged_embedder).resolve(args.targets)]
         resolve_targets(bundle, targets)  # fail fast, before reading the volume
-        defaults = bundle.config.sampling
-        options = SegmentationOptions(
-            ensemble=args.ensemble if args.ensemble is not None else defaults.ensemble,
-            steps=args.steps if args.steps is not None else defaults.steps,
-            seed=args.seed,
-            largest_component=args.largest_component,
-        )
+        # The bundle's sampling section unless given, in the model's range (model.bundle.manifest.check_sampling).
+        ensemble, steps = resolve_sampling(bundle.config.sampling, args.ensemble, args.steps)
+        options = SegmentationOptions(ensemble=ensemble, steps=steps, seed=args.seed,
+                                      largest_component=args.largest_component)
         # Read a NIfTI before the progress bar opens, so an unreadable input fails with one line.
         volume = load_nifti(args.input) if _plain_nifti_run(args) else None
         source = None if volume is not None else _read_input(args.input)

@@ -42,7 +42,7 @@ def _load_embedded_runtime(settings: ServiceSettings) -> WorkerRuntime:
 
     return load_runtime(
         settings.bundle, settings.storage_dir, settings.device, backend=settings.backend, onnx_dir=settings.onnx_dir,
-        memory_budget_mb=settings.worker_memory_mb,
+        memory_budget_mb=settings.worker_memory_mb, sampling_caps=settings.sampling_caps,
     )
 
 

@@ -36,8 +36,9 @@ class JobStatus(BaseModel):
     progress: int = Field(ge=0, le=100, description="0-100, reported by the worker")
     position: int | None = Field(None, description="0-based place in the queue while queued")
     targets: list[str]
-    ensemble: int
-    steps: int
+    ensemble: int | None = Field(None, description="ensemble members; null until a worker picks the bundle's "
+                                                   "default for a request that left it out")
+    steps: int | None = Field(None, description="sampling steps; null as ensemble")
     seed: int
     input_shape: list[int]
     input_spacing: list[float]

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.bundle.manifest import SamplingCaps
 from model.io.dicomweb import DicomwebSettings
 from worker.contracts import default_storage_dir
 
@@ -91,11 +92,11 @@ class ServiceSettings(BaseSettings):
     # How often the API reconciles stored uploads with records and the queue (RQ mode).
     reconcile_interval_s: float = Field(default=60.0, gt=0)
 
-    # Request limits.
+    # Caps on what a request may ask for (422 above them, before anything is queued); workers apply
+    # the same variables to the bundle's defaults. The defaults are the bundle's `sampling` section
+    # and the ranges the model's (model.bundle.manifest.check_sampling): neither is a setting.
     max_ensemble: int = Field(default=32, ge=1)
     max_steps: int = Field(default=1000, ge=1)
-    default_ensemble: int = Field(default=5, ge=1)
-    default_steps: int = Field(default=10, ge=1)
     # RQ mode: answer POST /segment with 503 while no live worker has published its bundle (what it
     # serves is unknown then); off by default, so jobs wait in the queue for workers still starting.
     require_worker_bundle: bool = False
@@ -128,6 +129,10 @@ class ServiceSettings(BaseSettings):
                     f"api key {name!r}: store the SHA-256 hex digest of the key (latentseg serve --hash-key), not the key"
                 )
         return value
+
+    @property
+    def sampling_caps(self) -> SamplingCaps:
+        return SamplingCaps(max_ensemble=self.max_ensemble, max_steps=self.max_steps)
 
     @property
     def embedded(self) -> bool:

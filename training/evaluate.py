@@ -48,6 +48,7 @@ import torch
 from scipy import ndimage
 
 from model.bundle.loaded import LoadedBundle
+from model.bundle.manifest import resolve_sampling
 from model.inference.pipeline import SegmentationOptions, segment_volume
 from model.inference.statistics import MemberSummary, ReviewPolicy, target_statistics
 from model.inference.preprocessing import load_nifti
@@ -455,10 +456,10 @@ def evaluate_dataset(
             f"bundle {bundle.name!r} was trained for {list(bundle.trained_targets)}"
             + (f", requested {list(targets)}" if targets else "")
         )
-    defaults = bundle.config.sampling
+    ensemble, steps = resolve_sampling(bundle.config.sampling, ensemble, steps)  # the bundle's unless given
     options = SegmentationOptions(
-        ensemble=ensemble if ensemble is not None else defaults.ensemble,
-        steps=steps if steps is not None else defaults.steps,
+        ensemble=ensemble,
+        steps=steps,
         seed=seed,
         sampler=sampler,
         largest_component=largest_component,

@@ -213,8 +213,8 @@ class SegmentationRequest:
     job_id: str
     input_name: str
     targets: tuple[str, ...]
-    ensemble: int
-    steps: int
+    ensemble: int | None  # None: the bundle's default (its sampling section), picked by the worker
+    steps: int | None  # None: as ensemble
     seed: int
     dicom_seg: bool = False
     fractional: bool = False
@@ -231,8 +231,11 @@ class SegmentationRequest:
             raise PayloadError(f"targets must be non-empty names, got {self.targets!r}")
         for name in ("ensemble", "steps", "seed"):
             value = getattr(self, name)
+            if value is None and name != "seed":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "seed" else 1):
-                raise PayloadError(f"{name} must be a {'non-negative' if name == 'seed' else 'positive'} int, got {value!r}")
+                kind = "a non-negative int" if name == "seed" else "a positive int or null"
+                raise PayloadError(f"{name} must be {kind}, got {value!r}")
         for name in ("dicom_seg", "fractional"):
             if not isinstance(getattr(self, name), bool):
                 raise PayloadError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -200,6 +200,7 @@ def run_worker(settings: WorkerSettings, *, burst: bool = False, max_jobs: int |
             runtime = load_runtime(
                 settings.bundle, settings.storage_dir, settings.device, settings.heartbeat_s,
                 backend=settings.backend, onnx_dir=settings.onnx_dir, memory_budget_mb=settings.worker_memory_mb,
+                sampling_caps=settings.sampling_caps,
             )
     except WorkerStopping:
         log.info("worker: stopped while starting")

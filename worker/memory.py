@@ -51,11 +51,15 @@ class MemoryModel:
     writers: int = 2
     activation_bytes: int = 1 << 30
     baseline_bytes: int = 0
+    # The bundle's default ensemble (its sampling section), for a job that leaves it out.
+    default_ensemble: int = 1
 
     def estimate_bytes(
-        self, shape: Sequence[int], spacing: Sequence[float], targets: int, ensemble: int
+        self, shape: Sequence[int], spacing: Sequence[float], targets: int, ensemble: int | None
     ) -> int:
-        """Peak bytes of a job on a volume of ``shape`` (voxels) at ``spacing`` (mm)."""
+        """Peak bytes of a job on a volume of ``shape`` (voxels) at ``spacing`` (mm); ``ensemble``
+        None: the bundle's default."""
+        ensemble = self.default_ensemble if ensemble is None else ensemble
         if len(shape) != 3 or len(spacing) != 3:
             raise ValueError(f"expected a 3-D shape and spacing, got {tuple(shape)} and {tuple(spacing)}")
         n_source = math.prod(int(s) for s in shape)
@@ -83,6 +87,7 @@ class MemoryModel:
                 writers=int(fields["writers"]),  # type: ignore[call-overload]
                 activation_bytes=int(fields["activation_bytes"]),  # type: ignore[call-overload]
                 baseline_bytes=int(fields["baseline_bytes"]),  # type: ignore[call-overload]
+                default_ensemble=int(fields.get("default_ensemble", 1)),  # type: ignore[call-overload]
             )
             return model, int(value["budget_mb"])
         except (KeyError, TypeError, ValueError) as exc:

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from model.bundle.manifest import SamplingCaps, SamplingRangeError, check_sampling
 from worker.contracts import JobInterrupted
 from worker.memory import MemoryModel, default_budget_mb, process_rss_bytes
 
@@ -155,6 +156,8 @@ class WorkerRuntime:
     # A job whose estimated peak memory is over budget_mb fails before it allocates; None: unchecked.
     memory: MemoryModel | None = None
     memory_budget_mb: int | None = None
+    # The operator's caps on ensemble and steps (None each: the model's range only).
+    sampling_caps: SamplingCaps = SamplingCaps()
 
     @property
     def bundle_info(self) -> dict[str, str]:
@@ -190,11 +193,13 @@ def load_runtime(
     backend: str = "torch",
     onnx_dir: Path | str | None = None,
     memory_budget_mb: int | None = None,
+    sampling_caps: SamplingCaps = SamplingCaps(),
 ) -> WorkerRuntime:
     """Load the bundle (``None`` = the demo bundle shipped in the package) onto ``device``.
 
     Jobs on the runtime are refused above ``memory_budget_mb`` of estimated peak memory
-    (``LATENTSEG_WORKER_MEMORY_MB``; None = :func:`worker.memory.default_budget_mb`).
+    (``LATENTSEG_WORKER_MEMORY_MB``; None = :func:`worker.memory.default_budget_mb`), and jobs
+    whose ensemble or steps is above ``sampling_caps`` (:func:`worker.tasks.with_sampling`).
 
     ``backend="onnx"`` runs the networks with ONNX Runtime from the bundle's export
     (``latentseg export-onnx``; ``onnx_dir`` defaults to ``<bundle>/onnx``); a missing or
@@ -207,11 +212,16 @@ def load_runtime(
     storage_root = Path(storage_root)
     storage_root.mkdir(parents=True, exist_ok=True)
     log.info("loaded bundle %s %s on %s (%s backend)", bundle.name, bundle.version, bundle.device, backend)
+    defaults = bundle.config.sampling
+    try:
+        check_sampling(defaults.ensemble, defaults.steps, sampling_caps)
+    except SamplingRangeError as exc:  # jobs that choose their own values within the caps still run
+        log.warning("the bundle's default is over this worker's cap: jobs that leave it to the bundle fail (%s)", exc)
     budget_mb = memory_budget_mb or default_budget_mb()
     log.info("memory budget %d MB per job (LATENTSEG_WORKER_MEMORY_MB)", budget_mb)
     return WorkerRuntime(
         bundle=bundle, storage_root=storage_root, heartbeat_s=heartbeat_s, memory=memory_model(bundle),
-        memory_budget_mb=budget_mb,
+        memory_budget_mb=budget_mb, sampling_caps=sampling_caps,
     )
 
 
@@ -232,6 +242,7 @@ def memory_model(bundle: LoadedBundle | OnnxBundle) -> MemoryModel:
         writers=max(1, torch.get_num_threads()),
         activation_bytes=CPU_ACTIVATION_BUDGET_BYTES if on_cpu else 0,
         baseline_bytes=process_rss_bytes(),
+        default_ensemble=int(cfg.sampling.ensemble),
     )
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.bundle.manifest import SamplingCaps
 from model.io.dicomweb import DicomwebSettings
 from worker.contracts import default_storage_dir
 
@@ -44,3 +45,11 @@ class WorkerSettings(BaseSettings):
     # LATENTSEG_WORKER_MEMORY_MB: a job whose estimated peak memory (worker.memory) is above this
     # fails before it allocates, saying so. None = 80 % of the cgroup's limit or the machine's memory.
     worker_memory_mb: int | None = Field(default=None, ge=64)
+    # The operator's caps, as the API's (LATENTSEG_MAX_ENSEMBLE, LATENTSEG_MAX_STEPS): a job whose ensemble
+    # or steps (its own or the bundle's default) is above them fails saying so.
+    max_ensemble: int = Field(default=32, ge=1)
+    max_steps: int = Field(default=1000, ge=1)
+
+    @property
+    def sampling_caps(self) -> SamplingCaps:
+        return SamplingCaps(max_ensemble=self.max_ensemble, max_steps=self.max_steps)

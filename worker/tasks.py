@@ -23,6 +23,7 @@ Inputs and outputs:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -131,6 +132,7 @@ def run_segmentation(
             log.info("job %s: not claimed (canceled or taken before it started); skipped", request.job_id)
             return {"job_id": request.job_id, "results": [], "skipped": True}
         started["started_at"] = utc_now()
+        request = with_sampling(runtime, request, reporter, started)
         log.info("job %s: started (%d targets)", request.job_id, len(request.targets))
         stoppable = runtime.stop.job_region() if runtime.stop is not None else nullcontext()
         try:
@@ -173,6 +175,24 @@ def run_segmentation(
 
         push_results(request, results_dir(runtime.storage_root, request.job_id), reporter.annotate)
     return {"job_id": request.job_id, "results": names}
+
+
+def with_sampling(
+    runtime: WorkerRuntime, request: SegmentationRequest, reporter: JobReporter, started: dict[str, Any]
+) -> SegmentationRequest:
+    """``request`` with the ensemble and steps it runs with: its own, else the bundle's ``sampling``
+    section, checked against the model's range and the operator's caps (``check_sampling``, an
+    :class:`~model.errors.InputError` above them). A default picked here goes into the record
+    (and, with the ending, the manifest)."""
+    from model.bundle.manifest import resolve_sampling
+
+    ensemble, steps = resolve_sampling(runtime.bundle.config.sampling, request.ensemble, request.steps, runtime.sampling_caps)
+    if (ensemble, steps) == (request.ensemble, request.steps):
+        return request
+    chosen = {"ensemble": ensemble, "steps": steps}
+    reporter.annotate(chosen)
+    started.update(chosen)
+    return dataclasses.replace(request, ensemble=ensemble, steps=steps)
 
 
 def record_terminal_state(storage_root: Path, job_id: str, fields: Mapping[str, Any]) -> bool:

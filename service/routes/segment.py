@@ -27,6 +27,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
+from model.bundle.manifest import SamplingRangeError, check_sampling
 from model.targets.vocabulary import UnknownTargetError
 from service.auth import CallerDep
 from service.deps import ServicesDep
@@ -95,7 +96,7 @@ def _refused(exc: AdmissionRefused, retry_after_s: int) -> HTTPException:
 
 
 def _request_digest(
-    owner: str, sha256: str, targets: tuple[str, ...], ensemble: int, steps: int, seed: int,
+    owner: str, sha256: str, targets: tuple[str, ...], ensemble: int | None, steps: int | None, seed: int,
     outputs: tuple[bool | None, ...],
 ) -> str:
     """Same key, same bytes, same parameters -> same digest (duplicate submissions do the work once)."""
@@ -144,8 +145,10 @@ async def submit_segmentation(
     owner: CallerDep,
     targets: Annotated[str, Query(description="comma-separated target names, synonyms or plain words, "
                                               "e.g. liver,pancreas or 'left kidney, pancreatic tumour'")],
-    ensemble: Annotated[int | None, Query(ge=1, description="ensemble size (samples per target)")] = None,
-    steps: Annotated[int | None, Query(ge=1, description="sampling steps")] = None,
+    ensemble: Annotated[int | None, Query(ge=1, description="ensemble size (samples per target); default: the "
+                                                           "bundle's, at most LATENTSEG_MAX_ENSEMBLE")] = None,
+    steps: Annotated[int | None, Query(ge=1, description="sampling steps; default: the bundle's, at most "
+                                                        "LATENTSEG_MAX_STEPS")] = None,
     seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     dicom: Annotated[bool | None, Query(description="also write segmentation.dcm, a DICOM-SEG (default: true for "
                                                     "a DICOM zip, false for NIfTI; NIfTI input then also gets "
@@ -187,12 +190,10 @@ async def submit_segmentation(
     if served.served is None and settings.require_worker_bundle and not settings.embedded:
         raise HTTPException(503, f"{served.why_unknown}: the served targets are unknown until a worker starts",
                             {"Retry-After": str(settings.retry_after_s)})
-    ensemble = settings.default_ensemble if ensemble is None else ensemble
-    steps = settings.default_steps if steps is None else steps
-    if ensemble > settings.max_ensemble:
-        raise HTTPException(422, f"ensemble must be at most {settings.max_ensemble}")
-    if steps > settings.max_steps:
-        raise HTTPException(422, f"steps must be at most {settings.max_steps}")
+    try:  # None stays None: the worker's bundle picks the default (its sampling section)
+        check_sampling(ensemble, steps, settings.sampling_caps)
+    except SamplingRangeError as exc:
+        raise HTTPException(422, {"message": str(exc), "parameter": exc.parameter, "allowed": list(exc.allowed)}) from exc
     if study_uid is not None or series_uid is not None or push:  # a DICOMweb reference, no upload
         from service.dicomweb_ref import ReferenceParams, submit_reference
 
