@@ -192,7 +192,9 @@ def _validation(section: Any, manifest_path: Path, trained: tuple[str, ...]) -> 
 
 
 class SamplingRangeError(InputError):
-    """A sampling parameter outside the model's range or the operator's cap."""
+    """A sampling parameter outside the model's range or the operator's cap (the API: 422, naming both)."""
+
+    detail_fields = ("parameter", "allowed")
 
     def __init__(self, parameter: str, value: object, allowed: tuple[int, int], cap: str | None = None) -> None:
         self.parameter, self.value, self.allowed = parameter, value, allowed

@@ -27,7 +27,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
-from model.bundle.manifest import SamplingRangeError, check_sampling
+from model.bundle.manifest import check_sampling
 from model.targets.vocabulary import UnknownTargetError
 from service.auth import CallerDep
 from service.deps import ServicesDep
@@ -190,10 +190,8 @@ async def submit_segmentation(
     if served.served is None and settings.require_worker_bundle and not settings.embedded:
         raise HTTPException(503, f"{served.why_unknown}: the served targets are unknown until a worker starts",
                             {"Retry-After": str(settings.retry_after_s)})
-    try:  # None stays None: the worker's bundle picks the default (its sampling section)
-        check_sampling(ensemble, steps, settings.sampling_caps)
-    except SamplingRangeError as exc:
-        raise HTTPException(422, {"message": str(exc), "parameter": exc.parameter, "allowed": list(exc.allowed)}) from exc
+    # A SamplingRangeError is 422 {message, parameter, allowed}; None stays None: the worker's bundle picks it.
+    check_sampling(ensemble, steps, settings.sampling_caps)
     if study_uid is not None or series_uid is not None or push:  # a DICOMweb reference, no upload
         from service.dicomweb_ref import ReferenceParams, submit_reference
 
