@@ -3,6 +3,8 @@
 Every variable is ``LATENTSEG_<FIELD>`` (e.g. ``LATENTSEG_STORAGE_DIR``), except Redis, which
 also reads the conventional plain ``REDIS_URL``. No ``REDIS_URL`` means embedded mode: the same
 API with an in-process worker thread. Settings are runtime environment, never stored in bundles.
+The fields the workers share (Redis, queue, storage, bundle, memory budget, PACS, sampling caps)
+are :class:`worker.shared_settings.SharedSettings`'; the ones here are the API's own.
 """
 
 from __future__ import annotations
@@ -10,14 +12,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
 
-from model.bundle.manifest import SamplingCaps
-from model.io.dicomweb import DicomwebSettings
-from worker.contracts import default_storage_dir
+from worker.shared_settings import SharedSettings
 
 __all__ = ["ServiceSettings"]
 
@@ -34,19 +32,10 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LATENTSEG_", frozen=True, extra="ignore")
+class ServiceSettings(SharedSettings):
+    """``LATENTSEG_*`` variables (plus plain ``REDIS_URL``); bundle, device, backend, onnx_dir and
+    worker_memory_mb matter in embedded mode only (the in-process worker's)."""
 
-    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "LATENTSEG_REDIS_URL"))
-    # Namespaces RQ's queue and our Redis keys; API and workers must agree on it.
-    queue: str = "latentseg"
-    storage_dir: Path = Field(default_factory=default_storage_dir)
-    # Embedded mode only: None = the demo bundle shipped in the package; device None = CUDA if present.
-    bundle: Path | None = None
-    device: str | None = None
-    # Embedded mode only: "onnx" runs ONNX Runtime on the bundle's export (`latentseg export-onnx`).
-    backend: Literal["torch", "onnx"] = "torch"
-    onnx_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
@@ -92,11 +81,6 @@ class ServiceSettings(BaseSettings):
     # How often the API reconciles stored uploads with records and the queue (RQ mode).
     reconcile_interval_s: float = Field(default=60.0, gt=0)
 
-    # Caps on what a request may ask for (422 above them, before anything is queued); workers apply
-    # the same variables to the bundle's defaults. The defaults are the bundle's `sampling` section
-    # and the ranges the model's (model.bundle.manifest.check_sampling): neither is a setting.
-    max_ensemble: int = Field(default=32, ge=1)
-    max_steps: int = Field(default=1000, ge=1)
     # RQ mode: answer POST /segment with 503 while no live worker has published its bundle (what it
     # serves is unknown then); off by default, so jobs wait in the queue for workers still starting.
     require_worker_bundle: bool = False
@@ -113,12 +97,6 @@ class ServiceSettings(BaseSettings):
     result_ttl_s: int = Field(default=24 * 3600, ge=0)
     failure_ttl_s: int = Field(default=7 * 24 * 3600, ge=0)
     record_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
-    # Embedded mode: the in-process worker's memory budget per job (as LATENTSEG_WORKER_MEMORY_MB
-    # for `latentseg worker`; None = 80 % of the cgroup's limit or the machine's memory).
-    worker_memory_mb: int | None = Field(default=None, ge=64)
-
-    # The PACS for POST /segment?study_uid=... (LATENTSEG_DICOMWEB_URL, _AUTH, ...: model.io.dicomweb).
-    dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
 
     @field_validator("api_keys")
     @classmethod
@@ -129,10 +107,6 @@ class ServiceSettings(BaseSettings):
                     f"api key {name!r}: store the SHA-256 hex digest of the key (latentseg serve --hash-key), not the key"
                 )
         return value
-
-    @property
-    def sampling_caps(self) -> SamplingCaps:
-        return SamplingCaps(max_ensemble=self.max_ensemble, max_steps=self.max_steps)
 
     @property
     def embedded(self) -> bool:
