@@ -1,7 +1,9 @@
 """The segmentation vocabulary: the single source of truth for what latentseg can segment.
 
-Pure data and stdlib only (no torch, no numpy), so the API process, the CLI, training and
-model bundles all import the same definitions and can never drift apart.
+Stdlib only (no torch, no numpy), so the API process, the CLI, training and model bundles all
+import the same definitions and can never drift apart. This module is the schema (targets,
+dataset label maps, size priors, their checks and lookups); the shipped rows are in
+:mod:`model.targets.tables`.
 
 Targets
     Each :class:`Target` has a stable integer ``id`` (1..N, never reused: a retired target keeps
@@ -48,12 +50,13 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
 from model.errors import UserError
+from model.targets import tables
 
 __all__ = [
     "ANATOMICAL_STRUCTURE",
@@ -116,10 +119,10 @@ class Code:
         return cls(value=d["value"], scheme=d["scheme"], meaning=d["meaning"])
 
 
-ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
-MORPHOLOGICALLY_ALTERED_STRUCTURE = Code("49755003", "SCT", "Morphologically Altered Structure")
-NEOPLASM = Code("108369006", "SCT", "Neoplasm")
-CYST = Code("367643001", "SCT", "Cyst")
+ANATOMICAL_STRUCTURE = Code(*tables.ANATOMICAL_STRUCTURE)
+MORPHOLOGICALLY_ALTERED_STRUCTURE = Code(*tables.MORPHOLOGICALLY_ALTERED_STRUCTURE)
+NEOPLASM = Code(*tables.NEOPLASM)
+CYST = Code(*tables.CYST)
 LEFT = Code("7771000", "SCT", "Left")
 RIGHT = Code("24028007", "SCT", "Right")
 
@@ -488,176 +491,19 @@ class Vocabulary:
 
 
 # --------------------------------------------------------------------------------------------
-# The default vocabulary. Ids are stable: append new targets with new ids, never renumber.
+# The default vocabulary, built from the rows in model.targets.tables.
 # --------------------------------------------------------------------------------------------
 
-_ORG = ANATOMICAL_STRUCTURE
-_ALT = MORPHOLOGICALLY_ALTERED_STRUCTURE
-_KIDNEY = Code("64033007", "SCT", "Kidney")
-_ADRENAL = Code("23451007", "SCT", "Adrenal gland")
-_LUNG = Code("39607008", "SCT", "Lung")
-_KIDNEYS = ("kidney_left", "kidney_right")
-_LUNGS = ("lung_left", "lung_right")
 
-_O, _T, _C = TargetKind.ORGAN, TargetKind.TUMOUR, TargetKind.CYST
+def _target_from_row(row: tuple[Any, ...]) -> Target:
+    """A :data:`model.targets.tables.TARGETS` row (Target's fields in order, codes as tuples) as a Target."""
+    target_id, name, display, kind, synonyms, code, category, *placement = row
+    return Target(target_id, name, display, TargetKind(kind), synonyms, None if code is None else Code(*code),
+                  Code(*category), *placement, connected=name in tables.ONE_PIECE)
 
-_BASE_TARGETS: tuple[Target, ...] = (
-    Target(1, "spleen", "Spleen", _O, ("lien",), Code("78961009", "SCT", "Spleen"), _ORG),
-    Target(2, "kidney_right", "Right kidney", _O,
-           ("right kidney", "kidney right", "kidney r", "r kidney", "rt kidney"), _KIDNEY, _ORG, "right"),
-    Target(3, "kidney_left", "Left kidney", _O,
-           ("left kidney", "kidney left", "kidney l", "l kidney", "lt kidney"), _KIDNEY, _ORG, "left"),
-    Target(4, "gallbladder", "Gallbladder", _O, ("gall bladder", "cholecyst"),
-           Code("28231008", "SCT", "Gallbladder"), _ORG),
-    Target(5, "esophagus", "Esophagus", _O, ("oesophagus", "gullet"), Code("32849002", "SCT", "Esophagus"), _ORG),
-    Target(6, "liver", "Liver", _O, ("hepar",), Code("10200004", "SCT", "Liver"), _ORG),
-    Target(7, "stomach", "Stomach", _O, ("gaster",), Code("69695003", "SCT", "Stomach"), _ORG),
-    Target(8, "aorta", "Aorta", _O, (), Code("15825003", "SCT", "Aorta"), _ORG),
-    Target(9, "inferior_vena_cava", "Inferior vena cava", _O, ("postcava", "ivc", "vena cava inferior"),
-           Code("64131007", "SCT", "Inferior vena cava"), _ORG),
-    Target(10, "portal_vein_and_splenic_vein", "Portal vein and splenic vein", _O,
-           ("portal vein", "splenic vein", "portal and splenic veins", "portal splenic vein"),
-           Code("110765007", "SCT", "Portal vein and splenic vein"), _ORG),
-    Target(11, "pancreas", "Pancreas", _O, (), Code("15776009", "SCT", "Pancreas"), _ORG),
-    Target(12, "adrenal_gland_right", "Right adrenal gland", _O,
-           ("right adrenal gland", "right adrenal", "adrenal right", "right suprarenal gland"),
-           _ADRENAL, _ORG, "right"),
-    Target(13, "adrenal_gland_left", "Left adrenal gland", _O,
-           ("left adrenal gland", "left adrenal", "adrenal left", "left suprarenal gland"),
-           _ADRENAL, _ORG, "left"),
-    Target(14, "duodenum", "Duodenum", _O, (), Code("38848004", "SCT", "Duodenum"), _ORG),
-    Target(15, "hepatic_vessel", "Hepatic vessels", _O,
-           ("hepatic vessels", "liver vessel", "liver vessels", "hepatic vasculature"), None, _ORG),
-    Target(16, "lung_right", "Right lung", _O, ("right lung", "lung right", "r lung"), _LUNG, _ORG, "right"),
-    Target(17, "lung_left", "Left lung", _O, ("left lung", "lung left", "l lung"), _LUNG, _ORG, "left"),
-    Target(18, "colon", "Colon", _O, ("large bowel", "large intestine"), Code("71854001", "SCT", "Colon"), _ORG),
-    Target(19, "intestine", "Small intestine", _O, ("small bowel", "small intestine"),
-           Code("30315005", "SCT", "Small intestine"), _ORG),
-    Target(20, "rectum", "Rectum", _O, (), Code("34402009", "SCT", "Rectum"), _ORG),
-    Target(21, "urinary_bladder", "Urinary bladder", _O, ("bladder",),
-           Code("89837001", "SCT", "Urinary bladder"), _ORG),
-    Target(22, "prostate", "Prostate", _O, ("prostate gland",), Code("41216001", "SCT", "Prostate"), _ORG),
-    Target(23, "femur_head_left", "Left femoral head", _O,
-           ("left femoral head", "femoral head left", "left femur head", "head of femur left", "head of femur l",
-            "head of left femur"), None, _ORG, "left"),
-    Target(24, "femur_head_right", "Right femoral head", _O,
-           ("right femoral head", "femoral head right", "right femur head", "head of femur right",
-            "head of femur r", "head of right femur"), None, _ORG, "right"),
-    Target(25, "celiac_trunk", "Celiac trunk", _O,
-           ("coeliac trunk", "celiac artery", "coeliac artery", "celiac axis", "coeliac axis"),
-           Code("57850000", "SCT", "Celiac artery"), _ORG),
-    Target(26, "kidney_tumor", "Kidney tumour", _T,
-           ("kidney tumour", "renal tumor", "renal tumour", "kidney neoplasm", "renal neoplasm"),
-           NEOPLASM, _ALT, None, _KIDNEYS),
-    Target(27, "liver_tumor", "Liver tumour", _T,
-           ("liver tumour", "hepatic tumor", "hepatic tumour", "liver neoplasm", "hepatic neoplasm"),
-           NEOPLASM, _ALT, None, ("liver",)),
-    Target(28, "pancreas_tumor", "Pancreas tumour", _T,
-           ("pancreas tumour", "pancreatic tumor", "pancreatic tumour", "pancreatic neoplasm"),
-           NEOPLASM, _ALT, None, ("pancreas",)),
-    Target(29, "hepatic_vessel_tumor", "Hepatic vessel tumour", _T,
-           ("hepatic vessel tumour", "liver vessel tumor", "liver vessel tumour"),
-           NEOPLASM, _ALT, None, ("liver",)),
-    Target(30, "lung_tumor", "Lung tumour", _T,
-           ("lung tumour", "pulmonary tumor", "pulmonary tumour", "lung neoplasm", "pulmonary neoplasm"),
-           NEOPLASM, _ALT, None, _LUNGS),
-    Target(31, "colon_tumor", "Colon tumour", _T,
-           ("colon tumour", "colonic tumor", "colonic tumour", "colon neoplasm", "colonic neoplasm"),
-           NEOPLASM, _ALT, None, ("colon",)),
-    Target(32, "kidney_cyst", "Kidney cyst", _C, ("renal cyst", "kidney cysts", "renal cysts"),
-           CYST, _ALT, None, _KIDNEYS),
-)
 
-# Structures that are one connected piece (see Target.connected).
-_ONE_PIECE = frozenset({
-    "spleen", "kidney_right", "kidney_left", "gallbladder", "esophagus", "liver", "stomach", "aorta",
-    "inferior_vena_cava", "pancreas", "adrenal_gland_right", "adrenal_gland_left", "duodenum", "lung_right",
-    "lung_left", "rectum", "urinary_bladder", "prostate", "femur_head_left", "femur_head_right",
-})
-_DEFAULT_TARGETS: tuple[Target, ...] = tuple(
-    replace(t, connected=True) if t.name in _ONE_PIECE else t for t in _BASE_TARGETS
-)
-
-_DEFAULT_DATASETS: tuple[DatasetLabelMap, ...] = (
-    DatasetLabelMap(
-        "msd_task03_liver", ((1, "liver"), (2, "liver_tumor")),
-        aliases=("Task03_Liver", "MSD Liver", "msd_liver", "LiTS"),
-    ),
-    DatasetLabelMap("msd_task06_lung", ((1, "lung_tumor"),), aliases=("Task06_Lung", "MSD Lung", "msd_lung")),
-    DatasetLabelMap(
-        "msd_task07_pancreas", ((1, "pancreas"), (2, "pancreas_tumor")),
-        aliases=("Task07_Pancreas", "MSD Pancreas", "msd_pancreas"),
-    ),
-    DatasetLabelMap(
-        "msd_task08_hepatic_vessel", ((1, "hepatic_vessel"), (2, "hepatic_vessel_tumor")),
-        aliases=("Task08_HepaticVessel", "MSD HepaticVessel", "MSD Hepatic Vessel", "msd_task08_hepaticvessel"),
-    ),
-    DatasetLabelMap("msd_task09_spleen", ((1, "spleen"),), aliases=("Task09_Spleen", "MSD Spleen", "msd_spleen")),
-    DatasetLabelMap("msd_task10_colon", ((1, "colon_tumor"),), aliases=("Task10_Colon", "MSD Colon", "msd_colon")),
-    DatasetLabelMap(
-        "btcv",
-        (
-            (1, "spleen"), (2, "kidney_right"), (3, "kidney_left"), (4, "gallbladder"), (5, "esophagus"),
-            (6, "liver"), (7, "stomach"), (8, "aorta"), (9, "inferior_vena_cava"),
-            (10, "portal_vein_and_splenic_vein"), (11, "pancreas"), (12, "adrenal_gland_right"),
-            (13, "adrenal_gland_left"),
-        ),
-        aliases=("BTCV Abdomen", "BCV", "Synapse", "Beyond the Cranial Vault"),
-    ),
-    DatasetLabelMap(
-        "kits23", ((2, "kidney_tumor"), (3, "kidney_cyst")),
-        lateral_splits=((1, "kidney_left", "kidney_right"),),
-        aliases=("KiTS", "KiTS 2023", "KiTS21"),
-    ),
-    DatasetLabelMap(
-        "amos22",
-        (
-            (1, "spleen"), (2, "kidney_right"), (3, "kidney_left"), (4, "gallbladder"), (5, "esophagus"),
-            (6, "liver"), (7, "stomach"), (8, "aorta"), (9, "inferior_vena_cava"), (10, "pancreas"),
-            (11, "adrenal_gland_right"), (12, "adrenal_gland_left"), (13, "duodenum"), (14, "urinary_bladder"),
-            (15, "prostate"),
-        ),
-        aliases=("AMOS", "AMOS 2022"),
-    ),
-    DatasetLabelMap(
-        "word",
-        (
-            (1, "liver"), (2, "spleen"), (3, "kidney_left"), (4, "kidney_right"), (5, "stomach"),
-            (6, "gallbladder"), (7, "esophagus"), (8, "pancreas"), (9, "duodenum"), (10, "colon"),
-            (11, "intestine"), (13, "rectum"), (14, "urinary_bladder"), (15, "femur_head_left"),
-            (16, "femur_head_right"),
-        ),
-        lateral_splits=((12, "adrenal_gland_left", "adrenal_gland_right"),),
-        aliases=("WORD dataset", "Whole abdominal organ dataset"),
-    ),
-    DatasetLabelMap(
-        "abdomenct1k", ((1, "liver"), (3, "spleen"), (4, "pancreas")),
-        lateral_splits=((2, "kidney_left", "kidney_right"),),
-        aliases=("AbdomenCT-1K", "AbdomenCT 1K"),
-    ),
-    DatasetLabelMap(
-        "totalsegmentator_v2",
-        (
-            (1, "spleen"), (2, "kidney_right"), (3, "kidney_left"), (4, "gallbladder"), (5, "liver"),
-            (6, "stomach"), (7, "pancreas"), (8, "adrenal_gland_right"), (9, "adrenal_gland_left"),
-            (10, "lung_left"), (11, "lung_left"),  # upper / lower lobe left
-            (12, "lung_right"), (13, "lung_right"), (14, "lung_right"),  # upper / middle / lower lobe right
-            (15, "esophagus"), (18, "intestine"), (19, "duodenum"), (20, "colon"), (21, "urinary_bladder"),
-            (22, "prostate"), (23, "kidney_cyst"), (24, "kidney_cyst"),  # kidney_cyst_left / _right
-            (52, "aorta"), (63, "inferior_vena_cava"), (64, "portal_vein_and_splenic_vein"),
-        ),
-        aliases=("TotalSegmentator", "TotalSegmentator v2", "totalseg", "totalsegmentator_total"),
-    ),
-    DatasetLabelMap(
-        "latentseg_phantoms",
-        (
-            (1, "liver"), (2, "spleen"), (3, "kidney_right"), (4, "kidney_left"), (5, "pancreas"), (6, "stomach"),
-            (7, "gallbladder"), (8, "aorta"), (9, "inferior_vena_cava"), (10, "liver_tumor"),
-            (11, "pancreas_tumor"), (12, "kidney_tumor"),
-        ),
-        aliases=("phantoms", "phantom"),
-    ),
-)
+_DEFAULT_TARGETS: tuple[Target, ...] = tuple(_target_from_row(row) for row in tables.TARGETS)
+_DEFAULT_DATASETS: tuple[DatasetLabelMap, ...] = tuple(DatasetLabelMap(*row) for row in tables.DATASETS)
 
 
 def default_vocabulary() -> Vocabulary:
@@ -666,11 +512,9 @@ def default_vocabulary() -> Vocabulary:
 
 
 # --------------------------------------------------------------------------------------------
-# Typical adult volumes (rough literature ranges), for the review flag's "implausibly small"
-# check (model.inference.statistics). Not part of a Target: the vocabulary's hash, which every bundle
-# records, stays the same. A mask below ``low_ml`` that does not touch the volume's edge is
-# flagged; organs whose size depends on filling or on how much of them the field of view holds
-# get a low bound well under the usual size.
+# Typical adult volumes (rows in model.targets.tables), for the review flag's "implausibly small"
+# check (model.inference.statistics). Not part of a Target: the vocabulary's hash, which every
+# bundle records, stays the same.
 # --------------------------------------------------------------------------------------------
 
 
@@ -687,28 +531,9 @@ class SizePrior:
             raise ValueError(f"size prior needs 0 < low_ml < high_ml, got {self.low_ml}, {self.high_ml}")
 
 
-_SIZE_PRIORS: Mapping[str, SizePrior] = MappingProxyType({
-    "liver": SizePrior(1000, 2500, "CT volumetry of adult livers, about 1.0-2.5 l (Heinemann 1999; Urata 1995)"),
-    "spleen": SizePrior(80, 500, "CT splenic volume, adults about 100-400 ml; > 500 ml splenomegaly (Prassopoulos 1997)"),
-    "kidney_right": SizePrior(80, 300, "CT kidney volume, adults about 80-300 ml each (Bakker 1999; Cheong 2007)"),
-    "kidney_left": SizePrior(80, 300, "CT kidney volume, adults about 80-300 ml each (Bakker 1999; Cheong 2007)"),
-    "gallbladder": SizePrior(5, 150, "fasting gallbladder 20-50 ml, far less after a meal (Everson 1980)"),
-    "pancreas": SizePrior(30, 150, "CT pancreas volume, adults about 50-100 ml, less with age (Saisho 2007)"),
-    "stomach": SizePrior(50, 2000, "depends on filling: about 50 ml empty to 1-2 l distended"),
-    "aorta": SizePrior(20, 400, "abdominal aorta alone about 20-60 ml; the whole thoracoabdominal aorta up to ~400 ml"),
-    "inferior_vena_cava": SizePrior(10, 150, "infrarenal to intrahepatic IVC, about 15-100 ml"),
-    "esophagus": SizePrior(5, 60, "about 20-40 ml over its length"),
-    "duodenum": SizePrior(20, 250, "about 50-150 ml, filling-dependent"),
-    "adrenal_gland_right": SizePrior(1.5, 15, "CT adrenal volume about 3-8 ml each"),
-    "adrenal_gland_left": SizePrior(1.5, 15, "CT adrenal volume about 3-8 ml each"),
-    "lung_right": SizePrior(800, 4500, "CT lung volume, about 1.5-3.5 l each at inspiration"),
-    "lung_left": SizePrior(700, 4000, "CT lung volume, about 1.3-3 l each at inspiration"),
-    "urinary_bladder": SizePrior(10, 800, "depends on filling: tens of ml to about 500 ml"),
-    "prostate": SizePrior(10, 150, "about 20-30 ml, larger with benign hyperplasia"),
-    "femur_head_left": SizePrior(20, 120, "femoral head about 40-70 ml"),
-    "femur_head_right": SizePrior(20, 120, "femoral head about 40-70 ml"),
-    "portal_vein_and_splenic_vein": SizePrior(5, 80, "about 15-40 ml"),
-})
+_SIZE_PRIORS: Mapping[str, SizePrior] = MappingProxyType(
+    {name: SizePrior(*row) for name, row in tables.SIZE_PRIORS.items()}
+)
 
 
 def size_prior(name: str) -> SizePrior | None:

@@ -316,11 +316,11 @@ def test_import_does_not_pull_in_torch() -> None:
 def test_connected_marks_one_piece_organs_never_lesions_and_keeps_old_hashes() -> None:
     import dataclasses
 
-    from model.targets import vocabulary as vocab_module
+    from model.targets import tables
 
     v = default_vocabulary()
     connected = {t.name for t in v if t.connected}
-    assert connected == set(vocab_module._ONE_PIECE)  # every listed name is a real target
+    assert connected == set(tables.ONE_PIECE)  # every listed name is a real target
     assert not any(t.is_lesion for t in v if t.connected)
     with pytest.raises(ValueError, match="lesion"):
         dataclasses.replace(v.get("liver_tumor"), connected=True)
