@@ -224,14 +224,21 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_bundle(path: str | Path | None = None, device: str | torch.device | None = None) -> LoadedBundle:
-    """Load a bundle strictly: manifest schema, vocabulary hash, weights hash and every tensor must match."""
-    folder = resolve_bundle_path(path)
+def read_manifest_and_config(folder: Path) -> tuple[BundleManifest, ModelConfig]:
+    """``folder``'s manifest (read strictly) and its model config; a :class:`BundleError` when the
+    config does not parse in this version of latentseg."""
     manifest = read_manifest(folder)
     try:
         config = ModelConfig.from_dict(manifest.config)
     except ValueError as exc:
         raise BundleError(f"{folder}: config is not valid for this version of latentseg: {exc}") from exc
+    return manifest, config
+
+
+def load_bundle(path: str | Path | None = None, device: str | torch.device | None = None) -> LoadedBundle:
+    """Load a bundle strictly: manifest schema, vocabulary hash, weights hash and every tensor must match."""
+    folder = resolve_bundle_path(path)
+    manifest, config = read_manifest_and_config(folder)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise BundleError(f"{folder} has no {WEIGHTS_NAME}")

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.bundle.loaded import BundleInfo, LoadedBundle, load_bundle, resolve_bundle_path
-from model.bundle.manifest import BundleManifest, file_sha256, read_json, read_manifest, replacing_folder
+from model.bundle.loaded import BundleInfo, LoadedBundle, load_bundle, read_manifest_and_config, resolve_bundle_path
+from model.bundle.manifest import BundleManifest, file_sha256, read_json, replacing_folder
 from model.bundle.config import ModelConfig
 from model.errors import BundleError
 from model.nets.autoencoder import image_condition
@@ -332,11 +332,7 @@ def load_onnx_bundle(
 ) -> OnnxBundle:
     """Open a bundle's ONNX export (default ``<bundle>/onnx``); refuse a stale or altered one."""
     folder = resolve_bundle_path(bundle_path)
-    manifest = read_manifest(folder)
-    try:
-        config = ModelConfig.from_dict(manifest.config)
-    except ValueError as exc:
-        raise BundleError(f"{folder}: config is not valid for this version of latentseg: {exc}") from exc
+    manifest, config = read_manifest_and_config(folder)
     export = Path(onnx_dir) if onnx_dir is not None else default_onnx_dir(folder)
     data = _read_onnx_manifest(export)
     if data.get("weights_sha256") != manifest.weights_sha256:
