@@ -31,8 +31,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--api-key", help="bearer API key (default: the LATENTSEG_API_KEY environment variable)"
     )
     parser.add_argument("--targets", required=True, help="comma-separated targets, e.g. liver,pancreas")
-    parser.add_argument("--ensemble", type=int, help="ensemble size (server default if omitted)")
-    parser.add_argument("--steps", type=int, help="sampling steps (server default if omitted)")
+    parser.add_argument("--ensemble", type=int, help="ensemble size (default: the served bundle's)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the served bundle's)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument(
         "--dicom-seg", action=argparse.BooleanOptionalAction, default=None,
