@@ -17,6 +17,8 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -30,15 +32,16 @@ from starlette.types import Message, Receive
 from model.bundle.manifest import check_sampling
 from model.targets.vocabulary import UnknownTargetError
 from service.auth import CallerDep
-from service.deps import ServicesDep
+from service.deps import Services, ServicesDep
 from service.jobs import AdmissionRefused, TooLargeForWorkers
-from service.nifti import UploadLimits, UploadRejected
+from service.nifti import UploadLimits, UploadRejected, VolumeInfo
 from service.dicom_upload import is_zip_upload
 from service.prompt_targets import PromptLimits, resolve_request_targets
 from service.schemas import SubmitResponse
 from service.served import served_targets, unserved_problem
+from service.settings import ServiceSettings
 from service.slow_clients import UploadStalled, deadline_receive
-from service.storage import UploadTooLarge
+from service.storage import RawUpload, UploadTooLarge
 from service.upload_sandbox import SandboxLimits, check_upload
 from worker.contracts import SegmentationRequest, new_job_id
 
@@ -165,51 +168,88 @@ async def submit_segmentation(
     push: Annotated[bool, Query(description="store segmentation.dcm in the PACS (STOW-RS) when the job finished; "
                                             "needs study_uid")] = False,
 ) -> SubmitResponse:
-    settings = services.settings
     if fractional and dicom is False:
         raise HTTPException(422, "fractional=true describes the DICOM-SEG output; it cannot go with dicom=false")
-    try:  # admission first: a refused caller costs no prompt resolution
+    await _admit(services, owner)  # first: a refused caller costs no prompt resolution
+    names = await _served_target_names(request, services, targets)
+    check_sampling(ensemble, steps, services.settings.sampling_caps)  # a SamplingRangeError is 422; None: the bundle's
+    params = _Parameters(names, ensemble, steps, seed, dicom, fractional, largest_component)
+    if study_uid is not None or series_uid is not None or push:  # a DICOMweb reference, no upload
+        from service.dicomweb_ref import ReferenceParams, submit_reference
+
+        record, duplicate = await submit_reference(services, request.headers, owner, ReferenceParams(
+            study_uid, series_uid, push, names, ensemble, steps, seed, dicom, fractional, largest_component,
+        ))
+        return _accepted(request, response, record, duplicate)
+    job_id = new_job_id()
+    raw = await _store_upload(request, services, job_id)
+    record, duplicate = await _check_and_enqueue(services, owner, job_id, raw, params)
+    return _accepted(request, response, record, duplicate)
+
+
+@dataclass(frozen=True)
+class _Parameters:
+    """A request's checked parameters, its targets resolved to vocabulary names."""
+
+    targets: tuple[str, ...]
+    ensemble: int | None
+    steps: int | None
+    seed: int
+    dicom: bool | None
+    fractional: bool
+    largest_component: bool | None
+
+    def dicom_seg(self, is_dicom: bool) -> bool:
+        """Whether segmentation.dcm is written: asked for (fractional implies it), else for DICOM input."""
+        return self.fractional or (is_dicom if self.dicom is None else self.dicom)
+
+
+async def _admit(services: Services, owner: str) -> None:
+    """429 when the key or the queue is over its admission limit."""
+    try:
         await run_in_threadpool(services.jobs.check_admission, owner)
     except AdmissionRefused as exc:
-        raise _refused(exc, settings.retry_after_s) from exc
-    prompt_limits = PromptLimits.from_settings(settings)
-    try:  # names, synonyms or plain words ("left kidney"), length-capped first: service.prompt_targets
+        raise _refused(exc, services.settings.retry_after_s) from exc
+
+
+async def _served_target_names(request: Request, services: Services, targets: str) -> tuple[str, ...]:
+    """The vocabulary names of ``targets`` (names, synonyms or plain words, length-capped first:
+    service.prompt_targets), all served (422 naming the unserved; 503 while RQ workers' bundles are
+    unknown and LATENTSEG_REQUIRE_WORKER_BUNDLE is set), checked before anything is read or queued."""
+    settings = services.settings
+    try:
         resolved = await run_in_threadpool(
-            resolve_request_targets, request.app, services.vocabulary, targets, prompt_limits
+            resolve_request_targets, request.app, services.vocabulary, targets, PromptLimits.from_settings(settings)
         )
     except UnknownTargetError as exc:
         raise HTTPException(422, {"message": str(exc), "unknown": list(exc.unknown), "valid": list(exc.valid),
                                   "suggestions": exc.suggestions}) from exc
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
-    served = await run_in_threadpool(served_targets, services)  # before anything is read or queued
-    if (problem := unserved_problem(served, [t.name for t in resolved])) is not None:
+    names = tuple(t.name for t in resolved)
+    served = await run_in_threadpool(served_targets, services)
+    if (problem := unserved_problem(served, names)) is not None:
         known = served.served or frozenset()
-        raise HTTPException(422, {"message": problem, "unserved": [t.name for t in resolved if t.name not in known],
+        raise HTTPException(422, {"message": problem, "unserved": [n for n in names if n not in known],
                                   "served": [t.name for t in services.vocabulary.targets if t.name in known]})
     if served.served is None and settings.require_worker_bundle and not settings.embedded:
         raise HTTPException(503, f"{served.why_unknown}: the served targets are unknown until a worker starts",
                             {"Retry-After": str(settings.retry_after_s)})
-    # A SamplingRangeError is 422 {message, parameter, allowed}; None stays None: the worker's bundle picks it.
-    check_sampling(ensemble, steps, settings.sampling_caps)
-    if study_uid is not None or series_uid is not None or push:  # a DICOMweb reference, no upload
-        from service.dicomweb_ref import ReferenceParams, submit_reference
+    return names
 
-        record, duplicate = await submit_reference(services, request.headers, owner, ReferenceParams(
-            study_uid, series_uid, push, tuple(t.name for t in resolved), ensemble, steps, seed, dicom, fractional,
-            largest_component,
-        ))
-        return _accepted(request, response, record, duplicate)
 
+async def _store_upload(request: Request, services: Services, job_id: str) -> RawUpload:
+    """Stream the body (a multipart ``file`` field or the raw body) into the job's storage, under the
+    size limit (413), the client's deadlines (408) and a well-formed multipart (400); nothing is
+    kept on failure."""
+    settings = services.settings
     limit = settings.max_upload_bytes
-    content_type = request.headers.get("content-type", "")
-    multipart = content_type.startswith("multipart/form-data")
+    multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
     body_limit = limit + (MULTIPART_SLACK_BYTES if multipart else 0)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > body_limit:
         raise _too_large(limit)
 
-    job_id = new_job_id()
     receive = deadline_receive(request.receive, settings.body_idle_timeout_s, settings.upload_deadline_s)
     limited = Request(request.scope, receive=_limited(receive, body_limit))
     try:
@@ -218,9 +258,8 @@ async def submit_segmentation(
                 uploads = [v for v in form.values() if isinstance(v, UploadFile)]
                 if not uploads:
                     raise HTTPException(422, "the multipart body has no file field; send the volume as `file`")
-                raw = await services.storage.save_upload(job_id, _iter_upload(uploads[0]), limit)
-        else:
-            raw = await services.storage.save_upload(job_id, limited.stream(), limit)
+                return await services.storage.save_upload(job_id, _iter_upload(uploads[0]), limit)
+        return await services.storage.save_upload(job_id, limited.stream(), limit)
     except UploadTooLarge as exc:
         services.storage.delete_job(job_id)
         raise _too_large(limit) from exc
@@ -239,48 +278,34 @@ async def submit_segmentation(
             raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
         raise
 
-    names = tuple(t.name for t in resolved)
+
+async def _check_and_enqueue(
+    services: Services, owner: str, job_id: str, raw: RawUpload, params: _Parameters
+) -> tuple[dict[str, Any], bool]:
+    """The job's record and whether it is a duplicate: a live job of this key with the same bytes and
+    parameters, else the upload validated in the sandbox, then recorded and queued. On any refusal
+    the job's storage is deleted."""
     is_dicom = is_zip_upload(raw.path)
-    dicom_seg = fractional or (is_dicom if dicom is None else dicom)
-    digest = _request_digest(owner, raw.sha256, names, ensemble, steps, seed, (dicom_seg, fractional, largest_component))
+    dicom_seg = params.dicom_seg(is_dicom)
+    digest = _request_digest(owner, raw.sha256, params.targets, params.ensemble, params.steps, params.seed,
+                             (dicom_seg, params.fractional, params.largest_component))
     try:
         duplicate = await run_in_threadpool(services.jobs.find_duplicate, owner, digest)
         if duplicate is not None:
             services.storage.delete_job(job_id)
             log.info("job %s: duplicate submission, answered with the existing job", duplicate["job_id"])
-            return _accepted(request, response, duplicate, duplicate=True)
-
-        limits = UploadLimits(
-            max_voxels=settings.max_voxels,
-            max_decompressed_bytes=settings.max_decompressed_bytes,
-            reject_nonfinite=settings.reject_nonfinite,
-            max_dicom_files=settings.max_dicom_files,
-        )
-        sandbox = SandboxLimits(
-            timeout_s=settings.upload_check_timeout_s,
-            memory_bytes=settings.upload_check_memory_bytes,
-            cpu_s=settings.upload_check_cpu_s,
-        )
+            return duplicate, True
         stored = services.storage.canonical_input(job_id, dicom=is_dicom)
-        try:
-            volume = await check_upload(raw.path, stored, limits, sandbox, kind="dicom_zip" if is_dicom else "nifti")
-        except UploadRejected as exc:
-            if is_dicom:  # the message may quote member names or a series description: not for logs
-                log.info("upload for job %s refused (%d): DICOM zip, %s", job_id, exc.status, type(exc).__name__)
-            else:  # NIfTI messages are numbers and never quote header text (service.nifti)
-                log.info("upload for job %s refused (%d): %s", job_id, exc.status, exc)
-            raise HTTPException(exc.status, str(exc)) from exc
-        finally:
-            raw.path.unlink(missing_ok=True)
-
+        volume = await _validate_upload(services.settings, raw, stored, job_id, is_dicom)
         job = SegmentationRequest(
-            job_id=job_id, input_name=stored.name, targets=names, ensemble=ensemble, steps=steps, seed=seed,
-            dicom_seg=dicom_seg, fractional=fractional, largest_component=largest_component,
+            job_id=job_id, input_name=stored.name, targets=params.targets, ensemble=params.ensemble,
+            steps=params.steps, seed=params.seed, dicom_seg=dicom_seg, fractional=params.fractional,
+            largest_component=params.largest_component,
         )
         outcome = await run_in_threadpool(services.jobs.submit, job, volume, owner, digest)
     except AdmissionRefused as exc:
         services.storage.delete_job(job_id)
-        raise _refused(exc, settings.retry_after_s) from exc
+        raise _refused(exc, services.settings.retry_after_s) from exc
     except TooLargeForWorkers as exc:  # the estimate is over every live worker's memory budget
         services.storage.delete_job(job_id)
         raise HTTPException(413, str(exc)) from exc
@@ -289,4 +314,32 @@ async def submit_segmentation(
         raise
     if not outcome.duplicate:
         log.info("job %s: queued (%s)", job_id, ",".join(job.targets))
-    return _accepted(request, response, outcome.record, outcome.duplicate)
+    return outcome.record, outcome.duplicate
+
+
+async def _validate_upload(
+    settings: ServiceSettings, raw: RawUpload, stored: Path, job_id: str, is_dicom: bool
+) -> VolumeInfo:
+    """Check the upload in the sandbox subprocess (service.upload_sandbox) into its canonical name
+    ``stored``; the raw upload is removed either way. Refusals answer with their status."""
+    limits = UploadLimits(
+        max_voxels=settings.max_voxels,
+        max_decompressed_bytes=settings.max_decompressed_bytes,
+        reject_nonfinite=settings.reject_nonfinite,
+        max_dicom_files=settings.max_dicom_files,
+    )
+    sandbox = SandboxLimits(
+        timeout_s=settings.upload_check_timeout_s,
+        memory_bytes=settings.upload_check_memory_bytes,
+        cpu_s=settings.upload_check_cpu_s,
+    )
+    try:
+        return await check_upload(raw.path, stored, limits, sandbox, kind="dicom_zip" if is_dicom else "nifti")
+    except UploadRejected as exc:
+        if is_dicom:  # the message may quote member names or a series description: not for logs
+            log.info("upload for job %s refused (%d): DICOM zip, %s", job_id, exc.status, type(exc).__name__)
+        else:  # NIfTI messages are numbers and never quote header text (service.nifti)
+            log.info("upload for job %s refused (%d): %s", job_id, exc.status, exc)
+        raise HTTPException(exc.status, str(exc)) from exc
+    finally:
+        raw.path.unlink(missing_ok=True)
