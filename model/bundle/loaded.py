@@ -172,6 +172,18 @@ class LoadedBundle(BundleInfo):
     def denoiser(self, z_t: torch.Tensor, t: torch.Tensor, z_image: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
         return self.networks.denoiser(z_t, t, z_image, target_ids)
 
+    @torch.no_grad()
+    def condition_features(self, z_image: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode_image`'s output -> its part of the denoiser's first layer (B, channels[0], h, w),
+        for :meth:`denoiser_features`: computed once per window, not at every step and member."""
+        return self.networks.denoiser.condition_features(z_image)
+
+    def denoiser_features(
+        self, z_t: torch.Tensor, t: torch.Tensor, features: torch.Tensor, target_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`denoiser` with the conditioning as :meth:`condition_features` (same output to float rounding)."""
+        return self.networks.denoiser.forward_features(z_t, t, features, target_ids)
+
     @property
     def backend(self) -> str:
         return "torch"

@@ -8,6 +8,13 @@ Two conditioning modes (config switch):
 - ``learnt``: an embedding table, one row per vocabulary id;
 - ``text``: frozen text embeddings (one vector per vocabulary id, computed offline) through a
   trainable projection, as the paper's CLIP-embedding variant.
+
+Sampling split: the U-Net's first convolution is linear in its input channels, so on
+concat(z_t, c) it equals conv(z_t; W_z) + conv(c; W_c) + bias. The conditioning's part
+(:meth:`LatentDenoiser.condition_features`, c = z_image and any stem features: 388 of the demo
+bundle's 392 input channels) does not change over sampling steps or ensemble members; inference
+computes it once per window and each step runs :meth:`LatentDenoiser.forward_features`, whose
+first convolution sees only z_t's channels.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
+from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
 from model.bundle.config import DenoiserConfig
@@ -84,6 +92,7 @@ class LatentDenoiser(nn.Module):
             self.pixel_stem = PixelStem(window_channels, config.pixel_stem)
             stem_channels = config.pixel_stem[-1]
         self._conditioned_channels = condition + stem_channels
+        self._latent_channels = latent_channels
         self.unet = DiffusionModelUNet(
             spatial_dims=2,
             in_channels=latent_channels + condition + stem_channels,
@@ -119,3 +128,47 @@ class LatentDenoiser(nn.Module):
         image_latent, factor = self._pixel_input
         pixels = F.pixel_shuffle(z_image[:, image_latent:], factor)
         return torch.cat([z_image, self.pixel_stem(pixels).to(z_image.dtype)], dim=1)
+
+    def condition_features(self, z_image: torch.Tensor) -> torch.Tensor:
+        """The U-Net's first convolution over the conditioning alone, bias included: (B, channels[0], h, w).
+
+        z_image as :meth:`forward` takes it (with or without the stem's features). The result replaces
+        z_image in :meth:`forward_features`; it depends only on the window, so sampling computes it
+        once per window rather than at every step for every target and member."""
+        conv = self._conv_in
+        weight = conv.weight[:, self._latent_channels :]
+        condition = self.condition(z_image).to(weight.dtype)
+        return F.conv2d(condition, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def forward_features(
+        self, z_t: torch.Tensor, t: torch.Tensor, features: torch.Tensor, target_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`forward` with the conditioning given as :meth:`condition_features` (same output up to
+        float rounding): the first convolution runs over z_t's channels only."""
+        conv = self._conv_in
+        weight = conv.weight[:, : self._latent_channels]
+        h = F.conv2d(z_t, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups) + features
+        return self._unet_after_conv_in(h, t, target_ids)
+
+    @property
+    def _conv_in(self) -> nn.Conv2d:
+        conv = self.unet.conv_in.conv
+        assert isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"
+        return conv
+
+    def _unet_after_conv_in(self, h: torch.Tensor, t: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+        """``DiffusionModelUNet.forward`` (MONAI 1.6; no cross-attention context, no ControlNet
+        residuals) from the first convolution's output ``h`` on; tests check it against the U-Net itself."""
+        unet = self.unet
+        emb = unet.time_embed(get_timestep_embedding(t, unet.block_out_channels[0]).to(dtype=h.dtype))
+        emb = emb + unet.class_embedding(target_ids).to(dtype=h.dtype)
+        skips: list[torch.Tensor] = [h]
+        for block in unet.down_blocks:
+            h, residuals = block(hidden_states=h, temb=emb, context=None)
+            skips.extend(residuals)
+        h = unet.middle_block(hidden_states=h, temb=emb, context=None)
+        for block in unet.up_blocks:
+            count = len(block.resnets)
+            h = block(hidden_states=h, res_hidden_states_list=skips[-count:], temb=emb, context=None)
+            skips = skips[:-count]
+        return unet.out(h)
