@@ -5,11 +5,16 @@ liver and spleen, ensemble 5, 10 steps. ``--targets liver --ensemble 1 --name pr
 the 1-target 1-sample preview.
 
     python -m benchmarks.standard_case [--backend torch|onnx] [--targets ...] [--ensemble E] [--steps S]
+    python -m benchmarks.standard_case --compare-paths   # torch: per-window conditioning features vs
+                                                         # the whole denoiser at every step, alternated in one process
+
+``OMP_WAIT_POLICY`` defaults to PASSIVE here as in ``latentseg segment`` (set before torch loads).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import tempfile
@@ -55,6 +60,34 @@ def load(bundle_path: Path, backend: str) -> Any:
     return load_backend(bundle_path, backend, device="cpu" if backend == "torch" else None, onnx_dir=onnx_dir)
 
 
+class _TimedBundle(TimedBundle):
+    """:class:`TimedBundle` that also times the torch backend's split denoiser: ``condition_features`` (once
+    per window) counts as encoding, ``denoiser_features`` (every step) as denoising."""
+
+    NETWORKS = (*TimedBundle.NETWORKS, "condition_features", "denoiser_features")
+    FOLDED = {"condition_features": "encode_image", "denoiser_features": "denoiser"}
+
+    def folded(self) -> tuple[dict[str, float], dict[str, int]]:
+        seconds, calls = dict(self.seconds), dict(self.calls)
+        for name, into in self.FOLDED.items():
+            seconds[into] += seconds.pop(name)
+            calls[into] += calls.pop(name)
+        return seconds, calls
+
+
+class WholeDenoiserEachStep:
+    """A torch bundle without ``condition_features``: sampling takes the straightforward path (the whole
+    denoiser, first convolution over the full conditioning included, at every step for every member)."""
+
+    def __init__(self, bundle: Any) -> None:
+        self._bundle = bundle
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("condition_features", "denoiser_features"):
+            raise AttributeError(name)
+        return getattr(self._bundle, name)
+
+
 def in_process(bundle: Any, image: Path, targets: str, ensemble: int, steps: int, seed: int = 0,
                keep: Path | None = None) -> dict[str, Any]:
     """One segment_file run with every phase timed; returns seconds per phase and counts.
@@ -62,7 +95,7 @@ def in_process(bundle: Any, image: Path, targets: str, ensemble: int, steps: int
     import model.inference.pipeline as pipeline
     import model.inference.writing as writing
 
-    timed = TimedBundle(bundle)
+    timed = _TimedBundle(bundle)
     seconds: dict[str, float] = {}
     out = keep or Path(tempfile.mkdtemp(prefix="bench-"))
     options = pipeline.SegmentationOptions(ensemble=ensemble, steps=steps, seed=seed)
@@ -81,10 +114,48 @@ def in_process(bundle: Any, image: Path, targets: str, ensemble: int, steps: int
     finally:
         if keep is None:
             shutil.rmtree(out, ignore_errors=True)
-    seconds.update(timed.seconds)
-    seconds["sampling_other"] = seconds.pop("predict") - seconds["model_grid"] - sum(timed.seconds.values())
+    network_seconds, calls = timed.folded()
+    seconds.update(network_seconds)
+    seconds["sampling_other"] = seconds.pop("predict") - seconds["model_grid"] - sum(network_seconds.values())
     seconds["total"] = total
-    return {"seconds": seconds, "calls": timed.calls}
+    return {"seconds": seconds, "calls": calls}
+
+
+def compare_paths(targets: str, ensemble: int, steps: int, repeats: int) -> tuple[Table, dict[str, Any]]:
+    """The standard case in process with the torch backend, the per-window-features path and the
+    straightforward path alternated ``repeats`` times, and the largest difference between their maps."""
+    import nibabel as nib
+    import numpy as np
+
+    bundle_path, _ = benchmark_bundle()
+    image = standard_phantom()
+    bundle = load(bundle_path, "torch")
+    paths = {"features once per window (now)": bundle, "whole denoiser every step (before)": WholeDenoiserEachStep(bundle)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
+    folders = {name: Path(tempfile.mkdtemp(prefix="bench-paths-")) for name in paths}
+    try:
+        for i in range(repeats):
+            for name, b in paths.items():
+                runs[name].append(in_process(b, image, targets, ensemble, steps, keep=folders[name] if i == 0 else None))
+        now, before = (folders[name] for name in paths)
+        maps = sorted(now.glob("*_mean.nii.gz")) + sorted(now.glob("*_variance.nii.gz"))
+        diffs = {f.name.removesuffix(".nii.gz"): float(np.abs(np.asarray(nib.load(f).dataobj)
+                                                              - np.asarray(nib.load(before / f.name).dataobj)).max())
+                 for f in maps}
+    finally:
+        for folder in folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
+    table = Table(f"Standard case in process, torch: conditioning features once per window vs the whole denoiser "
+                  f"every step ({targets}, ensemble {ensemble}, {steps} steps)", ["path", "denoise s", "in process s"])
+    for name, values in runs.items():
+        table.rows.append([name, summary([r["seconds"]["denoiser"] for r in values]),
+                           summary([r["seconds"]["total"] for r in values])])
+    names = list(paths)
+    for key, label in (("denoiser", "denoise"), ("total", "in process")):
+        ratios = [b["seconds"][key] / a["seconds"][key] for a, b in zip(runs[names[0]], runs[names[1]], strict=True)]
+        table.notes.append(f"{label} before / now, per alternated pair: " + ", ".join(f"{r:.2f}x" for r in ratios))
+    table.notes.append("max |now - before| over the written maps: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    return table, {"runs": runs, "max_abs_diff": diffs}
 
 
 def through_cli(bundle_path: Path, backend: str, image: Path, targets: str, ensemble: int, steps: int,
@@ -149,9 +220,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch/ORT intra-op threads (default: torch's)")
+    parser.add_argument("--compare-paths", action="store_true",
+                        help="torch, in process only: features once per window vs the whole denoiser every step")
     args = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp, as `latentseg segment`
     threads = set_threads(args.threads)
     load_before = load_average()
+    if args.compare_paths:
+        table, data = compare_paths(args.targets, args.ensemble, args.steps, args.repeats)
+        publish(f"{args.name}_paths", [table], {**data, "threads": threads}, load_before)
+        return
     results = measure(args.backend, args.targets, args.ensemble, args.steps, args.repeats, threads)
     shape = "×".join(map(str, STANDARD_SHAPE))
     spacing = "×".join(map(str, STANDARD_SPACING))
