@@ -58,10 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "segment":
-        # libgomp reads OMP_WAIT_POLICY once, when torch loads it (just below, with MONAI): set here, not in
-        # cli/segment.py, or it has no effect. Spinning made a CLI run 2.6x slower under load (BENCHMARKS.md, v0.7).
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # libgomp reads OMP_WAIT_POLICY once, when torch loads it (just below, with MONAI): set here for every
+    # command (segment, worker, serve's embedded worker, evaluate, train), not later, or it has no effect.
+    # Spinning made a CLI run 2.6x slower under load (BENCHMARKS.md, v0.7). An explicit value is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args.command in MONAI_COMMANDS:
         from model.monai_import import import_monai_lean
 
