@@ -30,10 +30,9 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
 from model.bundle.manifest import check_sampling
-from model.targets.vocabulary import UnknownTargetError
+from model.errors import UserError
 from service.auth import CallerDep
 from service.deps import Services, ServicesDep
-from service.jobs import AdmissionRefused, TooLargeForWorkers
 from service.nifti import UploadLimits, UploadRejected, VolumeInfo
 from service.dicom_upload import is_zip_upload
 from service.prompt_targets import PromptLimits, resolve_request_targets
@@ -92,10 +91,6 @@ async def _iter_upload(upload: UploadFile) -> AsyncIterator[bytes]:
 
 def _too_large(limit: int) -> HTTPException:
     return HTTPException(413, f"the upload is larger than this server's limit of {limit} bytes")
-
-
-def _refused(exc: AdmissionRefused, retry_after_s: int) -> HTTPException:
-    return HTTPException(429, str(exc), {"Retry-After": str(retry_after_s)})
 
 
 def _request_digest(
@@ -205,11 +200,8 @@ class _Parameters:
 
 
 async def _admit(services: Services, owner: str) -> None:
-    """429 when the key or the queue is over its admission limit."""
-    try:
-        await run_in_threadpool(services.jobs.check_admission, owner)
-    except AdmissionRefused as exc:
-        raise _refused(exc, services.settings.retry_after_s) from exc
+    """429 when the key or the queue is over its admission limit (an AdmissionRefused answers itself)."""
+    await run_in_threadpool(services.jobs.check_admission, owner)
 
 
 async def _served_target_names(request: Request, services: Services, targets: str) -> tuple[str, ...]:
@@ -221,9 +213,8 @@ async def _served_target_names(request: Request, services: Services, targets: st
         resolved = await run_in_threadpool(
             resolve_request_targets, request.app, services.vocabulary, targets, PromptLimits.from_settings(settings)
         )
-    except UnknownTargetError as exc:
-        raise HTTPException(422, {"message": str(exc), "unknown": list(exc.unknown), "valid": list(exc.valid),
-                                  "suggestions": exc.suggestions}) from exc
+    except UserError:  # answers itself (model.errors): an unknown target names the valid ones
+        raise
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
     names = tuple(t.name for t in resolved)
@@ -266,9 +257,9 @@ async def _store_upload(request: Request, services: Services, job_id: str) -> Ra
     except ClientDisconnect:
         services.storage.delete_job(job_id)
         raise HTTPException(400, "the upload was interrupted") from None
-    except UploadStalled as exc:  # a slow or stalled client: answer, then close the connection
+    except UploadStalled:  # a slow or stalled client: 408, then the connection closes (its class says so)
         services.storage.delete_job(job_id)
-        raise HTTPException(408, str(exc), {"Connection": "close"}) from None
+        raise
     except MultiPartException as exc:
         services.storage.delete_job(job_id)
         raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
@@ -303,13 +294,7 @@ async def _check_and_enqueue(
             largest_component=params.largest_component,
         )
         outcome = await run_in_threadpool(services.jobs.submit, job, volume, owner, digest)
-    except AdmissionRefused as exc:
-        services.storage.delete_job(job_id)
-        raise _refused(exc, services.settings.retry_after_s) from exc
-    except TooLargeForWorkers as exc:  # the estimate is over every live worker's memory budget
-        services.storage.delete_job(job_id)
-        raise HTTPException(413, str(exc)) from exc
-    except BaseException:
+    except BaseException:  # AdmissionRefused (429) and TooLargeForWorkers (413) answer themselves
         services.storage.delete_job(job_id)
         raise
     if not outcome.duplicate:
@@ -340,6 +325,6 @@ async def _validate_upload(
             log.info("upload for job %s refused (%d): DICOM zip, %s", job_id, exc.status, type(exc).__name__)
         else:  # NIfTI messages are numbers and never quote header text (service.nifti)
             log.info("upload for job %s refused (%d): %s", job_id, exc.status, exc)
-        raise HTTPException(exc.status, str(exc)) from exc
+        raise
     finally:
         raw.path.unlink(missing_ok=True)
