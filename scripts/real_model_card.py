@@ -211,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "## What it is",
         "A guided latent diffusion segmenter (paper §2–3: mask auto-encoder, image VAE, conditional latent denoiser "
         "predicting z0 with learned variance), CPU-sized so that it ships in the repository and runs on a laptop, "
-        "fine-tuned on real labelled CT from the phantom-trained demo bundle v0.6. Per requested target it returns "
+        "trained on real labelled CT (v0.7: the phantom-trained demo bundle v0.6 fine-tuned for 2675 steps; v0.8: v0.7 "
+        "trained 6000 steps more on the same data). Per requested target it returns "
         "an ensemble-mean probability mask and an ensemble-variance mask.",
         "",
         f"- Trained targets: {', '.join(f'`{t}`' for t in manifest.trained_targets)}",
@@ -237,12 +238,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "labels stay partial: the spleen case trains the spleen only.",
         "",
         "## How it was trained",
-        "`scripts/train_real.sh` (see the README for the command): every run starts from v0.6 (`init_from`), keeps "
-        "both auto-encoders and their latent scale factors, and trains the denoiser on the listed data with MONAI "
-        "patch augmentation (training/augment.py). The folds and the full run ran side by side, one thread each, on "
-        "2 CPU cores. The full run added the unenhanced phantoms (`--noncontrast-prob 0.6`) from step 1000 on and "
-        "ran its last 675 steps alone with both threads. Seconds per 1000 steps below are for runs sharing the "
-        "2 cores four to six ways; one run alone with one thread takes about 1140 s per 1000 steps.",
+        "`scripts/train_real.sh` (see the README for the command) with `--steps 6000`: each leave-one-patient-out "
+        "fold starts from v0.6 (`--init-from`, so that no fold has seen its left-out patient) and the full run from "
+        "v0.7; every run keeps both auto-encoders and their latent scale factors and trains the denoiser on the "
+        "listed data with MONAI patch augmentation (training/augment.py), one thread each, side by side on the 2 "
+        "CPU cores (and, for part of the time, beside four processes running tests). One run alone with one "
+        "thread takes about 450 s per 1000 steps on this machine, two side by side about 520 s each; the wall "
+        "times below are inflated by the sharing (`fold_ts_a_torso` restarted from its step-500 checkpoint, so "
+        "its wall time counts from there).",
         "",
         run_rows(provenance),
         "",

@@ -13,6 +13,8 @@
 #   --out DIR           run folder (default runs/real); every stage resumes from its checkpoints there
 #   --config FILE       training config (default training/configs/real.yaml: model, targets, augmentation)
 #   --init-from BUNDLE  bundle to fine-tune (default: the config's, the shipped demo bundle)
+#   --fold-init-from B  bundle each fold starts from (default: --init-from); use one that never saw the
+#                       left-out patients (v0.8's folds: v0.6 from git, `git show 06aa22b:model/bundles/demo/...`)
 #   --leave-out CASE    add a fold trained without CASE and scored on it (repeatable); default: none
 #   --steps N           diffusion steps of the full run (default: the config's)
 #   --minutes M         wall-time budget of the full run (default: the config's)
@@ -26,13 +28,14 @@
 #   --ship              copy the marked full bundle to model/bundles/demo
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=runs/real; CONFIG=training/configs/real.yaml; INIT=(); STEPS=(); FOLD_STEPS=(); PHANTOMS=12
+OUT=runs/real; CONFIG=training/configs/real.yaml; INIT=(); FOLD_INIT=(); STEPS=(); FOLD_STEPS=(); PHANTOMS=12
 DEVICE=cpu; GPUS=0; PARALLEL=0; SHIP=0; LEAVE_OUT=(); DATA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT=$2; shift 2 ;;
     --config) CONFIG=$2; shift 2 ;;
     --init-from) INIT=(--init-from "$2"); shift 2 ;;
+    --fold-init-from) FOLD_INIT=(--init-from "$2"); shift 2 ;;
     --leave-out) LEAVE_OUT+=("$2"); shift 2 ;;
     --steps) STEPS+=(--steps "$2"); shift 2 ;;
     --minutes) STEPS+=(--max-minutes "$2"); shift 2 ;;
@@ -43,13 +46,14 @@ while [ $# -gt 0 ]; do
     --gpus) GPUS=$2; DEVICE=cuda; shift 2 ;;
     --parallel) PARALLEL=1; shift ;;
     --ship) SHIP=1; shift ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     -*) echo "train_real.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) DATA+=("$1"); shift ;;
   esac
 done
 [ ${#DATA[@]} -gt 0 ] || { echo "train_real.sh: name at least one dataset folder (see --help)" >&2; exit 2; }
 [ ${#FOLD_STEPS[@]} -gt 0 ] || FOLD_STEPS=("${STEPS[@]}")
+[ ${#FOLD_INIT[@]} -gt 0 ] || FOLD_INIT=("${INIT[@]}")
 bash scripts/setup.sh
 LS=.venv/bin/latentseg
 mkdir -p "$OUT/data"
@@ -86,27 +90,28 @@ else
 fi
 DATA_ARGS=(); for f in "${FOLDERS[@]}"; do DATA_ARGS+=(--data "$f"); done
 
-train() {  # train RUN_DIR [extra args]: all three stages (kept auto-encoders take 0 steps)
+train() {  # train RUN_DIR INIT... -- [extra args]: all three stages (kept auto-encoders take 0 steps)
   local run=$1; shift
+  local init=(); while [ "$1" != "--" ]; do init+=("$1"); shift; done; shift
   local cmd=("$LS")
   if [ "$GPUS" -gt 1 ]; then cmd=(.venv/bin/torchrun --standalone --nproc_per_node "$GPUS" "$(command -v "$LS" || echo "$LS")"); fi
-  "${cmd[@]}" train all --config "$CONFIG" "${DATA_ARGS[@]}" "${INIT[@]}" --device "$DEVICE" --out "$run" "$@"
+  "${cmd[@]}" train all --config "$CONFIG" "${DATA_ARGS[@]}" "${init[@]}" --device "$DEVICE" --out "$run" "$@"
 }
 PIDS=()
 if [ "$PARALLEL" = 1 ] && [ "$DEVICE" = cpu ]; then export OMP_NUM_THREADS=1; fi
 for case_id in "${LEAVE_OUT[@]}"; do
   if [ "$PARALLEL" = 1 ] && [ "$DEVICE" = cpu ]; then
-    train "$OUT/fold_$case_id" --exclude-case "$case_id" "${FOLD_STEPS[@]}" > "$OUT/fold_$case_id.log" 2>&1 & PIDS+=($!)
+    train "$OUT/fold_$case_id" "${FOLD_INIT[@]}" -- --exclude-case "$case_id" "${FOLD_STEPS[@]}" > "$OUT/fold_$case_id.log" 2>&1 & PIDS+=($!)
   else
-    train "$OUT/fold_$case_id" --exclude-case "$case_id" "${FOLD_STEPS[@]}" 2>&1 | tee "$OUT/fold_$case_id.log"
+    train "$OUT/fold_$case_id" "${FOLD_INIT[@]}" -- --exclude-case "$case_id" "${FOLD_STEPS[@]}" 2>&1 | tee "$OUT/fold_$case_id.log"
   fi
 done
 if [ "$PARALLEL" = 1 ] && [ "$DEVICE" = cpu ]; then
-  train "$OUT/full" "${STEPS[@]}" > "$OUT/full.log" 2>&1 & PIDS+=($!)
+  train "$OUT/full" "${INIT[@]}" -- "${STEPS[@]}" > "$OUT/full.log" 2>&1 & PIDS+=($!)
   for pid in "${PIDS[@]}"; do wait "$pid"; done
   unset OMP_NUM_THREADS
 else
-  train "$OUT/full" "${STEPS[@]}" 2>&1 | tee "$OUT/full.log"
+  train "$OUT/full" "${INIT[@]}" -- "${STEPS[@]}" 2>&1 | tee "$OUT/full.log"
 fi
 
 # Score each fold on the patient it left out, then mark the full bundle.
