@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "## What each change bought (same left-out cases)",
         cs.dice_columns_table(
             {**({"v0.6 (phantoms)": cs.dice_of(baseline)} if baseline else {}),
-             **{name: cs.dice_from_history(run) for name, run in history.items()
+             **{name: cs.dice_from_history(run) for name, run in sorted(history.items(), key=lambda kv: not kv[0].startswith("v0.6"))
                 if not (baseline and name.startswith("v0.6"))},
              f"v{manifest.version} fold ({fold_steps(provenance)} steps)": cs.dice_of(folds),
              **({"fold without phantoms": cs.dice_of(nophantom)} if nophantom else {})}, order),
