@@ -44,6 +44,10 @@ class AugmentConfig(FrozenConfig):
     blur_prob: float = Field(0.2, ge=0, le=1)
     blur_sigma: tuple[float, float] = Field((0.3, 1.0), description="Gaussian blur sigma (pixels)")
     thick_slice_prob: float = Field(0.15, ge=0, le=1, description="average the centre slice with its neighbours")
+    contrast_phase_prob: float = Field(
+        0.0, ge=0, le=1,
+        description="re-enhance the labelled vessels and organs as another contrast phase (training/contrast_phase.py)",
+    )
 
 
 class PatchAugmenter:

@@ -38,6 +38,7 @@ from model.bundle.config import PreprocessConfig
 from model.errors import UserError
 from model.inference.preprocessing import Volume, body_mask, context_offsets, load_nifti, scale_intensity, to_model_grid
 from model.targets.vocabulary import DatasetLabelMap, UnknownDatasetError, Vocabulary
+from training.contrast_phase import ContrastPhaseAugmenter
 
 log = logging.getLogger(__name__)
 
@@ -413,7 +414,9 @@ class PatchSampler:
     ``context_slices`` k, each image patch also carries the k slices either side
     (:func:`model.inference.preprocessing.context_offsets`; the edge slice repeats past the volume's ends).
     ``augment(image, mask, seed)`` (e.g. :class:`training.augment.PatchAugmenter`) transforms each
-    example; its seed is drawn from the sampler's generator, so a resumed run repeats the stream."""
+    example; its seed is drawn from the sampler's generator, so a resumed run repeats the stream.
+    ``contrast`` (:class:`training.contrast_phase.ContrastPhaseAugmenter`) first re-enhances the image
+    window as another contrast phase, from the case's full structure labels (before ``augment``)."""
 
     def __init__(
         self,
@@ -425,9 +428,12 @@ class PatchSampler:
         dataset_weights: dict[str, float] | None = None,
         context_slices: int = 0,
         augment: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None,
+        contrast: ContrastPhaseAugmenter | None = None,
     ) -> None:
         self.cases = {k: v for k, v in cases.items() if v}
         self.augment = augment
+        self.contrast = contrast
+        self._median_cache: dict[int, dict[int, float]] = {}
         self.offsets = context_offsets(context_slices)
         if not self.cases:
             raise ValueError("no training cases")
@@ -493,6 +499,14 @@ class PatchSampler:
         image = np.stack([self._patch(case.image, min(max(int(z) + o, 0), depth - 1), int(cx), int(cy)) for o in self.offsets])
         bits = self._patch(case.bits, int(z), int(cx), int(cy))
         mask = ((bits >> np.uint64(target)) & np.uint64(1)).astype(np.float32)
+        if self.contrast is not None:
+            key = id(case)
+            if key not in self._median_cache:
+                self._median_cache[key] = self.contrast.case_medians(case.image, case.bits)
+            bits_window = np.stack(
+                [self._patch(case.bits, min(max(int(z) + o, 0), depth - 1), int(cx), int(cy)) for o in self.offsets]
+            )
+            image = self.contrast(image, bits_window, self._median_cache[key], int(rng.integers(2**63)))
         if self.augment is not None:
             image, mask = self.augment(image, mask, int(rng.integers(2**63)))
         return image, mask, int(target)

@@ -34,6 +34,7 @@ from model.diffusion.timestep_sampling import LossSecondMomentSampler, UniformSa
 from model.nets.autoencoder import MaskAutoencoder, build_image_vae, encode_image_mean, image_condition
 from model.targets.vocabulary import Vocabulary, default_vocabulary
 from training.augment import PatchAugmenter
+from training.contrast_phase import ContrastPhaseAugmenter
 from training.config import StageConfig, TrainConfig, learning_rate
 from training.data import Batch, PatchSampler, prepare_sources, read_dataset, restrict_targets, select_cases
 from training.finetune import inherited_latent_scale, initial_weights
@@ -90,6 +91,14 @@ def distributed(device_hint: str | None) -> Iterator[tuple[int, int, torch.devic
         dist.destroy_process_group()
 
 
+def contrast_augmenter(config: TrainConfig, vocabulary: Vocabulary) -> ContrastPhaseAugmenter | None:
+    """The contrast-phase augmenter when augmentation is on and its probability is above 0."""
+    aug, pre = config.augment, config.model.preprocess
+    if not aug.enabled or aug.contrast_phase_prob <= 0:
+        return None
+    return ContrastPhaseAugmenter(vocabulary, pre.intensity_min, pre.intensity_max, aug.contrast_phase_prob)
+
+
 def make_context(config: TrainConfig, rank: int, world: int, device: torch.device) -> TrainContext:
     vocabulary = default_vocabulary()
     sources = select_cases([read_dataset(path, vocabulary) for path in config.data], exclude=config.exclude_cases)
@@ -103,6 +112,7 @@ def make_context(config: TrainConfig, rank: int, world: int, device: torch.devic
         cases, config.model.preprocess.patch_size, foreground_prob=config.foreground_prob, seed=config.seed * 1000 + rank,
         dataset_weights=config.dataset_weights, context_slices=config.model.denoiser.context_slices,
         augment=PatchAugmenter(config.augment) if config.augment.enabled else None,
+        contrast=contrast_augmenter(config, vocabulary),
     )
     return TrainContext(config, vocabulary, device, sampler, tuple(annotated), rank, world)
 
@@ -561,6 +571,7 @@ def _write_bundle(
             "datasets": sorted(ctx.sampler.datasets),
             "exclude_cases": list(cfg.exclude_cases),
             "augment": cfg.augment.enabled,
+            "contrast_phase_prob": cfg.augment.contrast_phase_prob if cfg.augment.enabled else 0.0,
             "seed": cfg.seed,
             "world_size": ctx.world_size,
             "device": str(ctx.device),

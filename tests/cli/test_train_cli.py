@@ -149,10 +149,11 @@ def test_init_from_fine_tunes_a_bundle_and_names_a_mismatch(
 
 
 def test_train_leaves_a_case_out_trains_only_named_targets_with_augmentation(tmp_path: Path, phantoms: Path) -> None:
-    # The leave-one-patient-out fold of scripts/train_real.sh: --exclude-case, a target list and augmentation.
+    # The leave-one-patient-out fold of scripts/train_real.sh: --exclude-case, a target list and augmentation
+    # (contrast-phase augmentation included: the phantoms label the kidneys and vessels it re-enhances).
     config = tmp_path / "fold.yaml"
     config.write_text(
-        TINY_CONFIG.read_text() + "targets: [liver, kidney_left]\naugment: {enabled: true}\n"
+        TINY_CONFIG.read_text() + "targets: [liver, kidney_left]\naugment: {enabled: true, contrast_phase_prob: 1.0}\n"
     )
     cases = sorted(p.name.removesuffix(".nii.gz") for p in (phantoms / "labelsTr").iterdir())
     out = tmp_path / "fold"
@@ -162,6 +163,7 @@ def test_train_leaves_a_case_out_trains_only_named_targets_with_augmentation(tmp
     manifest = json.loads((out / "bundle" / "bundle.json").read_text())
     assert manifest["trained_targets"] == ["kidney_left", "liver"]
     assert manifest["provenance"]["exclude_cases"] == [cases[0]] and manifest["provenance"]["augment"] is True
+    assert manifest["provenance"]["contrast_phase_prob"] == 1.0
     assert manifest["provenance"]["stages"]["diffusion"]["steps"] == 6
     typo = latentseg("train", "diffusion", "--config", str(config), "--data", str(phantoms), "--out", str(tmp_path / "x"),
                      "--device", "cpu", "--exclude-case", "no_such_case")
