@@ -125,6 +125,28 @@ EQUAL_STEP_RUNS = {  # run -> what it changes against its fold (the same left-ou
 }
 
 
+def stored_runs(folder: Path) -> dict[str, dict[str, Any]]:
+    """The run provenance kept beside a version's reports (``runs.json``), or none."""
+    path = folder / "runs.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def earlier_folds(store: Path, version: str, cases: Sequence[str]) -> list[tuple[str, list[Any]]]:
+    """The left-out fold reports kept for earlier shipped versions (``store/<version>/fold_<case>.json``), oldest first."""
+    from training.evaluate import read_report
+
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int(p) if p.isdigit() else 0 for p in v.split("."))
+
+    found = []
+    for folder in sorted((p for p in store.iterdir() if p.is_dir() and p.name != version), key=lambda p: key(p.name)) \
+            if store.is_dir() else []:
+        reports = [read_report(folder / f"fold_{c}.json") for c in cases if (folder / f"fold_{c}.json").is_file()]
+        if reports and key(folder.name) < key(version):
+            found.append((folder.name, reports))
+    return found
+
+
 def equal_step_section(work: Path) -> list[str]:
     """Runs compared at the same optimizer step (1000) on their left-out case: reports ``at1000_<run>``."""
     from training import card_sections as cs
@@ -187,8 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with_phantoms = [f for f in folds if any(f.cases == n.cases for n in nophantom)]
     shipped_ts = evaluate_once(store, work, "shipped_ts", args.bundle, ts, None, args.reuse)
     spleen = None
-    if (args.runs / "data" / "spleen8" / "labelmap.json").is_file() or (store / "shipped_spleen8.json").is_file():
-        spleen = evaluate_once(store, work, "shipped_spleen8", args.bundle, args.runs / "data" / "spleen8", None, args.reuse)
+    spleen_dir = next((args.runs / "data" / n for n in ("msd-spleen8", "spleen8")
+                       if (args.runs / "data" / n / "labelmap.json").is_file()), args.runs / "data" / "msd-spleen8")
+    if (spleen_dir / "labelmap.json").is_file() or (store / "shipped_spleen8.json").is_file():
+        spleen = evaluate_once(store, work, "shipped_spleen8", args.bundle, spleen_dir, None, args.reuse)
     phantoms_dir = work / "heldout_phantoms"
     if not (phantoms_dir / "dataset.json").is_file() and not args.reuse:
         write_phantom_dataset(phantoms_dir, args.phantom_cases, 9000, PhantomSpec())
@@ -212,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "A guided latent diffusion segmenter (paper §2–3: mask auto-encoder, image VAE, conditional latent denoiser "
         "predicting z0 with learned variance), CPU-sized so that it ships in the repository and runs on a laptop, "
         "trained on real labelled CT (v0.7: the phantom-trained demo bundle v0.6 fine-tuned for 2675 steps; v0.8: v0.7 "
-        "trained 6000 steps more on the same data). Per requested target it returns "
+        "trained 6000 steps more on the same data; v0.9: v0.8 trained 6000 steps more with contrast-phase "
+        "augmentation, training/contrast_phase.py). Per requested target it returns "
         "an ensemble-mean probability mask and an ensemble-variance mask.",
         "",
         f"- Trained targets: {', '.join(f'`{t}`' for t in manifest.trained_targets)}",
@@ -238,14 +263,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "labels stay partial: the spleen case trains the spleen only.",
         "",
         "## How it was trained",
-        "`scripts/train_real.sh` (see the README for the command) with `--steps 6000`: each leave-one-patient-out "
-        "fold starts from v0.6 (`--init-from`, so that no fold has seen its left-out patient) and the full run from "
-        "v0.7; every run keeps both auto-encoders and their latent scale factors and trains the denoiser on the "
-        "listed data with MONAI patch augmentation (training/augment.py), one thread each, side by side on the 2 "
-        "CPU cores (and, for part of the time, beside four processes running tests). One run alone with one "
-        "thread takes about 450 s per 1000 steps on this machine, two side by side about 520 s each; the wall "
-        "times below are inflated by the sharing (`fold_ts_a_torso` restarted from its step-500 checkpoint, so "
-        "its wall time counts from there).",
+        "`scripts/train_real.sh` (see the README for the command) with `--steps 6000 --fold-steps 6000 --parallel`: "
+        "each leave-one-patient-out fold starts from v0.6 (`--fold-init-from`, so that no fold has seen its left-out "
+        "patient) and the full run from the previous shipped bundle; every run keeps both auto-encoders and their "
+        "latent scale factors and trains the denoiser on the listed data with MONAI patch augmentation "
+        "(training/augment.py) and, from v0.9, contrast-phase augmentation (training/contrast_phase.py, probability "
+        f"{prov.get('contrast_phase_prob', 0.5)}), one thread each, the three runs side by side on the 2 CPU cores "
+        "(the wall times below are inflated by that sharing and by tests run beside them; one run alone with one "
+        "thread takes about 450 s per 1000 steps on this machine).",
         "",
         run_rows(provenance),
         "",
@@ -266,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             {**({"v0.6 (phantoms)": cs.dice_of(baseline)} if baseline else {}),
              **{name: cs.dice_from_history(run) for name, run in sorted(history.items(), key=lambda kv: not kv[0].startswith("v0.6"))
                 if not (baseline and name.startswith("v0.6"))},
+             **{f"v{version} fold ({fold_steps(stored_runs(args.store / version))} steps)": cs.dice_of(reports)
+                for version, reports in earlier_folds(args.store, manifest.version, cases)},
              f"v{manifest.version} fold ({fold_steps(provenance)} steps)": cs.dice_of(folds),
              **({"fold without phantoms": cs.dice_of(nophantom)} if nophantom else {})}, order),
         "",
