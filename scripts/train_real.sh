@@ -118,7 +118,8 @@ fi
 REPORTS=()
 for case_id in "${LEAVE_OUT[@]}"; do
   for f in "${FOLDERS[@]}"; do
-    if ls "$f"/labelsTr/"$case_id".* "$f"/labels/"$case_id".* >/dev/null 2>&1; then
+    # nnU-Net/MSD folders have labelsTr/, plain ones labels/: either holding the case is the one to score on.
+    if compgen -G "$f/labelsTr/$case_id.*" >/dev/null || compgen -G "$f/labels/$case_id.*" >/dev/null; then
       $LS evaluate --bundle "$OUT/fold_$case_id/bundle" --data "$f" --cases "$case_id" --device "$DEVICE" --out "$OUT/fold_$case_id/left_out"
       REPORTS+=("$OUT/fold_$case_id/left_out/evaluation.json")
     fi

@@ -184,3 +184,22 @@ def test_snapshot_writes_a_bundle_from_the_latest_diffusion_checkpoint(tmp_path:
     shot = json.loads((snap / "bundle.json").read_text())
     assert shot["weights_sha256"] == final["weights_sha256"]  # same EMA weights as the bundle the run wrote
     assert shot["latent_scale"] == final["latent_scale"]
+
+
+def test_train_real_script_scores_each_fold_and_marks_the_full_bundle(tmp_path: Path, phantoms: Path) -> None:
+    # scripts/train_real.sh end to end on an nnU-Net-layout folder: the fold and the full run side by side,
+    # then the fold scored on the case it left out and the full bundle marked with the served targets
+    # (a fold folder with labelsTr/ and no labels/ was once silently never scored).
+    left_out = sorted(p.name.removesuffix(".nii.gz") for p in (phantoms / "labelsTr").iterdir())[0]
+    out = tmp_path / "real"
+    result = subprocess.run(
+        ["bash", "scripts/train_real.sh", "--config", str(TINY_CONFIG), "--parallel", "--phantoms", "0",
+         "--leave-out", left_out, "--steps", "4", "--out", str(out), str(phantoms)],
+        cwd=REPO_ROOT, env=clean_env(), capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    report = json.loads((out / f"fold_{left_out}" / "left_out" / "evaluation.json").read_text())
+    assert report["cases"] == [left_out]
+    manifest = json.loads((out / "full" / "bundle" / "bundle.json").read_text())
+    assert set(manifest["validation"]["targets"]) == set(manifest["trained_targets"])
+    assert "left-out Dice" in result.stdout
