@@ -462,6 +462,11 @@ class PatchSampler:
             out[xs - x0 : xe - x0, ys - y0 : ye - y0] = array[xs:xe, ys:ye, z]
         return out
 
+    def _window(self, array: np.ndarray, z: int, cx: int, cy: int) -> np.ndarray:
+        """(C, H, W): the patch at slice z and at each context offset (the edge slice repeats past the ends)."""
+        depth = array.shape[2]
+        return np.stack([self._patch(array, min(max(z + o, 0), depth - 1), cx, cy) for o in self.offsets])
+
     def _present(self, case: PreparedCase) -> tuple[int, ...]:
         key = id(case)
         if key not in self._present_cache:
@@ -495,17 +500,14 @@ class PatchSampler:
             z = int(rng.integers(case.image.shape[2]))
             cx = int(rng.integers(case.image.shape[0]))
             cy = int(rng.integers(case.image.shape[1]))
-        depth = case.image.shape[2]
-        image = np.stack([self._patch(case.image, min(max(int(z) + o, 0), depth - 1), int(cx), int(cy)) for o in self.offsets])
+        image = self._window(case.image, int(z), int(cx), int(cy))
         bits = self._patch(case.bits, int(z), int(cx), int(cy))
         mask = ((bits >> np.uint64(target)) & np.uint64(1)).astype(np.float32)
         if self.contrast is not None:
             key = id(case)
             if key not in self._median_cache:
                 self._median_cache[key] = self.contrast.case_medians(case.image, case.bits)
-            bits_window = np.stack(
-                [self._patch(case.bits, min(max(int(z) + o, 0), depth - 1), int(cx), int(cy)) for o in self.offsets]
-            )
+            bits_window = self._window(case.bits, int(z), int(cx), int(cy))
             image = self.contrast(image, bits_window, self._median_cache[key], int(rng.integers(2**63)))
         if self.augment is not None:
             image, mask = self.augment(image, mask, int(rng.integers(2**63)))
