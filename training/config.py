@@ -82,6 +82,12 @@ class TrainConfig(FrozenConfig):
     seed: int = 0
     device: str | None = None
     foreground_prob: float = Field(0.7, ge=0, le=1)
+    negative_prob: float = Field(
+        0.0, ge=0, le=1,
+        description="near-miss negatives: patches at a target's place on slices just beyond its extent, empty mask "
+        "(training/data.py PatchSampler); taken from the uniform share, so foreground_prob + negative_prob <= 1",
+    )
+    negative_margin_mm: float = Field(60.0, gt=0, description="how far beyond a target's extent near-miss slices lie")
     dataset_weights: dict[str, float] | None = Field(None, description="dataset name -> sampling weight (default uniform)")
     text_embeddings: Path | None = Field(None, description=".npy table (max_id+1, dim) for conditioning='text'")
     init_from: Path | None = Field(
@@ -94,6 +100,14 @@ class TrainConfig(FrozenConfig):
     mask_ae: MaskAEStage = MaskAEStage()
     image_vae: ImageVAEStage = ImageVAEStage()
     diffusion: DiffusionStage = DiffusionStage()
+
+    @model_validator(mode="after")
+    def _sampling_shares_fit(self) -> TrainConfig:
+        if self.foreground_prob + self.negative_prob > 1.0 + 1e-9:
+            raise ValueError(
+                f"foreground_prob ({self.foreground_prob}) + negative_prob ({self.negative_prob}) exceeds 1"
+            )
+        return self
 
     @model_validator(mode="after")
     def _zero_steps_need_a_bundle(self) -> TrainConfig:

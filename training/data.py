@@ -416,7 +416,14 @@ class PatchSampler:
     ``augment(image, mask, seed)`` (e.g. :class:`training.augment.PatchAugmenter`) transforms each
     example; its seed is drawn from the sampler's generator, so a resumed run repeats the stream.
     ``contrast`` (:class:`training.contrast_phase.ContrastPhaseAugmenter`) first re-enhances the image
-    window as another contrast phase, from the case's full structure labels (before ``augment``)."""
+    window as another contrast phase, from the case's full structure labels (before ``augment``).
+
+    ``negative_prob`` adds near-miss negatives: with that probability (taken from what would have been
+    uniform draws) the patch shows a target's usual place (the in-plane position of one of its voxels) on a
+    slice *just beyond* its cranio-caudal extent (within ``negative_margin`` slices, where the target is
+    absent), with an empty mask. Uniform draws seldom land there, yet that is where a 2.5-D model confuses
+    neighbours: a left kidney drawn on the spleen above it, a pancreas on the stomach. A target that fills
+    every slice of a case has no such slice, and the draw falls back to the uniform one."""
 
     def __init__(
         self,
@@ -429,7 +436,16 @@ class PatchSampler:
         context_slices: int = 0,
         augment: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None,
         contrast: ContrastPhaseAugmenter | None = None,
+        negative_prob: float = 0.0,
+        negative_margin: int = 20,
     ) -> None:
+        if not 0.0 <= negative_prob <= 1.0 - foreground_prob + 1e-9:
+            raise ValueError(f"negative_prob must be in [0, 1 - foreground_prob]; got {negative_prob} with foreground_prob {foreground_prob}")
+        if negative_margin < 1:
+            raise ValueError(f"negative_margin must be at least one slice; got {negative_margin}")
+        self.negative_prob = negative_prob
+        self.negative_margin = negative_margin
+        self._near_cache: dict[tuple[int, int], np.ndarray] = {}
         self.cases = {k: v for k, v in cases.items() if v}
         self.augment = augment
         self.contrast = contrast
@@ -483,19 +499,40 @@ class PatchSampler:
             self._voxel_cache[key] = voxels
         return self._voxel_cache[key]
 
+    def near_slices(self, case: PreparedCase, target: int) -> np.ndarray:
+        """Slices of ``case`` where ``target`` is absent but within ``negative_margin`` slices of one where it is present."""
+        key = (id(case), target)
+        if key not in self._near_cache:
+            on = case.mask(target).any(axis=(0, 1))
+            where = np.flatnonzero(on)
+            if len(where) == 0:
+                near = np.zeros(0, dtype=np.int64)
+            else:
+                distance = np.abs(np.arange(len(on))[:, None] - where[None, :]).min(axis=1)
+                near = np.flatnonzero(~on & (distance <= self.negative_margin))
+            self._near_cache[key] = near
+        return self._near_cache[key]
+
     def example(self) -> tuple[np.ndarray, np.ndarray, int]:
         rng = self.rng
         dataset = self.datasets[rng.choice(len(self.datasets), p=self.dataset_probs)]
         case = self.cases[dataset][rng.integers(len(self.cases[dataset]))]
         present = self._present(case)
-        if present and rng.random() < self.foreground_prob:
+        draw = rng.random() if present else 1.0
+        near_miss = False
+        if draw < self.foreground_prob + self.negative_prob:
             target = present[rng.integers(len(present))]
             voxels = self._voxels(case, target)
             cx, cy, z = voxels[rng.integers(len(voxels))]
             jitter = np.asarray(self.patch_size) // 4
             cx += int(rng.integers(-jitter[0], jitter[0] + 1))
             cy += int(rng.integers(-jitter[1], jitter[1] + 1))
-        else:
+            if draw >= self.foreground_prob:  # near-miss negative: the same place, on a slice just beyond the target
+                near = self.near_slices(case, target)
+                near_miss = len(near) > 0
+                if near_miss:
+                    z = int(near[rng.integers(len(near))])
+        if draw >= self.foreground_prob and not near_miss:  # uniform over the case
             target = case.annotated[rng.integers(len(case.annotated))]
             z = int(rng.integers(case.image.shape[2]))
             cx = int(rng.integers(case.image.shape[0]))

@@ -113,6 +113,8 @@ def make_context(config: TrainConfig, rank: int, world: int, device: torch.devic
         dataset_weights=config.dataset_weights, context_slices=config.model.denoiser.context_slices,
         augment=PatchAugmenter(config.augment) if config.augment.enabled else None,
         contrast=contrast_augmenter(config, vocabulary),
+        negative_prob=config.negative_prob,
+        negative_margin=max(1, round(config.negative_margin_mm / config.model.preprocess.spacing[2])),
     )
     return TrainContext(config, vocabulary, device, sampler, tuple(annotated), rank, world)
 
@@ -572,6 +574,9 @@ def _write_bundle(
             "exclude_cases": list(cfg.exclude_cases),
             "augment": cfg.augment.enabled,
             "contrast_phase_prob": cfg.augment.contrast_phase_prob if cfg.augment.enabled else 0.0,
+            "foreground_prob": cfg.foreground_prob,
+            "negative_prob": cfg.negative_prob,
+            "negative_margin_mm": cfg.negative_margin_mm,
             "seed": cfg.seed,
             "world_size": ctx.world_size,
             "device": str(ctx.device),

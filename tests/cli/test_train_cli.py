@@ -154,6 +154,7 @@ def test_train_leaves_a_case_out_trains_only_named_targets_with_augmentation(tmp
     config = tmp_path / "fold.yaml"
     config.write_text(
         TINY_CONFIG.read_text() + "targets: [liver, kidney_left]\naugment: {enabled: true, contrast_phase_prob: 1.0}\n"
+        "negative_prob: 0.2\nnegative_margin_mm: 30\n"
     )
     cases = sorted(p.name.removesuffix(".nii.gz") for p in (phantoms / "labelsTr").iterdir())
     out = tmp_path / "fold"
@@ -164,6 +165,7 @@ def test_train_leaves_a_case_out_trains_only_named_targets_with_augmentation(tmp
     assert manifest["trained_targets"] == ["kidney_left", "liver"]
     assert manifest["provenance"]["exclude_cases"] == [cases[0]] and manifest["provenance"]["augment"] is True
     assert manifest["provenance"]["contrast_phase_prob"] == 1.0
+    assert manifest["provenance"]["negative_prob"] == 0.2 and manifest["provenance"]["negative_margin_mm"] == 30
     assert manifest["provenance"]["stages"]["diffusion"]["steps"] == 6
     typo = latentseg("train", "diffusion", "--config", str(config), "--data", str(phantoms), "--out", str(tmp_path / "x"),
                      "--device", "cpu", "--exclude-case", "no_such_case")

@@ -136,6 +136,7 @@ def test_unknown_key_is_a_config_error_naming_it(tmp_path: Path, text: str, need
         ("a.yaml", "just a sentence\n", "mapping"),
         ("a.yaml", "data: []\n", "data"),
         ("a.yaml", "data: [x]\nforeground_prob: 1.5\n", "foreground_prob"),
+        ("a.yaml", "data: [x]\nforeground_prob: 0.9\nnegative_prob: 0.2\n", "negative_prob"),
         ("a.yaml", "data: [x]\nmask_ae: {steps: 0}\n", "mask_ae.steps"),
         ("a.yaml", "data: [x]\nmodel: {preprocess: {patch_size: [60, 60]}}\n", "divisible"),
     ],

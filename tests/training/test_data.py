@@ -19,6 +19,7 @@ from training.data import (
     CaseFiles,
     DatasetFormatError,
     PatchSampler,
+    PreparedCase,
     case_id,
     prepare_case,
     prepare_sources,
@@ -510,3 +511,67 @@ def test_sampler_applies_the_augmenter_reproducibly(msd_phantoms: Path) -> None:
     assert torch.equal(first.images, again.images) and torch.equal(first.masks, again.masks)
     assert not torch.equal(first.images, plain.images)
     assert set(torch.unique(first.masks).tolist()) <= {0.0, 1.0}
+
+
+# ---------------------------------------------------------------- near-miss negatives
+
+
+def _marked_case(depth: int = 40, *, spleen_annotated: bool = True) -> tuple[PreparedCase, int, int]:
+    """A 96x96xdepth case whose image encodes each voxel's slice (z / 100) plus 0.5 on the in-plane
+    footprint of the liver, which is present on slices 15-24 only; the spleen is present on every slice."""
+    liver, spleen = ids("liver")[0], ids("spleen")[0]
+    image = np.broadcast_to(np.arange(depth, dtype=np.float32) / 100.0, (96, 96, depth)).copy()
+    image[30:50, 40:60, :] += 0.5
+    bits = np.zeros((96, 96, depth), dtype=np.uint64)
+    bits[30:50, 40:60, 15:25] |= np.uint64(1) << np.uint64(liver)
+    bits[60:80, 20:40, :] |= np.uint64(1) << np.uint64(spleen)
+    annotated = (liver, spleen) if spleen_annotated else (liver,)
+    return PreparedCase("d", "c", image, bits, annotated), liver, spleen
+
+
+def test_near_miss_negatives_show_the_targets_place_just_beyond_its_extent() -> None:
+    case, liver, spleen = _marked_case(spleen_annotated=False)
+    sampler = PatchSampler({"d": [case]}, (64, 64), foreground_prob=0.0, negative_prob=1.0, negative_margin=5, seed=3)
+    assert sampler.near_slices(case, liver).tolist() == [10, 11, 12, 13, 14, 25, 26, 27, 28, 29]
+    slices = set()
+    for _ in range(200):
+        image, mask, target = sampler.example()
+        assert target == liver and mask.max() == 0  # the liver is absent there: an empty mask
+        assert image[0].max() >= 0.5  # yet the patch shows the liver's in-plane place
+        z = int(round(float(np.median(image[0][image[0] < 0.5])) * 100))
+        slices.add(z)
+    assert slices and slices <= {10, 11, 12, 13, 14, 25, 26, 27, 28, 29}
+    assert min(slices) < 15 and max(slices) > 24  # both sides of the organ
+
+
+def test_a_target_on_every_slice_falls_back_to_uniform_draws() -> None:
+    case, liver, spleen = _marked_case()
+    sampler = PatchSampler({"d": [case]}, (64, 64), foreground_prob=0.0, negative_prob=1.0, negative_margin=5, seed=4)
+    assert sampler.near_slices(case, spleen).size == 0
+    drawn = [sampler.example() for _ in range(200)]
+    # Spleen draws fall back to uniform ones: the spleen then shows up in some patches, never in a near-miss.
+    assert any(mask.max() > 0 for _, mask, t in drawn if t == spleen)
+
+
+def test_near_miss_negatives_change_nothing_when_off_and_check_their_share() -> None:
+    case, _, _ = _marked_case()
+    a = PatchSampler({"d": [case]}, (64, 64), foreground_prob=0.7, seed=9)
+    b = PatchSampler({"d": [case]}, (64, 64), foreground_prob=0.7, negative_prob=0.0, negative_margin=3, seed=9)
+    assert torch.equal(a.batch(20).images, b.batch(20).images)
+    with pytest.raises(ValueError, match="negative_prob"):
+        PatchSampler({"d": [case]}, (64, 64), foreground_prob=0.9, negative_prob=0.2)
+
+
+def test_near_miss_negatives_lower_the_positive_rate_near_the_organ() -> None:
+    # Against uniform draws at the same foreground share, near-miss draws land next to the organ.
+    case, liver, _ = _marked_case()
+    def near_share(negative_prob: float) -> float:
+        sampler = PatchSampler({"d": [case]}, (64, 64), foreground_prob=0.5, negative_prob=negative_prob,
+                               negative_margin=5, seed=6)
+        hits = 0
+        for _ in range(400):
+            image, mask, target = sampler.example()
+            z = int(round(float(np.median(image[0][image[0] < 0.5])) * 100))
+            hits += target == liver and mask.max() == 0 and z in sampler.near_slices(case, liver) and image[0].max() >= 0.5
+        return hits / 400
+    assert near_share(0.5) > near_share(0.0) + 0.15
