@@ -147,6 +147,23 @@ def earlier_folds(store: Path, version: str, cases: Sequence[str]) -> list[tuple
     return found
 
 
+def stored_experiments(folder: Path, cases: Sequence[str]) -> dict[str, list[Any]]:
+    """Fold reports of recipes tried and not shipped, kept beside a version's reports: ``experiments.json`` maps a
+    slug to its column label, and ``experiment_<slug>_fold_<case>.json`` holds each left-out report."""
+    from training.evaluate import read_report
+
+    index = folder / "experiments.json"
+    if not index.is_file():
+        return {}
+    found = {}
+    for slug, label in json.loads(index.read_text()).items():
+        reports = [read_report(folder / f"experiment_{slug}_fold_{c}.json") for c in cases
+                   if (folder / f"experiment_{slug}_fold_{c}.json").is_file()]
+        if reports:
+            found[label] = reports
+    return found
+
+
 def equal_step_section(work: Path) -> list[str]:
     """Runs compared at the same optimizer step (1000) on their left-out case: reports ``at1000_<run>``."""
     from training import card_sections as cs
@@ -293,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not (baseline and name.startswith("v0.6"))},
              **{f"v{version} fold ({fold_steps(stored_runs(args.store / version))} steps)": cs.dice_of(reports)
                 for version, reports in earlier_folds(args.store, manifest.version, cases)},
+             **{label: cs.dice_of(reports) for label, reports in stored_experiments(store, cases).items()},
              f"v{manifest.version} fold ({fold_steps(provenance)} steps)": cs.dice_of(folds),
              **({"fold without phantoms": cs.dice_of(nophantom)} if nophantom else {})}, order),
         "",

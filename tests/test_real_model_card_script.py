@@ -1,0 +1,36 @@
+"""scripts/real_model_card.py: columns for recipes tried and not shipped (stored beside a version's reports)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STORED = REPO / "docs" / "model_card" / "evaluations" / "0.9.0"
+
+
+@pytest.fixture(scope="module")
+def card() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("real_model_card", REPO / "scripts" / "real_model_card.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stored_experiments_become_labelled_columns(card: ModuleType, tmp_path: Path) -> None:
+    from training import card_sections as cs
+
+    assert card.stored_experiments(tmp_path, ["ts_a_torso", "ts_b_upper"]) == {}  # no index: no columns
+    (tmp_path / "experiments.json").write_text(json.dumps({"p08": "contrast 0.8 (not shipped)", "gone": "no reports"}))
+    shutil.copy(STORED / "fold_ts_b_upper.json", tmp_path / "experiment_p08_fold_ts_b_upper.json")
+    found = card.stored_experiments(tmp_path, ["ts_a_torso", "ts_b_upper"])
+    assert list(found) == ["contrast 0.8 (not shipped)"]  # an experiment without reports is left out
+    dice = cs.dice_of(found["contrast 0.8 (not shipped)"])
+    liver = [v for (case, target), v in dice.items() if target == "liver"]
+    assert len(liver) == 1 and liver[0] == pytest.approx(0.923, abs=5e-4)  # the stored ts_b_upper fold's liver
