@@ -310,8 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not (baseline and name.startswith("v0.6"))},
              **{f"v{version} fold ({fold_steps(stored_runs(args.store / version))} steps)": cs.dice_of(reports)
                 for version, reports in earlier_folds(args.store, manifest.version, cases)},
-             **{label: cs.dice_of(reports) for label, reports in stored_experiments(store, cases).items()},
              f"v{manifest.version} fold ({fold_steps(provenance)} steps)": cs.dice_of(folds),
+             **{label: cs.dice_of(reports) for label, reports in stored_experiments(store, cases).items()},
              **({"fold without phantoms": cs.dice_of(nophantom)} if nophantom else {})}, order),
         "",
         *( [f"Phantoms vs none at equal steps: compared on {', '.join(c for f in with_phantoms for c in f.cases)}."] if with_phantoms else []),
