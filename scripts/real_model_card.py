@@ -333,6 +333,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cs.summary_table(phantom) if phantom is not None else "_Not measured for this bundle (run the script without --reuse)._",
         "",
         *review_flag_part(),
+        "### The review flag on the left-out patients",
+        "The same shipped rule (empty or implausibly small mask, or members' pairwise Dice under the threshold) "
+        "on the left-out rows above and on the folds of the recipes tried and not shipped: patients those "
+        "bundles never saw, so a test of the flag on real CT that no threshold was chosen on.",
+        "",
+        cs.left_out_review_table({f"v{manifest.version} folds": folds,
+                                  **{label: reports for label, reports in stored_experiments(store, cases).items()}}),
+        "",
         "## Distance from the paper",
         cs.paper_gap_table(folds),
         "",

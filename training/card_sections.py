@@ -166,6 +166,27 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f} %"
 
 
+def left_out_review_table(runs: Mapping[str, Sequence[EvaluationReport]], poor_below: float = 0.7) -> str:
+    """The shipped review flag (``needs_review`` of each row) on left-out patients, per run: the share of poor
+    segmentations (organ present, Dice < ``poor_below``) it flags, of good ones (false alarms), and of organs
+    absent from the scan (where any mask is a false positive). Rows written before the flag existed are skipped."""
+    lines = [f"| run | poor (Dice < {poor_below:g}) flagged | good flagged (false alarm) | absent organ flagged | "
+             "poor rows not flagged |", "|---|---:|---:|---:|---|"]
+
+    def share(rows: Sequence[Any]) -> str:
+        return "n/a" if not rows else f"{sum(bool(r.needs_review) for r in rows)} / {len(rows)}"
+
+    for name, reports in runs.items():
+        rows = [r for report in reports for r in report.results if r.needs_review is not None]
+        present = [r for r in rows if r.truth_voxels > 0]
+        poor = [r for r in present if r.dice < poor_below]
+        good = [r for r in present if r.dice >= poor_below]
+        absent = [r for r in rows if r.truth_voxels == 0]
+        missed = ", ".join(f"{r.target} {r.dice:.2f}" for r in poor if not r.needs_review) or "—"
+        lines.append(f"| {name} | {share(poor)} | {share(good)} | {share(absent)} | {missed} |")
+    return "\n".join(lines)
+
+
 def review_flag_section(document: Mapping[str, Any]) -> str:
     """The review flag's measured ranking power and false-alarm rate (training.review_flag.measure)."""
     runs = document["runs"]
