@@ -41,7 +41,9 @@ def test_finished_failed_and_canceled_jobs_come_back_as_they_ended_after_flushal
     server = serve(env)
     with httpx.Client(base_url=server.url, timeout=30) as http:
         finished = _submit(http, quick_volume, QUICK)
-        failed = _submit(http, long_volume, LONG)  # runs past the 4 s job timeout
+        # The heaviest request the settings allow runs far past the 4 s job timeout even on a fast machine
+        # (LONG alone finished inside 4 s once the machine got faster).
+        failed = _submit(http, long_volume, {"ensemble": 32, "steps": 1000})
         canceled_running = _submit(http, long_volume, LONG, seed=1)
         canceled_queued = _submit(http, quick_volume, QUICK, seed=2)
         assert http.delete(f"/jobs/{canceled_queued}").json()["status"] == "canceled"
