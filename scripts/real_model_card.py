@@ -131,9 +131,15 @@ def stored_runs(folder: Path) -> dict[str, dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def fold_reports(folder: Path, cases: Sequence[str], prefix: str = "") -> list[Any]:
+    """The kept left-out reports ``<prefix>fold_<case>.json`` in ``folder``, for the cases that have one."""
+    from training.evaluate import read_report
+
+    return [read_report(folder / f"{prefix}fold_{c}.json") for c in cases if (folder / f"{prefix}fold_{c}.json").is_file()]
+
+
 def earlier_folds(store: Path, version: str, cases: Sequence[str]) -> list[tuple[str, list[Any]]]:
     """The left-out fold reports kept for earlier shipped versions (``store/<version>/fold_<case>.json``), oldest first."""
-    from training.evaluate import read_report
 
     def key(v: str) -> tuple[int, ...]:
         return tuple(int(p) if p.isdigit() else 0 for p in v.split("."))
@@ -141,7 +147,7 @@ def earlier_folds(store: Path, version: str, cases: Sequence[str]) -> list[tuple
     found = []
     for folder in sorted((p for p in store.iterdir() if p.is_dir() and p.name != version), key=lambda p: key(p.name)) \
             if store.is_dir() else []:
-        reports = [read_report(folder / f"fold_{c}.json") for c in cases if (folder / f"fold_{c}.json").is_file()]
+        reports = fold_reports(folder, cases)
         if reports and key(folder.name) < key(version):
             found.append((folder.name, reports))
     return found
@@ -150,15 +156,12 @@ def earlier_folds(store: Path, version: str, cases: Sequence[str]) -> list[tuple
 def stored_experiments(folder: Path, cases: Sequence[str]) -> dict[str, list[Any]]:
     """Fold reports of recipes tried and not shipped, kept beside a version's reports: ``experiments.json`` maps a
     slug to its column label, and ``experiment_<slug>_fold_<case>.json`` holds each left-out report."""
-    from training.evaluate import read_report
-
     index = folder / "experiments.json"
     if not index.is_file():
         return {}
     found = {}
     for slug, label in json.loads(index.read_text()).items():
-        reports = [read_report(folder / f"experiment_{slug}_fold_{c}.json") for c in cases
-                   if (folder / f"experiment_{slug}_fold_{c}.json").is_file()]
+        reports = fold_reports(folder, cases, prefix=f"experiment_{slug}_")
         if reports:
             found[label] = reports
     return found
@@ -236,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     phantom = None if args.reuse and not (work / "shipped_phantoms" / "evaluation.json").is_file() \
         and not (store / "shipped_phantoms.json").is_file() else \
         evaluate_once(store, work, "shipped_phantoms", args.bundle, phantoms_dir, None, args.reuse)
+    experiments = stored_experiments(store, cases)
     provenance = run_provenance(args.runs, [p.name for p in sorted(args.runs.glob("fold_*")) if p.is_dir() and not p.is_symlink()] + ["full"], store)
     grids, ae = ceilings(work, args.bundle, ts, False)  # seconds: always computed when missing
 
@@ -311,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              **{f"v{version} fold ({fold_steps(stored_runs(args.store / version))} steps)": cs.dice_of(reports)
                 for version, reports in earlier_folds(args.store, manifest.version, cases)},
              f"v{manifest.version} fold ({fold_steps(provenance)} steps)": cs.dice_of(folds),
-             **{label: cs.dice_of(reports) for label, reports in stored_experiments(store, cases).items()},
+             **{label: cs.dice_of(reports) for label, reports in experiments.items()},
              **({"fold without phantoms": cs.dice_of(nophantom)} if nophantom else {})}, order),
         "",
         *( [f"Phantoms vs none at equal steps: compared on {', '.join(c for f in with_phantoms for c in f.cases)}."] if with_phantoms else []),
@@ -338,8 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "on the left-out rows above and on the folds of the recipes tried and not shipped: patients those "
         "bundles never saw, so a test of the flag on real CT that no threshold was chosen on.",
         "",
-        cs.left_out_review_table({f"v{manifest.version} folds": folds,
-                                  **{label: reports for label, reports in stored_experiments(store, cases).items()}}),
+        cs.left_out_review_table({f"v{manifest.version} folds": folds, **experiments}),
         "",
         "## Distance from the paper",
         cs.paper_gap_table(folds),
