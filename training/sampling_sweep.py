@@ -1,7 +1,7 @@
 """Choose sampling defaults on *validation* data: Dice per (sampler, steps, ensemble) setting.
 
 Run it on labelled cases that are neither training nor the held-out test set (the model card
-uses phantoms of a seed of their own), then write the winner into the bundle's config::
+uses phantoms of a seed of their own, and each real fold's left-out patient: ``--cases``), then write the winner into the bundle's config::
 
     python -m training.sampling_sweep --bundle model/bundles/demo --data runs/validation/phantoms-5000 \\
         --settings ddpm:5:5,ddpm:10:5,ddim:10:5 --out runs/validation/sweep
@@ -43,6 +43,7 @@ class SweepRow:
     dice: dict[str, float | None]
     mean_dice: float | None
     seconds: float
+    cases: tuple[str, ...] = ()  # the cases scored
 
 
 def parse_settings(text: str) -> list[Setting]:
@@ -66,7 +67,7 @@ def parse_settings(text: str) -> list[Setting]:
 
 
 def sweep(bundle: object, data: Path, settings: Sequence[Setting], targets: Sequence[str] | None = None,
-          max_cases: int | None = None, seed: int = 0) -> list[SweepRow]:
+          max_cases: int | None = None, seed: int = 0, cases: Sequence[str] | None = None) -> list[SweepRow]:
     from training.evaluate import evaluate_dataset
 
     rows = []
@@ -74,10 +75,12 @@ def sweep(bundle: object, data: Path, settings: Sequence[Setting], targets: Sequ
         report = evaluate_dataset(
             bundle, data, steps=setting.steps, ensemble=setting.ensemble, sampler=setting.sampler,  # type: ignore[arg-type]
             largest_component=setting.largest_component, seed=seed, targets=targets, max_cases=max_cases,
+            cases=cases,
         )
         dice = {s.target: s.dice_mean for s in report.summary}
         known = [d for d in dice.values() if d is not None]
-        rows.append(SweepRow(setting, dice, sum(known) / len(known) if known else None, report.seconds))
+        rows.append(SweepRow(setting, dice, sum(known) / len(known) if known else None, report.seconds,
+                            tuple(report.cases)))
         log.info("%s: mean Dice %s in %.0f s", setting.label, rows[-1].mean_dice, report.seconds)
     return rows
 
@@ -102,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--settings", default="ddpm:5:5,ddpm:10:5,ddim:5:5,ddim:10:5", help="sampler:steps:ensemble,...")
     parser.add_argument("--targets", default=None, help="comma-separated targets (default: all annotated and trained)")
     parser.add_argument("--max-cases", type=int, default=None)
+    parser.add_argument("--cases", nargs="+", default=None, metavar="CASE",
+                        help="only these cases (label file name without extension), e.g. a fold's left-out patient")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="folder for sweep.json and sweep.md")
     args = parser.parse_args(argv)
@@ -114,12 +119,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     bundle = load_bundle(args.bundle)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
-    rows = sweep(bundle, args.data, settings, targets, args.max_cases, args.seed)
+    cases = [c.strip() for item in args.cases for c in item.split(",") if c.strip()] if args.cases else None
+    from training.data import DatasetFormatError
+
+    try:
+        rows = sweep(bundle, args.data, settings, targets, args.max_cases, args.seed, cases)
+    except DatasetFormatError as exc:  # an unknown --cases name, a folder that is not a dataset
+        parser.error(str(exc))
     table = markdown_table(rows)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "sweep.json").write_text(json.dumps(
-            {"bundle": str(bundle.path), "data": str(args.data), "seed": args.seed, "rows": [asdict(r) for r in rows]},
+            {"bundle": str(bundle.path), "data": str(args.data), "cases": cases, "seed": args.seed, "rows": [asdict(r) for r in rows]},
             indent=2) + "\n")
         (args.out / "sweep.md").write_text(table + "\n")
     sys.stdout.write(table + "\n")

@@ -32,3 +32,21 @@ def test_sweep_cli_scores_every_setting(tmp_path: Path, capsys: pytest.CaptureFi
     for row in saved["rows"]:
         assert set(row["dice"]) == {"liver", "spleen"}
         assert all(0.0 <= d <= 1.0 for d in row["dice"].values())
+
+
+def test_sweep_scores_only_the_named_cases(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from model.bundle.loaded import write_random_bundle
+    from training.phantoms import PhantomSpec, write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "ph", 2, 7, PhantomSpec(shape=(40, 40, 6), spacing=(9.0, 9.0, 12.0)))
+    names = sorted(p.name.removesuffix(".nii.gz") for p in (data / "labelsTr").glob("*.nii.gz"))
+    bundle = write_random_bundle(tmp_path / "bundle", seed=2)
+    assert main(["--bundle", str(bundle), "--data", str(data), "--settings", "ddpm:2:2", "--targets", "liver",
+                 "--cases", names[1], "--out", str(tmp_path / "out")]) == 0
+    saved = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert saved["cases"] == [names[1]]
+    assert [row["cases"] for row in saved["rows"]] == [[names[1]]]  # only that case was segmented and scored
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--bundle", str(bundle), "--data", str(data), "--settings", "ddpm:2:2", "--cases", "no_such_case"])
+    assert exit_info.value.code == 2
+    assert "no case named no_such_case" in capsys.readouterr().err
