@@ -103,6 +103,77 @@ def dice_columns_table(columns: Mapping[str, DiceColumn], order: Sequence[str]) 
     return "\n".join(lines)
 
 
+def seed_spread_table(first: DiceColumn, second: DiceColumn, labels: tuple[str, str], order: Sequence[str],
+                      others: Mapping[str, DiceColumn] | None = None, min_spread: float = 0.01) -> str:
+    """The same recipe trained twice with different seeds, scored on the same left-out rows: Dice of each, |Δ|,
+    and a line on the spread. ``others`` (recipes measured once) are then counted row by row: a move away from
+    ``first`` larger than that row's seed-to-seed |Δ| (and than ``min_spread``, since one pair of seeds may agree
+    by chance) is the only kind that can be told from noise."""
+    keys = [(case, target) for case in dict.fromkeys(c for c, _ in first) for target in order
+            if (case, target) in first and (case, target) in second]
+    lines = [f"| case | target | {labels[0]} | {labels[1]} | Δ |", "|---|---|---:|---:|---:|"]
+    deltas = []
+    for case, target in keys:
+        a, b = first[(case, target)], second[(case, target)]
+        deltas.append(abs(b - a))
+        lines.append(f"| {case} | {target} | {a:.3f} | {b:.3f} | {b - a:+.3f} |")
+    if not keys:
+        return "_No left-out row was scored by both runs._"
+    ordered = sorted(deltas)
+    median = ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    worst = max(range(len(keys)), key=lambda i: deltas[i])
+    mean_a = sum(first[k] for k in keys) / len(keys)
+    mean_b = sum(second[k] for k in keys) / len(keys)
+    lines += ["", f"Seed-to-seed |Δ| over {len(keys)} rows: median {median:.3f}, largest {deltas[worst]:.3f} "
+              f"({keys[worst][0]} {keys[worst][1]}); mean of the rows {mean_a:.3f} vs {mean_b:.3f}."]
+    for name, column in (others or {}).items():
+        shared = [k for k in keys if k in column]
+        spread = {k: max(min_spread, abs(second[k] - first[k])) for k in shared}
+        up = [f"{t} ({c}) {column[(c, t)] - first[(c, t)]:+.2f}" for c, t in shared
+              if column[(c, t)] - first[(c, t)] > spread[(c, t)]]
+        down = [f"{t} ({c}) {column[(c, t)] - first[(c, t)]:+.2f}" for c, t in shared
+                if first[(c, t)] - column[(c, t)] > spread[(c, t)]]
+        lines.append(f"- {name}: {len(up) + len(down)} of {len(shared)} rows moved beyond that row's seed spread"
+                     f"; up: {', '.join(up) or 'none'}; down: {', '.join(down) or 'none'}.")
+    return "\n".join(lines)
+
+
+def sweep_summary_table(sweeps: Mapping[str, Mapping[str, Any]]) -> str:
+    """Sampling settings on the left-out patients: one row per setting, the mean Dice of each fold's left-out
+    case over its present targets, the mean over all those rows and the seconds per case. ``sweeps`` maps a
+    fold's case to its ``training.sampling_sweep`` document (sweep.json, ``rows`` in the same setting order)."""
+    folds = list(sweeps)
+    settings = [row["setting"] for row in next(iter(sweeps.values()))["rows"]] if sweeps else []
+    lines = ["| setting | " + " | ".join(f"{c} mean" for c in folds) + " | mean of all rows | s per case |",
+             "|---|" + "---:|" * (len(folds) + 2)]
+    for index, setting in enumerate(settings):
+        label = f"{setting['sampler']}, {setting['steps']} steps, ensemble {setting['ensemble']}" + \
+            {None: "", True: ", largest component", False: ", no largest component"}[setting.get("largest_component")]
+        per_fold, every, seconds = [], [], []
+        for case in folds:
+            row = sweeps[case]["rows"][index]
+            if row["setting"] != setting:
+                raise ValueError(f"sweep of {case}: setting {index} is {row['setting']}, expected {setting}")
+            values = [v for v in row["dice"].values() if v is not None]
+            per_fold.append(sum(values) / len(values) if values else None)
+            every += values
+            seconds.append(row["seconds"] / max(1, len(row.get("cases") or [case])))
+        cells = " | ".join(_f(v) for v in per_fold)
+        lines.append(f"| {label} | {cells} | {_f(sum(every) / len(every) if every else None)} | "
+                     f"{sum(seconds) / len(seconds):.0f} |")
+    return "\n".join(lines)
+
+
+def sweep_dice(sweep: Mapping[str, Any], case: str) -> dict[str, DiceColumn]:
+    """Per setting label, Dice per (case, target) of one fold's sweep document, for ``dice_columns_table``."""
+    out: dict[str, DiceColumn] = {}
+    for row in sweep["rows"]:
+        s = row["setting"]
+        label = f"{s['sampler']} {s['steps']}/{s['ensemble']}" + {None: "", True: " lcc", False: " raw"}[s.get("largest_component")]
+        out[label] = {(case, t): float(v) for t, v in row["dice"].items() if v is not None}
+    return out
+
+
 def comparison_table(columns: Mapping[str, Sequence[EvaluationReport]], order: Sequence[str]) -> str:
     """Dice per (case, target) side by side for several runs scored on the same left-out cases."""
     return dice_columns_table({name: dice_of(reps) for name, reps in columns.items()}, order)

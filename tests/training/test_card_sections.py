@@ -34,3 +34,46 @@ def test_left_out_review_table_counts_flags_against_the_true_dice() -> None:
                               device="cpu", seconds=1.0, cases=("c",), results=rows, summary=())
     table = cs.left_out_review_table({"fold": [report]}).splitlines()
     assert table[2] == "| fold | 1 / 2 | 1 / 2 | 1 / 1 | stomach 0.66 |"
+
+
+def test_seed_spread_table_reports_the_spread_and_what_moved_beyond_it() -> None:
+    seed7 = {("a", "liver"): 0.70, ("a", "aorta"): 0.26, ("b", "liver"): 0.92, ("b", "pancreas"): 0.18}
+    seed8 = {("a", "liver"): 0.74, ("a", "aorta"): 0.24, ("b", "liver"): 0.92, ("b", "pancreas"): 0.28}
+    other = {("a", "liver"): 0.72, ("a", "aorta"): 0.20, ("b", "liver"): 0.925, ("b", "pancreas"): 0.33}
+    lines = cs.seed_spread_table(seed7, seed8, ("seed 7", "seed 8"), ["liver", "aorta", "pancreas"],
+                                 {"recipe x": other}).splitlines()
+    assert lines[0] == "| case | target | seed 7 | seed 8 | Δ |"
+    assert lines[2:6] == ["| a | liver | 0.700 | 0.740 | +0.040 |", "| a | aorta | 0.260 | 0.240 | -0.020 |",
+                          "| b | liver | 0.920 | 0.920 | +0.000 |", "| b | pancreas | 0.180 | 0.280 | +0.100 |"]
+    assert lines[7] == ("Seed-to-seed |Δ| over 4 rows: median 0.030, largest 0.100 (b pancreas); "
+                        "mean of the rows 0.515 vs 0.545.")
+    # liver (a) +0.02 is inside its 0.04 spread, liver (b) +0.005 inside the 0.01 floor (the seeds agreed there);
+    # aorta -0.06 and pancreas +0.15 are beyond theirs
+    assert lines[8] == ("- recipe x: 2 of 4 rows moved beyond that row's seed spread; up: pancreas (b) +0.15; "
+                        "down: aorta (a) -0.06.")
+
+
+def test_sweep_summary_table_means_each_fold_and_all_rows() -> None:
+    def doc(case: str, dice_default: dict[str, float | None], dice_more: dict[str, float | None]) -> dict:
+        return {"cases": [case], "rows": [
+            {"setting": {"sampler": "ddpm", "steps": 10, "ensemble": 5, "largest_component": None},
+             "dice": dice_default, "mean_dice": None, "seconds": 60.0, "cases": [case]},
+            {"setting": {"sampler": "ddpm", "steps": 20, "ensemble": 5, "largest_component": False},
+             "dice": dice_more, "mean_dice": None, "seconds": 120.0, "cases": [case]}]}
+
+    sweeps = {"a": doc("a", {"liver": 0.6, "aorta": 0.2, "kidney_left": None}, {"liver": 0.7, "aorta": 0.3}),
+              "b": doc("b", {"liver": 0.9}, {"liver": 0.8})}
+    lines = cs.sweep_summary_table(sweeps).splitlines()
+    assert lines[0] == "| setting | a mean | b mean | mean of all rows | s per case |"
+    assert lines[2] == "| ddpm, 10 steps, ensemble 5 | 0.400 | 0.900 | 0.567 | 60 |"
+    assert lines[3] == "| ddpm, 20 steps, ensemble 5, no largest component | 0.500 | 0.800 | 0.600 | 120 |"
+    columns = cs.sweep_dice(sweeps["a"], "a")
+    assert columns == {"ddpm 10/5": {("a", "liver"): 0.6, ("a", "aorta"): 0.2},
+                       "ddpm 20/5 raw": {("a", "liver"): 0.7, ("a", "aorta"): 0.3}}
+    sweeps["b"]["rows"].reverse()  # settings out of step between folds: refused, never silently mixed
+    try:
+        cs.sweep_summary_table(sweeps)
+    except ValueError as exc:
+        assert "sweep of b" in str(exc)
+    else:
+        raise AssertionError("mismatched settings were accepted")
