@@ -153,18 +153,56 @@ def earlier_folds(store: Path, version: str, cases: Sequence[str]) -> list[tuple
     return found
 
 
-def stored_experiments(folder: Path, cases: Sequence[str]) -> dict[str, list[Any]]:
+def stored_experiments(folder: Path, cases: Sequence[str], kind: str = "experiment") -> dict[str, list[Any]]:
     """Fold reports of recipes tried and not shipped, kept beside a version's reports: ``experiments.json`` maps a
-    slug to its column label, and ``experiment_<slug>_fold_<case>.json`` holds each left-out report."""
-    index = folder / "experiments.json"
+    slug to its column label, and ``experiment_<slug>_fold_<case>.json`` holds each left-out report. With
+    ``kind="replicate"``: the shipped recipe trained again with another seed (``replicates.json``,
+    ``replicate_<slug>_fold_<case>.json``)."""
+    index = folder / f"{kind}s.json"
     if not index.is_file():
         return {}
     found = {}
     for slug, label in json.loads(index.read_text()).items():
-        reports = fold_reports(folder, cases, prefix=f"experiment_{slug}_")
+        reports = fold_reports(folder, cases, prefix=f"{kind}_{slug}_")
         if reports:
             found[label] = reports
     return found
+
+
+def stored_sweeps(folder: Path, cases: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Sampling sweeps on each fold's left-out patient (``sweep_fold_<case>.json``, written by
+    ``python -m training.sampling_sweep --cases CASE``), per case."""
+    return {c: json.loads((folder / f"sweep_fold_{c}.json").read_text()) for c in cases
+            if (folder / f"sweep_fold_{c}.json").is_file()}
+
+
+def seed_and_sampling_section(version: str, folds: Sequence[Any], replicates: dict[str, list[Any]],
+                              experiments: dict[str, list[Any]], sweeps: dict[str, dict[str, Any]],
+                              order: Sequence[str]) -> list[str]:
+    """How much of a left-out difference is one run's luck (a replicate of the shipped recipe), and what the
+    sampling settings do on the left-out patients (sweeps of a fold bundle)."""
+    from training import card_sections as cs
+
+    lines: list[str] = []
+    for label, reports in replicates.items():
+        lines += [f"### Seed to seed: the v{version} recipe trained twice", "",
+                  "The same folds, data, steps and starting bundle; only the training seed differs (it draws the "
+                  "patches, augmentations, timesteps and noise). Each recipe measured once is then read against "
+                  "this spread, row by row.", "",
+                  cs.seed_spread_table(cs.dice_of(folds), cs.dice_of(reports), (f"v{version} fold", label), order,
+                                       {name: cs.dice_of(reps) for name, reps in experiments.items()}), ""]
+    if sweeps:
+        detail: dict[str, dict[tuple[str, str], float]] = {}
+        for case, sweep in sweeps.items():
+            for name, column in cs.sweep_dice(sweep, case).items():
+                detail.setdefault(name, {}).update(column)
+        source = ", ".join(f"`{sweep['bundle']}`" for sweep in sweeps.values())
+        lines += ["### Sampling settings on the left-out patients", "",
+                  f"Each fold bundle ({source}) sampled with other settings and scored on the patient it never saw "
+                  "(`python -m training.sampling_sweep --cases CASE`, seed 0; prediction = mean > 0.5). The bundle "
+                  "defaults were chosen on phantoms in v0.6; this is their test on real CT.", "",
+                  cs.sweep_summary_table(sweeps), "", cs.dice_columns_table(detail, order), ""]
+    return lines
 
 
 def equal_step_section(work: Path) -> list[str]:
@@ -240,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         and not (store / "shipped_phantoms.json").is_file() else \
         evaluate_once(store, work, "shipped_phantoms", args.bundle, phantoms_dir, None, args.reuse)
     experiments = stored_experiments(store, cases)
+    replicates = stored_experiments(store, cases, kind="replicate")
+    sweeps = stored_sweeps(store, cases)
     provenance = run_provenance(args.runs, [p.name for p in sorted(args.runs.glob("fold_*")) if p.is_dir() and not p.is_symlink()] + ["full"], store)
     grids, ae = ceilings(work, args.bundle, ts, False)  # seconds: always computed when missing
 
@@ -315,11 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
              **{f"v{version} fold ({fold_steps(stored_runs(args.store / version))} steps)": cs.dice_of(reports)
                 for version, reports in earlier_folds(args.store, manifest.version, cases)},
              f"v{manifest.version} fold ({fold_steps(provenance)} steps)": cs.dice_of(folds),
+             **{label: cs.dice_of(reports) for label, reports in replicates.items()},
              **{label: cs.dice_of(reports) for label, reports in experiments.items()},
              **({"fold without phantoms": cs.dice_of(nophantom)} if nophantom else {})}, order),
         "",
         *( [f"Phantoms vs none at equal steps: compared on {', '.join(c for f in with_phantoms for c in f.cases)}."] if with_phantoms else []),
         "",
+        *seed_and_sampling_section(manifest.version, folds, replicates, experiments, sweeps, order),
         *equal_step_section(work),
         "## Ceilings on the real masks",
         "Grid: the truth taken to the model grid and back (what a perfect model scores at that spacing); mask AE: the "
@@ -342,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "on the left-out rows above and on the folds of the recipes tried and not shipped: patients those "
         "bundles never saw, so a test of the flag on real CT that no threshold was chosen on.",
         "",
-        cs.left_out_review_table({f"v{manifest.version} folds": folds, **experiments}),
+        cs.left_out_review_table({f"v{manifest.version} folds": folds, **replicates, **experiments}),
         "",
         "## Distance from the paper",
         cs.paper_gap_table(folds),

@@ -34,3 +34,26 @@ def test_stored_experiments_become_labelled_columns(card: ModuleType, tmp_path: 
     dice = cs.dice_of(found["contrast 0.8 (not shipped)"])
     liver = [v for (case, target), v in dice.items() if target == "liver"]
     assert len(liver) == 1 and liver[0] == pytest.approx(0.923, abs=5e-4)  # the stored ts_b_upper fold's liver
+
+
+def test_replicate_and_sweeps_make_the_seed_and_sampling_sections(card: ModuleType, tmp_path: Path) -> None:
+    from training.evaluate import read_report
+
+    cases = ["ts_a_torso", "ts_b_upper"]
+    assert card.stored_experiments(tmp_path, cases, kind="replicate") == {} and card.stored_sweeps(tmp_path, cases) == {}
+    (tmp_path / "replicates.json").write_text(json.dumps({"seed8": "same recipe, seed 8"}))
+    shutil.copy(STORED / "fold_ts_b_upper.json", tmp_path / "replicate_seed8_fold_ts_b_upper.json")
+    replicates = card.stored_experiments(tmp_path, cases, kind="replicate")
+    assert list(replicates) == ["same recipe, seed 8"]
+    row = {"setting": {"sampler": "ddpm", "steps": 10, "ensemble": 5, "largest_component": None},
+           "dice": {"liver": 0.9, "kidney_left": None}, "mean_dice": 0.9, "seconds": 30.0, "cases": ["ts_b_upper"]}
+    (tmp_path / "sweep_fold_ts_b_upper.json").write_text(json.dumps({"bundle": "runs/x/bundle", "rows": [row]}))
+    folds = [read_report(STORED / f"fold_{c}.json") for c in cases]
+    lines = card.seed_and_sampling_section("0.9.0", folds, replicates, {}, card.stored_sweeps(tmp_path, cases),
+                                           ["liver", "spleen", "stomach"])
+    text = "\n".join(lines)
+    assert "### Seed to seed: the v0.9.0 recipe trained twice" in text
+    assert "| ts_b_upper_0000 | liver | 0.923 | 0.923 | +0.000 |" in text  # the same report twice: no spread
+    assert "### Sampling settings on the left-out patients" in text and "`runs/x/bundle`" in text
+    assert "| ddpm, 10 steps, ensemble 5 | 0.900 | 0.900 | 30 |" in text
+    assert card.seed_and_sampling_section("0.9.0", folds, {}, {}, {}, ["liver"]) == []  # nothing stored: no section
