@@ -27,6 +27,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "train",
     "evaluate",
     "set_served",
+    "average",
     "text_embeddings",
     "export_onnx",
 )

@@ -205,3 +205,29 @@ def test_train_real_script_scores_each_fold_and_marks_the_full_bundle(tmp_path: 
     manifest = json.loads((out / "full" / "bundle" / "bundle.json").read_text())
     assert set(manifest["validation"]["targets"]) == set(manifest["trained_targets"])
     assert "left-out Dice" in result.stdout
+
+
+def test_average_writes_a_bundle_that_segment_uses_and_refuses_bad_input(tmp_path: Path) -> None:
+    from model.bundle.loaded import write_random_bundle
+    from tests.training.test_weight_average import fine_tune_of
+
+    parent = write_random_bundle(tmp_path / "parent", seed=5)
+    a, b = fine_tune_of(parent, tmp_path / "a", 1), fine_tune_of(parent, tmp_path / "b", 2)
+    result = latentseg("average", str(a), str(b), "--out", str(tmp_path / "ab"), "--version", "0.0.1")
+    assert result.returncode == 0, result.stderr[-4000:]
+    manifest = json.loads((tmp_path / "ab" / "bundle.json").read_text())
+    assert manifest["version"] == "0.0.1" and len(manifest["provenance"]["averaged_from"]) == 2
+
+    image = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(0, 100, (24, 24, 4)).astype(np.float32), np.eye(4)), image)
+    seg = latentseg("segment", str(image), "--targets", "liver", "--bundle", str(tmp_path / "ab"), "--steps", "2",
+                    "--ensemble", "2", "--out", str(tmp_path / "seg"))
+    assert seg.returncode == 0, seg.stderr[-4000:]
+
+    refused = latentseg("average", str(a), "--out", str(tmp_path / "x"))
+    assert refused.returncode == 2 and "at least two" in refused.stderr
+    stranger = write_random_bundle(tmp_path / "stranger", seed=9)
+    refused = latentseg("average", str(a), str(stranger), "--out", str(tmp_path / "x"))
+    assert refused.returncode == 2 and "auto-encoders" in refused.stderr and not (tmp_path / "x").exists()
+    refused = latentseg("average", str(a), str(b), "--weights", "1", "--out", str(tmp_path / "x"))
+    assert refused.returncode == 2 and "--weights" in refused.stderr
