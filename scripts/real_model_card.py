@@ -176,21 +176,28 @@ def stored_sweeps(folder: Path, cases: Sequence[str]) -> dict[str, dict[str, Any
             if (folder / f"sweep_fold_{c}.json").is_file()}
 
 
+def fold_seed(provenance: dict[str, Any]) -> int | None:
+    """The training seed the shipped recipe's folds share (their run provenance), or none when they differ."""
+    seeds = {p.get("seed") for name, p in provenance.items() if name.startswith("fold_")}
+    return seeds.pop() if len(seeds) == 1 else None
+
+
 def seed_and_sampling_section(version: str, folds: Sequence[Any], replicates: dict[str, list[Any]],
                               experiments: dict[str, list[Any]], sweeps: dict[str, dict[str, Any]],
-                              order: Sequence[str]) -> list[str]:
+                              order: Sequence[str], fold_seed: int | None = None) -> list[str]:
     """How much of a left-out difference is one run's luck (a replicate of the shipped recipe), and what the
     sampling settings do on the left-out patients (sweeps of a fold bundle)."""
     from training import card_sections as cs
 
     lines: list[str] = []
-    for label, reports in replicates.items():
-        lines += [f"### Seed to seed: the v{version} recipe trained twice", "",
+    if replicates:
+        runs = {f"v{version} fold" + (f" (seed {fold_seed})" if fold_seed is not None else ""): cs.dice_of(folds),
+                **{label: cs.dice_of(reports) for label, reports in replicates.items()}}
+        lines += [f"### Seed to seed: the v{version} recipe trained {len(runs)} times", "",
                   "The same folds, data, steps and starting bundle; only the training seed differs (it draws the "
                   "patches, augmentations, timesteps and noise). Each recipe measured once is then read against "
                   "this spread, row by row.", "",
-                  cs.seed_spread_table(cs.dice_of(folds), cs.dice_of(reports), (f"v{version} fold", label), order,
-                                       {name: cs.dice_of(reps) for name, reps in experiments.items()}), ""]
+                  cs.seed_spread_table(runs, order, {name: cs.dice_of(reps) for name, reps in experiments.items()}), ""]
     if sweeps:
         detail: dict[str, dict[tuple[str, str], float]] = {}
         for case, sweep in sweeps.items():
@@ -361,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         *( [f"Phantoms vs none at equal steps: compared on {', '.join(c for f in with_phantoms for c in f.cases)}."] if with_phantoms else []),
         "",
-        *seed_and_sampling_section(manifest.version, folds, replicates, experiments, sweeps, order),
+        *seed_and_sampling_section(manifest.version, folds, replicates, experiments, sweeps, order,
+                                   fold_seed(provenance)),
         *equal_step_section(work),
         "## Ceilings on the real masks",
         "Grid: the truth taken to the model grid and back (what a perfect model scores at that spacing); mask AE: the "

@@ -50,10 +50,13 @@ def test_replicate_and_sweeps_make_the_seed_and_sampling_sections(card: ModuleTy
     (tmp_path / "sweep_fold_ts_b_upper.json").write_text(json.dumps({"bundle": "runs/x/bundle", "rows": [row]}))
     folds = [read_report(STORED / f"fold_{c}.json") for c in cases]
     lines = card.seed_and_sampling_section("0.9.0", folds, replicates, {}, card.stored_sweeps(tmp_path, cases),
-                                           ["liver", "spleen", "stomach"])
+                                           ["liver", "spleen", "stomach"], fold_seed=7)
     text = "\n".join(lines)
-    assert "### Seed to seed: the v0.9.0 recipe trained twice" in text
-    assert "| ts_b_upper_0000 | liver | 0.923 | 0.923 | +0.000 |" in text  # the same report twice: no spread
+    assert "### Seed to seed: the v0.9.0 recipe trained 2 times" in text
+    assert "| case | target | v0.9.0 fold (seed 7) | same recipe, seed 8 | range |" in text
+    assert "| ts_b_upper_0000 | liver | 0.923 | 0.923 | 0.000 |" in text  # the same report twice: no spread
+    assert card.fold_seed({"fold_a": {"seed": 7}, "fold_b": {"seed": 7}, "full": {"seed": 1}}) == 7
+    assert card.fold_seed({"fold_a": {"seed": 7}, "fold_b": {"seed": 8}}) is None
     assert "### Sampling settings on the left-out patients" in text and "`runs/x/bundle`" in text
     assert "| ddpm, 10 steps, ensemble 5 | 0.900 | 0.900 | 30 |" in text
     assert card.seed_and_sampling_section("0.9.0", folds, {}, {}, {}, ["liver"]) == []  # nothing stored: no section

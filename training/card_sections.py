@@ -103,38 +103,44 @@ def dice_columns_table(columns: Mapping[str, DiceColumn], order: Sequence[str]) 
     return "\n".join(lines)
 
 
-def seed_spread_table(first: DiceColumn, second: DiceColumn, labels: tuple[str, str], order: Sequence[str],
-                      others: Mapping[str, DiceColumn] | None = None, min_spread: float = 0.01) -> str:
-    """The same recipe trained twice with different seeds, scored on the same left-out rows: Dice of each, |Δ|,
-    and a line on the spread. ``others`` (recipes measured once) are then counted row by row: a move away from
-    ``first`` larger than that row's seed-to-seed |Δ| (and than ``min_spread``, since one pair of seeds may agree
-    by chance) is the only kind that can be told from noise."""
+def seed_spread_table(runs: Mapping[str, DiceColumn], order: Sequence[str],
+                      others: Mapping[str, DiceColumn] | None = None, min_margin: float = 0.01) -> str:
+    """One recipe trained with several seeds (``runs``: label -> Dice per (case, target)), scored on the same
+    left-out rows: Dice of each and the range they span, and a line on that spread. ``others`` (recipes measured
+    once) are then read row by row: only a value outside the seeds' range by more than ``min_margin`` (the seeds
+    may agree by chance) can be told from noise; its move is given from the seeds' mean."""
+    labels = list(runs)
+    if len(labels) < 2:
+        raise ValueError("a seed spread needs at least two runs of the recipe")
+    columns = [runs[label] for label in labels]
+    first = columns[0]
     keys = [(case, target) for case in dict.fromkeys(c for c, _ in first) for target in order
-            if (case, target) in first and (case, target) in second]
-    lines = [f"| case | target | {labels[0]} | {labels[1]} | Δ |", "|---|---|---:|---:|---:|"]
-    deltas = []
-    for case, target in keys:
-        a, b = first[(case, target)], second[(case, target)]
-        deltas.append(abs(b - a))
-        lines.append(f"| {case} | {target} | {a:.3f} | {b:.3f} | {b - a:+.3f} |")
+            if all((case, target) in column for column in columns)]
     if not keys:
-        return "_No left-out row was scored by both runs._"
-    ordered = sorted(deltas)
-    median = ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
-    worst = max(range(len(keys)), key=lambda i: deltas[i])
-    mean_a = sum(first[k] for k in keys) / len(keys)
-    mean_b = sum(second[k] for k in keys) / len(keys)
-    lines += ["", f"Seed-to-seed |Δ| over {len(keys)} rows: median {median:.3f}, largest {deltas[worst]:.3f} "
-              f"({keys[worst][0]} {keys[worst][1]}); mean of the rows {mean_a:.3f} vs {mean_b:.3f}."]
+        return "_No left-out row was scored by every run._"
+    lines = ["| case | target | " + " | ".join(labels) + " | range |", "|---|---|" + "---:|" * (len(labels) + 1)]
+    low = {k: min(column[k] for column in columns) for k in keys}
+    high = {k: max(column[k] for column in columns) for k in keys}
+    mean = {k: sum(column[k] for column in columns) / len(columns) for k in keys}
+    for case, target in keys:
+        values = " | ".join(f"{column[(case, target)]:.3f}" for column in columns)
+        lines.append(f"| {case} | {target} | {values} | {high[(case, target)] - low[(case, target)]:.3f} |")
+    spreads = sorted(high[k] - low[k] for k in keys)
+    n = len(spreads)
+    median = spreads[n // 2] if n % 2 else (spreads[n // 2 - 1] + spreads[n // 2]) / 2
+    worst = max(keys, key=lambda k: high[k] - low[k])
+    means = ", ".join(f"{label} {sum(column[k] for k in keys) / n:.3f}" for label, column in zip(labels, columns))
+    lines += ["", f"Seed-to-seed range over {n} rows: median {median:.3f}, largest {high[worst] - low[worst]:.3f} "
+              f"({worst[0]} {worst[1]}); mean of the rows: {means}."]
     for name, column in (others or {}).items():
         shared = [k for k in keys if k in column]
-        spread = {k: max(min_spread, abs(second[k] - first[k])) for k in shared}
-        up = [f"{t} ({c}) {column[(c, t)] - first[(c, t)]:+.2f}" for c, t in shared
-              if column[(c, t)] - first[(c, t)] > spread[(c, t)]]
-        down = [f"{t} ({c}) {column[(c, t)] - first[(c, t)]:+.2f}" for c, t in shared
-                if first[(c, t)] - column[(c, t)] > spread[(c, t)]]
-        lines.append(f"- {name}: {len(up) + len(down)} of {len(shared)} rows moved beyond that row's seed spread"
-                     f"; up: {', '.join(up) or 'none'}; down: {', '.join(down) or 'none'}.")
+        up = [f"{t} ({c}) {column[(c, t)] - mean[(c, t)]:+.2f}" for c, t in shared
+              if column[(c, t)] > high[(c, t)] + min_margin]
+        down = [f"{t} ({c}) {column[(c, t)] - mean[(c, t)]:+.2f}" for c, t in shared
+                if column[(c, t)] < low[(c, t)] - min_margin]
+        mean_other = sum(column[k] for k in shared) / len(shared) if shared else float("nan")
+        lines.append(f"- {name}: {len(up) + len(down)} of {len(shared)} rows outside the seeds' range (mean of the "
+                     f"rows {mean_other:.3f}); above: {', '.join(up) or 'none'}; below: {', '.join(down) or 'none'}.")
     return "\n".join(lines)
 
 

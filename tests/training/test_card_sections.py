@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from training import card_sections as cs
 
 
@@ -39,18 +41,23 @@ def test_left_out_review_table_counts_flags_against_the_true_dice() -> None:
 def test_seed_spread_table_reports_the_spread_and_what_moved_beyond_it() -> None:
     seed7 = {("a", "liver"): 0.70, ("a", "aorta"): 0.26, ("b", "liver"): 0.92, ("b", "pancreas"): 0.18}
     seed8 = {("a", "liver"): 0.74, ("a", "aorta"): 0.24, ("b", "liver"): 0.92, ("b", "pancreas"): 0.28}
-    other = {("a", "liver"): 0.72, ("a", "aorta"): 0.20, ("b", "liver"): 0.925, ("b", "pancreas"): 0.33}
-    lines = cs.seed_spread_table(seed7, seed8, ("seed 7", "seed 8"), ["liver", "aorta", "pancreas"],
+    seed9 = {("a", "liver"): 0.50, ("a", "aorta"): 0.25, ("b", "liver"): 0.93, ("b", "pancreas"): 0.20}
+    other = {("a", "liver"): 0.72, ("a", "aorta"): 0.20, ("b", "liver"): 0.935, ("b", "pancreas"): 0.33}
+    lines = cs.seed_spread_table({"seed 7": seed7, "seed 8": seed8, "seed 9": seed9}, ["liver", "aorta", "pancreas"],
                                  {"recipe x": other}).splitlines()
-    assert lines[0] == "| case | target | seed 7 | seed 8 | Δ |"
-    assert lines[2:6] == ["| a | liver | 0.700 | 0.740 | +0.040 |", "| a | aorta | 0.260 | 0.240 | -0.020 |",
-                          "| b | liver | 0.920 | 0.920 | +0.000 |", "| b | pancreas | 0.180 | 0.280 | +0.100 |"]
-    assert lines[7] == ("Seed-to-seed |Δ| over 4 rows: median 0.030, largest 0.100 (b pancreas); "
-                        "mean of the rows 0.515 vs 0.545.")
-    # liver (a) +0.02 is inside its 0.04 spread, liver (b) +0.005 inside the 0.01 floor (the seeds agreed there);
-    # aorta -0.06 and pancreas +0.15 are beyond theirs
-    assert lines[8] == ("- recipe x: 2 of 4 rows moved beyond that row's seed spread; up: pancreas (b) +0.15; "
-                        "down: aorta (a) -0.06.")
+    assert lines[0] == "| case | target | seed 7 | seed 8 | seed 9 | range |"
+    assert lines[1] == "|---|---|---:|---:|---:|---:|"
+    assert lines[2:6] == ["| a | liver | 0.700 | 0.740 | 0.500 | 0.240 |", "| a | aorta | 0.260 | 0.240 | 0.250 | 0.020 |",
+                          "| b | liver | 0.920 | 0.920 | 0.930 | 0.010 |", "| b | pancreas | 0.180 | 0.280 | 0.200 | 0.100 |"]
+    assert lines[7] == ("Seed-to-seed range over 4 rows: median 0.060, largest 0.240 (a liver); "
+                        "mean of the rows: seed 7 0.515, seed 8 0.545, seed 9 0.470.")
+    # liver (a) 0.72 lies inside the seeds' 0.50-0.74, liver (b) 0.935 above 0.93 but within the 0.01 margin;
+    # aorta 0.20 is below 0.24 - 0.01, pancreas 0.33 above 0.28 + 0.01 (moves given from the seeds' mean)
+    assert lines[8] == ("- recipe x: 2 of 4 rows outside the seeds' range (mean of the rows 0.546); "
+                        "above: pancreas (b) +0.11; below: aorta (a) -0.05.")
+    with pytest.raises(ValueError, match="at least two"):
+        cs.seed_spread_table({"seed 7": seed7}, ["liver"])
+    assert cs.seed_spread_table({"s7": seed7, "s8": {("c", "liver"): 0.5}}, ["liver"]).startswith("_No left-out row")
 
 
 def test_sweep_summary_table_means_each_fold_and_all_rows() -> None:
