@@ -24,9 +24,19 @@ from model.bundle.manifest import WEIGHTS_NAME
 from model.errors import BundleError
 from training.provenance import portable_path
 
-__all__ = ["average_bundles", "averaged_state"]
+__all__ = ["average_bundles", "averaged_state", "normalised_weights"]
 
 SHARED_PREFIXES = ("mask_ae.", "image_vae.")
+
+
+def normalised_weights(count: int, weights: Sequence[float] | None) -> list[float]:
+    """``weights`` (default: equal) checked against ``count`` sources and scaled to sum to one."""
+    mix = [1.0] * count if weights is None else [float(w) for w in weights]
+    if len(mix) != count:
+        raise ValueError(f"{len(mix)} weights for {count} bundles")
+    if any(w < 0 for w in mix) or sum(mix) <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {mix}")
+    return [w / sum(mix) for w in mix]
 
 
 def averaged_state(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float] | None = None,
@@ -35,12 +45,7 @@ def averaged_state(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[
     if len(states) < 2:
         raise ValueError("averaging needs at least two bundles")
     names = list(names) if names is not None else [f"bundle {i + 1}" for i in range(len(states))]
-    mix = [1.0 / len(states)] * len(states) if weights is None else [float(w) for w in weights]
-    if len(mix) != len(states):
-        raise ValueError(f"{len(mix)} weights for {len(states)} bundles")
-    if any(w < 0 for w in mix) or sum(mix) <= 0:
-        raise ValueError(f"weights must be non-negative with a positive sum, got {mix}")
-    mix = [w / sum(mix) for w in mix]
+    mix = normalised_weights(len(states), weights)
     first = states[0]
     out: dict[str, torch.Tensor] = {}
     for name, state in zip(names[1:], states[1:], strict=True):
@@ -94,7 +99,7 @@ def average_bundles(sources: Sequence[str | Path], out: str | Path, *, weights: 
     tensors = averaged_state(states, weights, names=[str(p) for p in paths])
     first = bundles[0]
     first.networks.load_state_dict(tensors)
-    mix = [1.0 / len(paths)] * len(paths) if weights is None else [float(w) / sum(weights) for w in weights]
+    mix = normalised_weights(len(paths), weights)
     provenance: dict[str, Any] = {
         "trained": True,
         "averaged_from": [
