@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from model.bundle.loaded import LoadedBundle, load_bundle, save_bundle
-from model.bundle.manifest import WEIGHTS_NAME
 from model.errors import BundleError
 from training.provenance import portable_path
 
@@ -95,7 +93,7 @@ def average_bundles(sources: Sequence[str | Path], out: str | Path, *, weights: 
     if len(bundles) < 2:
         raise ValueError("averaging needs at least two bundles")
     _check_compatible(bundles)
-    states = [load_file(str(p / WEIGHTS_NAME)) for p in paths]
+    states = [b.networks.state_dict() for b in bundles]  # the tensors load_bundle read and checked
     tensors = averaged_state(states, weights, names=[str(p) for p in paths])
     first = bundles[0]
     first.networks.load_state_dict(tensors)
