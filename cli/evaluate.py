@@ -22,6 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ensemble", type=int, default=None, help="ensemble members (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help="sampler (default: the bundle's)")
+    p.add_argument("--exclusive", action=argparse.BooleanOptionalAction, default=None,
+                   help="one-piece organs compete for each voxel, all targets scored in one pass (default: the bundle's)")
     p.add_argument("--targets", nargs="+", default=None, help="only these targets (names or synonyms; comma or space separated)")
     p.add_argument("--max-cases", type=int, default=None, help="only the first N cases")
     p.add_argument("--cases", nargs="+", default=None, metavar="CASE",
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         bundle = load_bundle(args.bundle, device=args.device)
         report = evaluate_dataset(
             bundle, args.data, steps=args.steps, ensemble=args.ensemble, seed=args.seed, sampler=args.sampler, targets=targets,
+            exclusive=args.exclusive,
             max_cases=args.max_cases, cases=[c for item in args.cases or [] for c in item.split(",") if c] or None,
             on_case=report_case,
         )

@@ -297,6 +297,7 @@ class EvaluationReport:
     notes: tuple[str, ...] = field(default=METHOD_NOTES)
     sampler: str | None = None  # None only in reports written before the sampler was recorded
     largest_component: bool | None = None  # None only in reports written before it was recorded
+    exclusive: bool | None = None  # None only in reports written before it was recorded
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -432,6 +433,7 @@ def evaluate_dataset(
     seed: int = 0,
     sampler: str | None = None,
     largest_component: bool | None = None,
+    exclusive: bool | None = None,
     targets: Sequence[str] | None = None,
     max_cases: int | None = None,
     cases: Sequence[str] | None = None,
@@ -442,7 +444,9 @@ def evaluate_dataset(
     """Segment every case of the dataset at ``data`` and score the annotated targets.
 
     ``targets_per_pass`` bounds memory: mean and variance of that many targets are held on the
-    input grid at once (the image is re-encoded per pass, which is cheap).
+    input grid at once (the image is re-encoded per pass, which is cheap). With ``exclusive`` on
+    (the request's or the bundle's), the targets compete for voxels, so every target of a case
+    goes in one pass, as in a request that names them all.
     ``on_case(index, total, case_name, seconds)`` is called after each case.
     """
     vocabulary = bundle.vocabulary
@@ -463,8 +467,12 @@ def evaluate_dataset(
         seed=seed,
         sampler=sampler,
         largest_component=largest_component,
+        exclusive=exclusive,
     )
     options.check()
+    exclusive = bundle.config.sampling.exclusive if exclusive is None else exclusive
+    if exclusive:
+        targets_per_pass = len(names)
     files = source.cases[:max_cases] if max_cases else source.cases
     started = time.time()
     results: list[CaseTargetResult] = []
@@ -502,6 +510,7 @@ def evaluate_dataset(
         summary=summarise(results, names),
         sampler=str(options.sampler or bundle.config.sampling.sampler.value),
         largest_component=bundle.config.sampling.largest_component if largest_component is None else largest_component,
+        exclusive=exclusive,
     )
 
 

@@ -6,8 +6,12 @@ uses phantoms of a seed of their own, and each real fold's left-out patient: ``-
     python -m training.sampling_sweep --bundle model/bundles/demo --data runs/validation/phantoms-5000 \\
         --settings ddpm:5:5,ddpm:10:5,ddim:10:5 --out runs/validation/sweep
 
-Each setting is ``sampler:steps:ensemble``, optionally ``:lcc`` (largest connected component
-post-processing on) or ``:raw`` (off); without it, the bundle's default. Prints a markdown table (one row per setting, mean
+Each setting is ``sampler:steps:ensemble``, optionally followed by ``:lcc`` (largest connected
+component post-processing on) or ``:raw`` (off), and ``:excl`` (one-piece targets made exclusive,
+:func:`model.inference.pipeline.resolve_overlaps`) or ``:overlap`` (not); without them, the
+bundle's defaults. ``--targets-per-pass`` sets how many targets share one pipeline call (an
+exclusive setting always puts them all in one; give the others the same number to compare them
+on the same random draws). Prints a markdown table (one row per setting, mean
 Dice per target, their mean, and seconds) and writes it with a JSON copy to ``--out``.
 """
 
@@ -30,10 +34,12 @@ class Setting:
     steps: int
     ensemble: int
     largest_component: bool | None = None
+    exclusive: bool | None = None
 
     @property
     def label(self) -> str:
         post = {None: "", True: ", largest component", False: ", no post-processing"}[self.largest_component]
+        post += {None: "", True: ", exclusive", False: ", overlapping"}[self.exclusive]
         return f"{self.sampler}, {self.steps} steps, ensemble {self.ensemble}{post}"
 
 
@@ -46,36 +52,49 @@ class SweepRow:
     cases: tuple[str, ...] = ()  # the cases scored
 
 
+_FLAGS: dict[str, tuple[str, bool]] = {
+    "lcc": ("largest_component", True), "raw": ("largest_component", False),
+    "excl": ("exclusive", True), "overlap": ("exclusive", False),
+}
+
+
 def parse_settings(text: str) -> list[Setting]:
     """``"ddpm:10:5,ddim:20:3"`` -> settings; a clear ValueError for anything else."""
     settings = []
     for item in (part.strip() for part in text.split(",") if part.strip()):
         fields = item.split(":")
-        if len(fields) not in (3, 4) or fields[0] not in ("ddpm", "ddim"):
-            raise ValueError(f"setting {item!r}: expected sampler:steps:ensemble[:lcc|:raw] with sampler ddpm or ddim")
-        post = {"lcc": True, "raw": False}.get(fields[3]) if len(fields) == 4 else None
-        if len(fields) == 4 and post is None:
-            raise ValueError(f"setting {item!r}: the fourth field is lcc or raw")
+        if len(fields) < 3 or fields[0] not in ("ddpm", "ddim"):
+            raise ValueError(f"setting {item!r}: expected sampler:steps:ensemble[:lcc|:raw][:excl|:overlap] with sampler "
+                             "ddpm or ddim")
+        flags: dict[str, bool] = {}
+        for flag in fields[3:]:
+            key, value = _FLAGS.get(flag, (None, False))
+            if key is None:
+                raise ValueError(f"setting {item!r}: {flag!r} is none of lcc, raw, excl, overlap")
+            if key in flags:
+                raise ValueError(f"setting {item!r}: {flag!r} repeats a choice already made")
+            flags[key] = value
         try:
             steps, ensemble = int(fields[1]), int(fields[2])
         except ValueError:
             raise ValueError(f"setting {item!r}: steps and ensemble must be integers") from None
-        settings.append(Setting(fields[0], steps, ensemble, post))
+        settings.append(Setting(fields[0], steps, ensemble, flags.get("largest_component"), flags.get("exclusive")))
     if not settings:
         raise ValueError("no settings given")
     return settings
 
 
 def sweep(bundle: object, data: Path, settings: Sequence[Setting], targets: Sequence[str] | None = None,
-          max_cases: int | None = None, seed: int = 0, cases: Sequence[str] | None = None) -> list[SweepRow]:
+          max_cases: int | None = None, seed: int = 0, cases: Sequence[str] | None = None,
+          targets_per_pass: int = 4) -> list[SweepRow]:
     from training.evaluate import evaluate_dataset
 
     rows = []
     for setting in settings:
         report = evaluate_dataset(
             bundle, data, steps=setting.steps, ensemble=setting.ensemble, sampler=setting.sampler,  # type: ignore[arg-type]
-            largest_component=setting.largest_component, seed=seed, targets=targets, max_cases=max_cases,
-            cases=cases,
+            largest_component=setting.largest_component, exclusive=setting.exclusive, seed=seed, targets=targets,
+            max_cases=max_cases, cases=cases, targets_per_pass=targets_per_pass,
         )
         dice = {s.target: s.dice_mean for s in report.summary}
         known = [d for d in dice.values() if d is not None]
@@ -108,12 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", default=None, metavar="CASE",
                         help="only these cases (label file name without extension), e.g. a fold's left-out patient")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--targets-per-pass", type=int, default=4,
+                        help="targets per pipeline call (exclusive settings: all of them)")
     parser.add_argument("--out", type=Path, default=None, help="folder for sweep.json and sweep.md")
     args = parser.parse_args(argv)
     try:
         settings = parse_settings(args.settings)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.targets_per_pass < 1:
+        parser.error(f"--targets-per-pass must be >= 1, got {args.targets_per_pass}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from model.bundle.loaded import load_bundle
 
@@ -123,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.data import DatasetFormatError
 
     try:
-        rows = sweep(bundle, args.data, settings, targets, args.max_cases, args.seed, cases)
+        rows = sweep(bundle, args.data, settings, targets, args.max_cases, args.seed, cases, args.targets_per_pass)
     except DatasetFormatError as exc:  # an unknown --cases name, a folder that is not a dataset
         parser.error(str(exc))
     table = markdown_table(rows)

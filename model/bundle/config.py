@@ -143,6 +143,12 @@ class SamplingConfig(FrozenConfig):
         description="for targets the vocabulary marks `connected`, zero the mean outside the largest 3-D connected "
         "component of mean > 0.5 (the variance is kept); requests may override it",
     )
+    exclusive: bool = Field(
+        False,
+        description="when several `connected` targets are requested together, cap each one's mean at 1 minus the "
+        "most probable other one's where that other wins the voxel (one-piece organs and main vessels never share "
+        "a voxel), before largest_component; requests may override it",
+    )
 
 
 class ModelConfig(FrozenConfig):

@@ -84,6 +84,7 @@ class SegmentationOptions:
     seed: int = 0
     sampler: str | None = None  # None: the bundle's default
     largest_component: bool | None = None  # None: the bundle's default (sampling.largest_component)
+    exclusive: bool | None = None  # None: the bundle's default (sampling.exclusive)
     slices_per_chunk: int | None = None
     max_batch: int | None = None
 
@@ -328,6 +329,9 @@ def predict_model_grid(
             mean[:, rows, cols, chunk] = chunk_mean.permute(1, 2, 3, 0)
             variance[:, rows, cols, chunk] = chunk_var.permute(1, 2, 3, 0)
         report(progress, SAMPLING_SHARE * chunk.stop / num_slices)
+    exclusive = options.exclusive if options.exclusive is not None else cfg.sampling.exclusive
+    if exclusive:
+        resolve_overlaps(mean, resolved)
     largest = options.largest_component if options.largest_component is not None else cfg.sampling.largest_component
     if largest:
         for index, target in enumerate(resolved):
@@ -337,6 +341,28 @@ def predict_model_grid(
 
 
 _FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+
+
+def resolve_overlaps(mean: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
+    """Make the one-piece targets of ``mean`` (T, ...) exclusive, in place, and return it.
+
+    One-piece organs and main vessels (``Target.connected``) never share a voxel, yet each target
+    is an independent prompt, so two of them may both claim one. Where they compete, the most
+    probable one keeps its probability and every other one is capped at 1 minus it (exclusive
+    events' probabilities sum to at most 1): a loser's mean drops below 0.5 wherever the winner's is
+    above it, and voxels no target claims stay as they were. Ties go to the earlier target
+    (``argmax``). Lesions and structures that may overlap an organ (hepatic vessels, the portal
+    vein) are never capped. The variance is not changed (it still shows where samples disagreed).
+    """
+    competing = [index for index, target in enumerate(targets) if target.connected]
+    if len(competing) < 2:
+        return mean
+    claims = mean[competing]
+    winner_mean, winner = claims.max(dim=0)
+    for rank, index in enumerate(competing):
+        lost = winner != rank
+        mean[index] = torch.where(lost, torch.minimum(mean[index], 1.0 - winner_mean), mean[index])
+    return mean
 
 
 def keep_largest_component(mean: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

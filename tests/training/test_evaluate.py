@@ -144,3 +144,26 @@ def test_evaluate_dataset_records_and_uses_the_requested_sampler(tmp_path: Path)
     ddpm = evaluate_dataset(bundle, data, steps=2, ensemble=2, targets=["liver"], sampler="ddpm")
     assert ddim.sampler == "ddim" and ddpm.sampler == "ddpm"
     assert "ddim sampler, steps 2" in ddim.to_markdown()
+
+
+def test_evaluate_dataset_exclusive_scores_the_targets_together(tmp_path: Path) -> None:
+    from model.bundle.loaded import load_bundle, write_random_bundle
+    from training.evaluate import evaluate_dataset, read_report, write_report
+    from training.phantoms import PhantomSpec, write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "ph", 1, 8, PhantomSpec(shape=(40, 40, 6), spacing=(9.0, 9.0, 12.0)))
+    bundle = load_bundle(write_random_bundle(tmp_path / "bundle", seed=1), device="cpu")
+    targets = ["liver", "spleen", "kidney_left", "kidney_right", "stomach"]
+    # Both in one pass, so both see the same random draws; only the competition differs.
+    overlapping = evaluate_dataset(bundle, data, steps=2, ensemble=2, targets=targets, exclusive=False,
+                                   targets_per_pass=len(targets))
+    exclusive = evaluate_dataset(bundle, data, steps=2, ensemble=2, targets=targets, exclusive=True)
+    assert (overlapping.exclusive, exclusive.exclusive) == (False, True)
+    before = {r.target: r.pred_voxels for r in overlapping.results}
+    after = {r.target: r.pred_voxels for r in exclusive.results}
+    assert all(after[name] <= before[name] for name in targets)  # capping only takes voxels away
+    assert sum(after.values()) < sum(before.values())  # the random model's organs overlap: some were taken
+    assert read_report(write_report(exclusive, tmp_path / "report")[0]) == exclusive
+    assert bundle.config.sampling.exclusive is False
+    default = evaluate_dataset(bundle, data, steps=2, ensemble=2, targets=targets, targets_per_pass=len(targets))
+    assert default.exclusive is False and {r.target: r.pred_voxels for r in default.results} == before

@@ -220,6 +220,49 @@ def test_largest_component_applies_to_connected_targets_only(random_bundle: Load
     np.testing.assert_array_equal(segment_volume(random_bundle, volume, targets, OPTS).mean["liver"], raw.mean["liver"])
 
 
+def test_resolve_overlaps_caps_the_losers_of_one_piece_targets_only() -> None:
+    from model.inference.pipeline import resolve_overlaps
+
+    vocabulary = default_vocabulary()
+    targets = [vocabulary.get(n) for n in ("liver", "stomach", "liver_tumor", "spleen")]
+    mean = torch.zeros((4, 3, 1, 1))
+    mean[:, 0, 0, 0] = torch.tensor([0.9, 0.7, 0.8, 0.2])  # liver wins: stomach and spleen capped at 0.1
+    mean[:, 1, 0, 0] = torch.tensor([0.55, 0.6, 0.3, 0.1])  # stomach wins: liver capped at 0.4, spleen 0.1 kept
+    mean[:, 2, 0, 0] = torch.tensor([0.3, 0.3, 0.9, 0.2])  # a tie below 0.5: the first (liver) wins; nobody above 0.7
+    before = mean.clone()
+    out = resolve_overlaps(mean, targets)
+    assert out is mean
+    got = mean[:, :, 0, 0]
+    assert got[:, 0].tolist() == pytest.approx([0.9, 0.1, 0.8, 0.1])
+    assert got[:, 1].tolist() == pytest.approx([0.4, 0.6, 0.3, 0.1])
+    assert got[:, 2].tolist() == pytest.approx([0.3, 0.3, 0.9, 0.2])
+    torch.testing.assert_close(mean[2], before[2])  # a lesion lies inside its organ: never capped
+    # At most one one-piece target keeps each voxel above 0.5.
+    assert int(((mean[[0, 1, 3]] > 0.5).sum(dim=0) > 1).sum()) == 0
+    single = before[:1].clone()
+    assert torch.equal(resolve_overlaps(single, targets[:1]), before[:1])  # one target: nothing to resolve
+
+
+def test_exclusive_option_leaves_one_label_per_voxel(random_bundle: LoadedBundle, volume: Volume) -> None:
+    targets = "liver,spleen,stomach,liver_tumor"
+    overlapping = segment_volume(random_bundle, volume, targets, dataclasses.replace(OPTS, exclusive=False))
+    exclusive = segment_volume(random_bundle, volume, targets, dataclasses.replace(OPTS, exclusive=True))
+    organs = ("liver", "spleen", "stomach")
+
+    def claims(seg) -> np.ndarray:
+        return np.sum([seg.mean[name] > 0.5 for name in organs], axis=0)
+
+    assert int((claims(overlapping) > 1).sum()) > 0  # the random model lets organs overlap: something to resolve
+    assert int((claims(exclusive) > 1).sum()) == 0
+    np.testing.assert_array_equal(exclusive.mean["liver_tumor"], overlapping.mean["liver_tumor"])
+    for name in organs:
+        np.testing.assert_array_equal(exclusive.variance[name], overlapping.variance[name])
+        assert (exclusive.mean[name] <= overlapping.mean[name] + 1e-6).all()  # capping only lowers
+    assert not random_bundle.config.sampling.exclusive  # the tiny config's default: overlapping
+    np.testing.assert_array_equal(segment_volume(random_bundle, volume, targets, OPTS).mean["liver"],
+                                  overlapping.mean["liver"])
+
+
 def test_a_context_bundle_reads_the_neighbouring_slices(tmp_path: Path) -> None:
     base = tiny_config()
     denoiser = base.denoiser.model_copy(update={"image_pixels": True, "context_slices": 1})
