@@ -388,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         *review_flag_part(),
         "### The review flag on the left-out patients",
-        "The same shipped rule (empty or implausibly small mask, or members' pairwise Dice under the threshold) "
+        "The same shipped rule (empty, implausibly small or implausibly large mask, or members' pairwise Dice under the "
+        "threshold; re-applied to each stored row, so rows scored before a rule existed count it too) "
         "on the left-out rows above and on the folds of the recipes tried and not shipped: patients those "
         "bundles never saw, so a test of the flag on real CT that no threshold was chosen on.",
         "",

@@ -246,12 +246,19 @@ def _pct(value: float | None) -> str:
 def left_out_review_table(runs: Mapping[str, Sequence[EvaluationReport]], poor_below: float = 0.7) -> str:
     """The shipped review flag (``needs_review`` of each row) on left-out patients, per run: the share of poor
     segmentations (organ present, Dice < ``poor_below``) it flags, of good ones (false alarms), and of organs
-    absent from the scan (where any mask is a false positive). Rows written before the flag existed are skipped."""
+    absent from the scan (where any mask is a false positive). Rows written before the flag existed are skipped.
+
+    The flag is the stored one, or the size rule's "above the typical volume" (added after some of
+    these rows were scored: a reason is only ever added to a row, so this is the shipped rule)."""
+    from model.inference.statistics import above_typical_volume
     lines = [f"| run | poor (Dice < {poor_below:g}) flagged | good flagged (false alarm) | absent organ flagged | "
              "poor rows not flagged |", "|---|---:|---:|---:|---|"]
 
+    def flagged(r: Any) -> bool:
+        return bool(r.needs_review) or above_typical_volume(r.target, r.pred_volume_ml)
+
     def share(rows: Sequence[Any]) -> str:
-        return "n/a" if not rows else f"{sum(bool(r.needs_review) for r in rows)} / {len(rows)}"
+        return "n/a" if not rows else f"{sum(flagged(r) for r in rows)} / {len(rows)}"
 
     for name, reports in runs.items():
         rows = [r for report in reports for r in report.results if r.needs_review is not None]
@@ -259,7 +266,7 @@ def left_out_review_table(runs: Mapping[str, Sequence[EvaluationReport]], poor_b
         poor = [r for r in present if r.dice < poor_below]
         good = [r for r in present if r.dice >= poor_below]
         absent = [r for r in rows if r.truth_voxels == 0]
-        missed = ", ".join(f"{r.target} {r.dice:.2f}" for r in poor if not r.needs_review) or "—"
+        missed = ", ".join(f"{r.target} {r.dice:.2f}" for r in poor if not flagged(r)) or "—"
         lines.append(f"| {name} | {share(poor)} | {share(good)} | {share(absent)} | {missed} |")
     return "\n".join(lines)
 
@@ -302,7 +309,8 @@ def review_flag_section(document: Mapping[str, Any]) -> str:
     lines += [
         "",
         f"Shipped rule (`model.inference.statistics.ReviewPolicy`): flag an empty mask, a mask below its organ's typical "
-        f"volume (`model.targets.vocabulary.size_prior`) that does not touch the volume's edge, or members' pairwise Dice "
+        f"volume (`model.targets.vocabulary.size_prior`) that does not touch the volume's edge, a mask above it, or members' "
+        f"pairwise Dice "
         f"< {policy['min_pairwise_dice']:g}.",
         "",
         "| cases | rows (organ present / absent) | Dice < 0.7 flagged | Dice ≥ 0.7 flagged (false alarm) "

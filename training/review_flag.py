@@ -4,8 +4,8 @@ Input: :class:`training.evaluate.EvaluationReport` runs (each case × target row
 Dice and the ensemble-only scores of :mod:`model.inference.statistics`). For every score this measures how
 well it ranks the true Dice (Spearman ρ) and how well it detects a poor segmentation (AUROC for
 Dice < ``POOR_DICE``), picks the threshold on the *validation* runs (Youden's J), and reports the
-shipped rule (:class:`model.inference.statistics.ReviewPolicy`: empty mask, implausibly small for the
-organ, members disagreeing) as sensitivity and false-alarm rate on every run.
+shipped rule (:class:`model.inference.statistics.ReviewPolicy`: empty mask, implausibly small or large
+for the organ, members disagreeing) as sensitivity and false-alarm rate on every run.
 
 Rows with an empty truth (the organ is not in the field of view, or not annotated as present)
 have no Dice; they enter only the false-alarm count of the empty/size rules.
@@ -152,7 +152,7 @@ def rule_summary(outcomes: Sequence[dict[str, Any]], validation: bool | None = N
     absent = [o for o in rows if o["truth_voxels"] == 0]
 
     def size_flag(o: dict[str, Any]) -> bool:
-        return any(reason == "empty mask" or "below the typical" in reason for reason in o["reasons"])
+        return any(reason == "empty mask" or "the typical" in reason for reason in o["reasons"])
 
     def share(items: Sequence[dict[str, Any]], test: Callable[[dict[str, Any]], bool]) -> float | None:
         return None if not items else sum(1 for o in items if test(o)) / len(items)

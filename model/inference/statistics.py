@@ -43,6 +43,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "MemberSummary",
     "ReviewPolicy",
+    "above_typical_volume",
     "StatisticsWriter",
     "job_statistics",
     "read_statistics",
@@ -110,8 +111,10 @@ class ReviewPolicy:
 
     A target is flagged when its mask is empty, when it is smaller than its organ's typical
     range (:func:`model.targets.vocabulary.size_prior`) without touching the volume's edge (a structure
-    cut off by the field of view may be small), or when the ensemble's mean pairwise Dice is
-    below ``min_pairwise_dice`` (the members disagree about the shape).
+    cut off by the field of view may be small), when it is larger than that range (a field of view
+    cannot make an organ bigger: an enlarged organ, or a mask that spilled onto its neighbours), or
+    when the ensemble's mean pairwise Dice is below ``min_pairwise_dice`` (the members disagree
+    about the shape).
     """
 
     # 1 - the Youden threshold of (1 - pairwise Dice) for Dice < 0.7 on the validation phantoms
@@ -248,6 +251,12 @@ def target_statistics(
     return entry
 
 
+def above_typical_volume(target: str, volume_ml: float | None) -> bool:
+    """True when ``volume_ml`` exceeds the target's typical adult range (no range, no volume: False)."""
+    prior = size_prior(target)
+    return prior is not None and volume_ml is not None and volume_ml > prior.high_ml
+
+
 def review_reasons(entry: Mapping[str, Any], prior: SizePrior | None, policy: ReviewPolicy) -> list[str]:
     """Why one target's entry needs a human look (empty: it does not)."""
     reasons = []
@@ -256,6 +265,9 @@ def review_reasons(entry: Mapping[str, Any], prior: SizePrior | None, policy: Re
         reasons.append("empty mask")
     elif prior is not None and volume < prior.low_ml and not entry["touches_edge"]:
         reasons.append(f"{volume:.0f} ml is below the typical {prior.low_ml:g}-{prior.high_ml:g} ml")
+    elif prior is not None and volume > prior.high_ml:
+        reasons.append(f"{volume:.0f} ml is above the typical {prior.low_ml:g}-{prior.high_ml:g} ml "
+                       "(an enlarged organ, or a mask spilled onto its neighbours)")
     dice = entry["quality"]["pairwise_dice"]
     if dice is not None and entry["voxel_count"] > 0 and dice < policy.min_pairwise_dice:
         reasons.append(f"ensemble members disagree (pairwise Dice {dice:.2f} < {policy.min_pairwise_dice:g})")

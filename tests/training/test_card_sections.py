@@ -22,20 +22,25 @@ def test_dice_columns_table_aligns_runs_and_marks_missing_cells() -> None:
 def test_left_out_review_table_counts_flags_against_the_true_dice() -> None:
     from training.evaluate import CaseTargetResult, EvaluationReport
 
-    def row(target: str, dice: float, truth: int, flagged: bool | None) -> CaseTargetResult:
+    def row(target: str, dice: float, truth: int, flagged: bool | None, ml: float = 100.0) -> CaseTargetResult:
         return CaseTargetResult(case="c", target=target, dice=dice, hd95_mm=None, auroc=None, truth_voxels=truth,
-                                pred_voxels=10, needs_review=flagged)
+                                pred_voxels=10, needs_review=flagged, pred_volume_ml=ml)
 
     rows = (
-        row("liver", 0.92, 100, False), row("spleen", 0.81, 100, True),     # good: one false alarm
-        row("stomach", 0.66, 100, False), row("pancreas", 0.18, 100, True),  # poor: one missed
-        row("kidney_left", 0.0, 0, True),                                    # absent, flagged
-        row("aorta", 0.1, 100, None),                                        # written before the flag: skipped
+        row("liver", 0.92, 100, False, 1700.0), row("spleen", 0.81, 100, True),  # good: one false alarm
+        row("stomach", 0.66, 100, False), row("pancreas", 0.18, 100, True),       # poor: one missed
+        row("kidney_left", 0.0, 0, True),                                         # absent, flagged
+        row("aorta", 0.1, 100, None),                                             # written before the flag: skipped
     )
     report = EvaluationReport(bundle="b", bundle_name="n", data="d", dataset="ds", steps=10, ensemble=5, seed=0,
                               device="cpu", seconds=1.0, cases=("c",), results=rows, summary=())
     table = cs.left_out_review_table({"fold": [report]}).splitlines()
     assert table[2] == "| fold | 1 / 2 | 1 / 2 | 1 / 1 | stomach 0.66 |"
+    # A row scored before the above-range rule existed: the rule is re-applied to its stored volume.
+    spilled = (row("liver", 0.47, 100, False, 3200.0), *rows[1:])
+    report = EvaluationReport(bundle="b", bundle_name="n", data="d", dataset="ds", steps=10, ensemble=5, seed=0,
+                              device="cpu", seconds=1.0, cases=("c",), results=spilled, summary=())
+    assert cs.left_out_review_table({"fold": [report]}).splitlines()[2] == "| fold | 2 / 3 | 1 / 1 | 1 / 1 | stomach 0.66 |"
 
 
 def test_seed_spread_table_reports_the_spread_and_what_moved_beyond_it() -> None:

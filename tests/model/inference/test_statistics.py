@@ -13,7 +13,13 @@ from model.bundle.loaded import LoadedBundle
 from model.inference.ensemble import member_mask_overlaps
 from model.inference.pipeline import ModelGridPrediction, SegmentationOptions, segment_volume, write_prediction
 from model.inference.preprocessing import Volume
-from model.inference.statistics import MemberSummary, read_statistics, summary_line, target_statistics
+from model.inference.statistics import (
+    MemberSummary,
+    above_typical_volume,
+    read_statistics,
+    summary_line,
+    target_statistics,
+)
 from model.targets.vocabulary import default_vocabulary, size_prior
 
 VOCAB = default_vocabulary()
@@ -109,6 +115,21 @@ def test_review_flag_small_organ_and_disagreeing_members() -> None:
     entry = target_statistics(VOCAB.get("liver"), big, None, None, affine, split)
     assert entry["quality"]["pairwise_dice"] == pytest.approx(0.3)
     assert entry["needs_review"] and "disagree" in entry["review_reason"]
+    assert "typical" not in entry["review_reason"]
+
+
+def test_review_flag_organ_above_its_typical_range_even_at_the_edge() -> None:
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    huge = np.zeros((90, 90, 90), np.float32)
+    huge[:75, 5:85, 5:85] = 0.9  # 480,000 voxels of 8 mm^3 = 3.84 l, touching the edge: a liver spilled into the pelvis
+    entry = target_statistics(VOCAB.get("liver"), huge, None, None, affine, _agreeing(480_000))
+    assert entry["touches_edge"] and entry["needs_review"]
+    assert entry["review_reason"].startswith("3840 ml is above the typical 1000-2500 ml")
+    normal = np.zeros_like(huge)
+    normal[5:65, 5:65, 5:65] = 0.9  # 1.728 l: inside the range
+    assert not target_statistics(VOCAB.get("liver"), normal, None, None, affine, _agreeing(216_000))["needs_review"]
+    assert above_typical_volume("liver", 3840.0) and not above_typical_volume("liver", 1728.0)
+    assert not above_typical_volume("liver", None) and not above_typical_volume("liver_tumor", 1e6)  # no range
 
 
 def test_member_counts_match_the_thresholded_members() -> None:
