@@ -49,6 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the largest connected piece of one-piece organs (default: the bundle's)")
+    p.add_argument("--exclusive", action=argparse.BooleanOptionalAction, default=None,
+                   help="one-piece organs requested together never share a voxel (default: the bundle's)")
     p.add_argument("--bundle", type=Path, default=None, help="model bundle folder (default: $LATENTSEG_BUNDLE or the demo bundle)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
@@ -178,7 +180,7 @@ def _run(args: argparse.Namespace, CliError: type[Exception]) -> list[Path]:  # 
         # The bundle's sampling section unless given, in the model's range (model.bundle.manifest.check_sampling).
         ensemble, steps = resolve_sampling(bundle.config.sampling, args.ensemble, args.steps)
         options = SegmentationOptions(ensemble=ensemble, steps=steps, seed=args.seed,
-                                      largest_component=args.largest_component)
+                                      largest_component=args.largest_component, exclusive=args.exclusive)
         # Read a NIfTI before the progress bar opens, so an unreadable input fails with one line.
         volume = load_nifti(args.input) if _plain_nifti_run(args) else None
         source = None if volume is not None else _read_input(args.input)

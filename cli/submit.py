@@ -42,6 +42,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--fractional", action="store_true", help="make segmentation.dcm FRACTIONAL (mean probability)")
     parser.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
                         help="keep only the largest connected piece of one-piece organs (default: the model's)")
+    parser.add_argument("--exclusive", action=argparse.BooleanOptionalAction, default=None,
+                        help="one-piece organs requested together never share a voxel (default: the model's)")
     parser.add_argument("--wait", action="store_true", help="wait for the jobs to end")
     parser.add_argument("--out", type=Path, help="download results here (implies --wait)")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
@@ -111,13 +113,13 @@ def run(args: argparse.Namespace) -> int:
                         body = client.submit_reference(
                             args.study_uid, args.targets, series_uid=args.series_uid, push=args.push,
                             ensemble=args.ensemble, steps=args.steps, seed=args.seed, fractional=args.fractional,
-                            largest_component=args.largest_component,
+                            largest_component=args.largest_component, exclusive=args.exclusive,
                         )
                     else:
                         body = client.submit(
                             path, args.targets, ensemble=args.ensemble, steps=args.steps, seed=args.seed,
                             dicom=args.dicom_seg, fractional=args.fractional,
-                            largest_component=args.largest_component,
+                            largest_component=args.largest_component, exclusive=args.exclusive,
                         )
                 except ApiError as exc:
                     raise CliError(f"{path}: the server refused it: {exc.message}") from exc

@@ -110,13 +110,15 @@ class LatentsegClient:
         dicom: bool | None = None,
         fractional: bool = False,
         largest_component: bool | None = None,
+        exclusive: bool | None = None,
     ) -> dict[str, Any]:
         """Upload one volume (streamed as the raw body); returns the 202 body (``job_id``, ``status_url``).
 
         ``path`` is a NIfTI file, a .zip of one DICOM series, or a folder holding one series
         (zipped on the fly). ``dicom`` asks for (or turns off) ``segmentation.dcm``: the server's
         default is on for DICOM input, off for NIfTI; ``fractional`` makes it FRACTIONAL.
-        ``largest_component`` overrides the model's connected-component post-processing.
+        ``largest_component`` overrides the model's connected-component post-processing, ``exclusive``
+        whether one-piece organs requested together may share a voxel.
         """
         params: dict[str, Any] = {"targets": targets if isinstance(targets, str) else ",".join(targets)}
         for name, value in (("ensemble", ensemble), ("steps", steps), ("seed", seed)):
@@ -128,6 +130,8 @@ class LatentsegClient:
             params["fractional"] = "true"
         if largest_component is not None:
             params["largest_component"] = "true" if largest_component else "false"
+        if exclusive is not None:
+            params["exclusive"] = "true" if exclusive else "false"
         with _upload_body(Path(path)) as fh:
             size = os.fstat(fh.fileno()).st_size
             chunks = iter(lambda: fh.read(1024 * 1024), b"")
@@ -145,7 +149,8 @@ class LatentsegClient:
     ) -> dict[str, Any]:
         """Queue a series on the server's DICOMweb source (no upload): ``POST /segment?study_uid=…``.
 
-        ``options`` are :meth:`submit`'s ``ensemble``, ``steps``, ``seed``, ``fractional``, ``largest_component``.
+        ``options`` are :meth:`submit`'s ``ensemble``, ``steps``, ``seed``, ``fractional``, ``largest_component``,
+        ``exclusive``.
         """
         params: dict[str, Any] = {"targets": targets if isinstance(targets, str) else ",".join(targets),
                                   "study_uid": study_uid}

@@ -53,6 +53,7 @@ class ReferenceParams:
     dicom: bool | None
     fractional: bool
     largest_component: bool | None
+    exclusive: bool | None = None
 
 
 def _check_uid(name: str, value: str) -> str:
@@ -79,7 +80,7 @@ def resolve_series(settings: DicomwebSettings, study_uid: str, series_uid: str |
 
 def _digest(owner: str, study_uid: str, series_uid: str, params: ReferenceParams, dicom_seg: bool) -> str:
     text = json.dumps([owner, "dicomweb", study_uid, series_uid, list(params.targets), params.ensemble, params.steps,
-                       params.seed, [dicom_seg, params.fractional, params.largest_component, params.push]])
+                       params.seed, [dicom_seg, params.fractional, params.largest_component, params.push, params.exclusive]])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -112,7 +113,7 @@ async def submit_reference(
         job = SegmentationRequest(
             job_id=job_id, input_name=DICOM_INPUT_NAME, targets=params.targets, ensemble=params.ensemble,
             steps=params.steps, seed=params.seed, dicom_seg=True, fractional=params.fractional,
-            largest_component=params.largest_component, push=params.push,
+            largest_component=params.largest_component, exclusive=params.exclusive, push=params.push,
             source={
                 "study_uid": study_uid, "series_uid": series_uid, "max_bytes": settings.max_upload_bytes,
                 "max_files": settings.max_dicom_files, "max_voxels": settings.max_voxels,

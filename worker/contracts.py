@@ -219,6 +219,7 @@ class SegmentationRequest:
     dicom_seg: bool = False
     fractional: bool = False
     largest_component: bool | None = None  # None: the bundle's default
+    exclusive: bool | None = None  # None: the bundle's default
     source: Mapping[str, Any] | None = None
     push: bool = False
 
@@ -243,6 +244,8 @@ class SegmentationRequest:
             raise PayloadError("fractional needs dicom_seg")
         if self.largest_component is not None and not isinstance(self.largest_component, bool):
             raise PayloadError(f"largest_component must be a bool or null, got {self.largest_component!r}")
+        if self.exclusive is not None and not isinstance(self.exclusive, bool):
+            raise PayloadError(f"exclusive must be a bool or null, got {self.exclusive!r}")
         if self.source is not None:
             if self.input_name != DICOM_INPUT_NAME:
                 raise PayloadError(f"a DICOMweb source is retrieved into {DICOM_INPUT_NAME}, not {self.input_name!r}")
@@ -273,6 +276,7 @@ class SegmentationRequest:
             "dicom_seg": self.dicom_seg,
             "fractional": self.fractional,
             "largest_component": self.largest_component,
+            "exclusive": self.exclusive,
             "source": dict(self.source) if self.source is not None else None,
             "push": self.push,
         }
@@ -290,6 +294,7 @@ class SegmentationRequest:
                 dicom_seg=payload.get("dicom_seg", False),
                 fractional=payload.get("fractional", False),
                 largest_component=payload.get("largest_component"),
+                exclusive=payload.get("exclusive"),
                 source=payload.get("source"),
                 push=payload.get("push", False),
             )

@@ -277,7 +277,8 @@ def _segment_into(
     from model.inference.pipeline import SegmentationOptions, predict_model_grid, segment_file, write_prediction
 
     options = SegmentationOptions(
-        ensemble=request.ensemble, steps=request.steps, seed=request.seed, largest_component=request.largest_component
+        ensemble=request.ensemble, steps=request.steps, seed=request.seed, largest_component=request.largest_component,
+        exclusive=request.exclusive,
     )
     if not request.is_dicom and not request.dicom_seg:
         return segment_file(runtime.bundle, input_path, out_dir, list(request.targets), options=options,

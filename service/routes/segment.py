@@ -156,6 +156,9 @@ async def submit_segmentation(
     largest_component: Annotated[bool | None, Query(description="keep only the largest connected piece of one-piece "
                                                                "organs (GET /targets: `connected`); default: the "
                                                                "model's")] = None,
+    exclusive: Annotated[bool | None, Query(description="one-piece organs requested together never share a voxel: "
+                                                       "where they compete the most probable keeps it; default: the "
+                                                       "model's")] = None,
     study_uid: Annotated[str | None, Query(description="instead of a body: segment a series of this study on the "
                                                        "DICOMweb source (service.dicomweb_ref)")] = None,
     series_uid: Annotated[str | None, Query(description="the series (default: the study's CT series with the most "
@@ -168,12 +171,12 @@ async def submit_segmentation(
     await _admit(services, owner)  # first: a refused caller costs no prompt resolution
     names = await _served_target_names(request, services, targets)
     check_sampling(ensemble, steps, services.settings.sampling_caps)  # a SamplingRangeError is 422; None: the bundle's
-    params = _Parameters(names, ensemble, steps, seed, dicom, fractional, largest_component)
+    params = _Parameters(names, ensemble, steps, seed, dicom, fractional, largest_component, exclusive)
     if study_uid is not None or series_uid is not None or push:  # a DICOMweb reference, no upload
         from service.dicomweb_ref import ReferenceParams, submit_reference
 
         record, duplicate = await submit_reference(services, request.headers, owner, ReferenceParams(
-            study_uid, series_uid, push, names, ensemble, steps, seed, dicom, fractional, largest_component,
+            study_uid, series_uid, push, names, ensemble, steps, seed, dicom, fractional, largest_component, exclusive,
         ))
         return _accepted(request, response, record, duplicate)
     job_id = new_job_id()
@@ -193,6 +196,7 @@ class _Parameters:
     dicom: bool | None
     fractional: bool
     largest_component: bool | None
+    exclusive: bool | None
 
     def dicom_seg(self, is_dicom: bool) -> bool:
         """Whether segmentation.dcm is written: asked for (fractional implies it), else for DICOM input."""
@@ -279,7 +283,7 @@ async def _check_and_enqueue(
     is_dicom = is_zip_upload(raw.path)
     dicom_seg = params.dicom_seg(is_dicom)
     digest = _request_digest(owner, raw.sha256, params.targets, params.ensemble, params.steps, params.seed,
-                             (dicom_seg, params.fractional, params.largest_component))
+                             (dicom_seg, params.fractional, params.largest_component, params.exclusive))
     try:
         duplicate = await run_in_threadpool(services.jobs.find_duplicate, owner, digest)
         if duplicate is not None:
@@ -291,7 +295,7 @@ async def _check_and_enqueue(
         job = SegmentationRequest(
             job_id=job_id, input_name=stored.name, targets=params.targets, ensemble=params.ensemble,
             steps=params.steps, seed=params.seed, dicom_seg=dicom_seg, fractional=params.fractional,
-            largest_component=params.largest_component,
+            largest_component=params.largest_component, exclusive=params.exclusive,
         )
         outcome = await run_in_threadpool(services.jobs.submit, job, volume, owner, digest)
     except BaseException:  # AdmissionRefused (429) and TooLargeForWorkers (413) answer themselves

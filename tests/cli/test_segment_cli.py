@@ -155,3 +155,21 @@ def test_largest_component_flag_on_and_off(bundle: Path, tmp_path: Path) -> None
     assert _components(liver["--no-largest-component"]) > 1  # the random model speckles
     assert _components(liver["--largest-component"]) == 1
     assert not (liver["--largest-component"] & ~liver["--no-largest-component"]).any()  # only removes
+
+
+def test_exclusive_flag_leaves_one_organ_per_voxel(bundle: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    data = np.full((36, 30, 6), -1000, np.int16)
+    data[4:-4, 4:-4] = rng.normal(40, 60, (28, 22, 6))
+    source = tmp_path / "body.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([-4.0, -4.0, 4.0, 1.0])), str(source))
+    claims = {}
+    for flag in ("--exclusive", "--no-exclusive"):
+        out = tmp_path / flag.strip("-")
+        proc = latentseg("segment", str(source), "--targets", "liver,spleen,stomach", "--out", str(out), "--steps", "2",
+                         "--ensemble", "2", "--seed", "0", "--quiet", "--no-largest-component", flag, bundle=bundle)
+        assert proc.returncode == 0, proc.stderr
+        claims[flag] = sum((np.asarray(nib.load(str(out / f"{name}_mean.nii.gz")).dataobj) > 0.5).astype(int)
+                           for name in ("liver", "spleen", "stomach"))
+    assert int((claims["--no-exclusive"] > 1).sum()) > 0  # the random model's organs overlap
+    assert int((claims["--exclusive"] > 1).sum()) == 0

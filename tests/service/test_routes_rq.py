@@ -218,3 +218,18 @@ def test_largest_component_reaches_the_job_payload(client: TestClient, small_nif
     bad = client.post("/segment", params={"targets": "liver", "largest_component": "maybe"},
                       content=small_nifti.path.read_bytes())
     assert bad.status_code == 422 and "largest_component" in bad.text
+
+
+def test_exclusive_reaches_the_job_payload(client: TestClient, small_nifti: Volume, redis_url: str) -> None:
+    connection = redis.Redis.from_url(redis_url)
+
+    def payload(**params: object) -> dict:
+        job_id = _submit(client, small_nifti, targets="liver,spleen", **params)["job_id"]
+        return Job.fetch(job_id, connection=connection, serializer=JSONSerializer).kwargs["payload"]
+
+    assert payload(exclusive="true")["exclusive"] is True
+    assert payload(exclusive="false")["exclusive"] is False
+    assert payload().get("exclusive") is None  # the bundle's default applies
+    bad = client.post("/segment", params={"targets": "liver", "exclusive": "perhaps"},
+                      content=small_nifti.path.read_bytes())
+    assert bad.status_code == 422 and "exclusive" in bad.text

@@ -95,3 +95,13 @@ def test_largest_component_round_trips_and_old_payloads_read_as_the_bundle_defau
     assert SegmentationRequest.from_payload(old).largest_component is None
     with pytest.raises(PayloadError, match="largest_component"):
         _request(largest_component="yes")
+
+
+def test_exclusive_round_trips_and_old_payloads_read_as_the_bundle_default() -> None:
+    for value in (True, False, None):
+        request = _request(exclusive=value)
+        assert SegmentationRequest.from_payload(request.to_payload()) == request
+    old = {k: v for k, v in _request().to_payload().items() if k != "exclusive"}
+    assert SegmentationRequest.from_payload(old).exclusive is None
+    with pytest.raises(PayloadError, match="exclusive"):
+        _request(exclusive=1)
