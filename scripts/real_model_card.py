@@ -169,11 +169,11 @@ def stored_experiments(folder: Path, cases: Sequence[str], kind: str = "experime
     return found
 
 
-def stored_sweeps(folder: Path, cases: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Sampling sweeps on each fold's left-out patient (``sweep_fold_<case>.json``, written by
+def stored_sweeps(folder: Path, cases: Sequence[str], stem: str = "sweep") -> dict[str, dict[str, Any]]:
+    """Sampling sweeps on each fold's left-out patient (``<stem>_fold_<case>.json``, written by
     ``python -m training.sampling_sweep --cases CASE``), per case."""
-    return {c: json.loads((folder / f"sweep_fold_{c}.json").read_text()) for c in cases
-            if (folder / f"sweep_fold_{c}.json").is_file()}
+    return {c: json.loads((folder / f"{stem}_fold_{c}.json").read_text()) for c in cases
+            if (folder / f"{stem}_fold_{c}.json").is_file()}
 
 
 def fold_seed(provenance: dict[str, Any]) -> int | None:
@@ -184,9 +184,11 @@ def fold_seed(provenance: dict[str, Any]) -> int | None:
 
 def seed_and_sampling_section(version: str, folds: Sequence[Any], replicates: dict[str, list[Any]],
                               experiments: dict[str, list[Any]], sweeps: dict[str, dict[str, Any]],
-                              order: Sequence[str], fold_seed: int | None = None) -> list[str]:
-    """How much of a left-out difference is one run's luck (a replicate of the shipped recipe), and what the
-    sampling settings do on the left-out patients (sweeps of a fold bundle)."""
+                              order: Sequence[str], fold_seed: int | None = None,
+                              exclusive: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """How much of a left-out difference is one run's luck (a replicate of the shipped recipe), what the
+    sampling settings do on the left-out patients (sweeps of a fold bundle), and what making one-piece
+    organs exclusive does there (``exclusive``: sweeps with every target in one pass)."""
     from training import card_sections as cs
 
     lines: list[str] = []
@@ -209,6 +211,18 @@ def seed_and_sampling_section(version: str, folds: Sequence[Any], replicates: di
                   "(`python -m training.sampling_sweep --cases CASE`, seed 0; prediction = mean > 0.5). The bundle "
                   "defaults were chosen on phantoms in v0.6; this is their test on real CT.", "",
                   cs.sweep_summary_table(sweeps), "", cs.dice_columns_table(detail, order), ""]
+    if exclusive:
+        detail = {}
+        for case, sweep in exclusive.items():
+            for name, column in cs.sweep_dice(sweep, case).items():
+                detail.setdefault(name, {}).update(column)
+        source = ", ".join(f"`{sweep['bundle']}`" for sweep in exclusive.values())
+        lines += ["### Exclusive organs on the left-out patients", "",
+                  f"Each fold bundle ({source}) with all its targets requested together in one pass (the same random "
+                  "draws for every row), with and without `exclusive` (where one-piece organs compete for a voxel, "
+                  "the most probable keeps it: `model.inference.pipeline.resolve_overlaps`), and with and without the "
+                  "largest-component step that follows it.", "",
+                  cs.sweep_summary_table(exclusive), "", cs.dice_columns_table(detail, order), ""]
     return lines
 
 
@@ -287,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiments = stored_experiments(store, cases)
     replicates = stored_experiments(store, cases, kind="replicate")
     sweeps = stored_sweeps(store, cases)
+    exclusive_sweeps = stored_sweeps(store, cases, stem="sweep_exclusive")
     provenance = run_provenance(args.runs, [p.name for p in sorted(args.runs.glob("fold_*")) if p.is_dir() and not p.is_symlink()] + ["full"], store)
     grids, ae = ceilings(work, args.bundle, ts, False)  # seconds: always computed when missing
 
@@ -369,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         *( [f"Phantoms vs none at equal steps: compared on {', '.join(c for f in with_phantoms for c in f.cases)}."] if with_phantoms else []),
         "",
         *seed_and_sampling_section(manifest.version, folds, replicates, experiments, sweeps, order,
-                                   fold_seed(provenance)),
+                                   fold_seed(provenance), exclusive_sweeps),
         *equal_step_section(work),
         "## Ceilings on the real masks",
         "Grid: the truth taken to the model grid and back (what a perfect model scores at that spacing); mask AE: the "

@@ -60,3 +60,12 @@ def test_replicate_and_sweeps_make_the_seed_and_sampling_sections(card: ModuleTy
     assert "### Sampling settings on the left-out patients" in text and "`runs/x/bundle`" in text
     assert "| ddpm, 10 steps, ensemble 5 | 0.900 | 0.900 | 30 |" in text
     assert card.seed_and_sampling_section("0.9.0", folds, {}, {}, {}, ["liver"]) == []  # nothing stored: no section
+    rows = [{**row, "setting": {**row["setting"], "exclusive": flag}, "dice": {"liver": dice}}
+            for flag, dice in ((False, 0.80), (True, 0.85))]
+    (tmp_path / "sweep_exclusive_fold_ts_b_upper.json").write_text(json.dumps({"bundle": "runs/y/bundle", "rows": rows}))
+    exclusive = card.stored_sweeps(tmp_path, cases, stem="sweep_exclusive")
+    text = "\n".join(card.seed_and_sampling_section("0.9.0", folds, {}, {}, {}, ["liver"], exclusive=exclusive))
+    assert "### Exclusive organs on the left-out patients" in text and "`runs/y/bundle`" in text
+    assert "| ddpm, 10 steps, ensemble 5, overlapping organs | 0.800 | 0.800 | 30 |" in text
+    assert "| ddpm, 10 steps, ensemble 5, exclusive organs | 0.850 | 0.850 | 30 |" in text
+    assert "| case | target | ddpm 10/5 overlap | ddpm 10/5 excl |" in text and "| ts_b_upper | liver | 0.800 | 0.850 |" in text

@@ -154,7 +154,8 @@ def sweep_summary_table(sweeps: Mapping[str, Mapping[str, Any]]) -> str:
              "|---|" + "---:|" * (len(folds) + 2)]
     for index, setting in enumerate(settings):
         label = f"{setting['sampler']}, {setting['steps']} steps, ensemble {setting['ensemble']}" + \
-            {None: "", True: ", largest component", False: ", no largest component"}[setting.get("largest_component")]
+            {None: "", True: ", largest component", False: ", no largest component"}[setting.get("largest_component")] + \
+            {None: "", True: ", exclusive organs", False: ", overlapping organs"}[setting.get("exclusive")]
         per_fold, every, seconds = [], [], []
         for case in folds:
             row = sweeps[case]["rows"][index]
@@ -175,7 +176,8 @@ def sweep_dice(sweep: Mapping[str, Any], case: str) -> dict[str, DiceColumn]:
     out: dict[str, DiceColumn] = {}
     for row in sweep["rows"]:
         s = row["setting"]
-        label = f"{s['sampler']} {s['steps']}/{s['ensemble']}" + {None: "", True: " lcc", False: " raw"}[s.get("largest_component")]
+        label = f"{s['sampler']} {s['steps']}/{s['ensemble']}" + {None: "", True: " lcc", False: " raw"}[s.get("largest_component")] \
+            + {None: "", True: " excl", False: " overlap"}[s.get("exclusive")]
         out[label] = {(case, t): float(v) for t, v in row["dice"].items() if v is not None}
     return out
 
