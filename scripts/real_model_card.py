@@ -201,29 +201,32 @@ def seed_and_sampling_section(version: str, folds: Sequence[Any], replicates: di
                   "this spread, row by row.", "",
                   cs.seed_spread_table(runs, order, {name: cs.dice_of(reps) for name, reps in experiments.items()}), ""]
     if sweeps:
-        detail: dict[str, dict[tuple[str, str], float]] = {}
-        for case, sweep in sweeps.items():
-            for name, column in cs.sweep_dice(sweep, case).items():
-                detail.setdefault(name, {}).update(column)
-        source = ", ".join(f"`{sweep['bundle']}`" for sweep in sweeps.values())
-        lines += ["### Sampling settings on the left-out patients", "",
-                  f"Each fold bundle ({source}) sampled with other settings and scored on the patient it never saw "
-                  "(`python -m training.sampling_sweep --cases CASE`, seed 0; prediction = mean > 0.5). The bundle "
-                  "defaults were chosen on phantoms in v0.6; this is their test on real CT.", "",
-                  cs.sweep_summary_table(sweeps), "", cs.dice_columns_table(detail, order), ""]
+        lines += sweep_part(
+            "Sampling settings on the left-out patients", sweeps, order,
+            "sampled with other settings and scored on the patient it never saw (`python -m training.sampling_sweep "
+            "--cases CASE`, seed 0; prediction = mean > 0.5). The bundle defaults were chosen on phantoms in v0.6; this "
+            "is their test on real CT.")
     if exclusive:
-        detail = {}
-        for case, sweep in exclusive.items():
-            for name, column in cs.sweep_dice(sweep, case).items():
-                detail.setdefault(name, {}).update(column)
-        source = ", ".join(f"`{sweep['bundle']}`" for sweep in exclusive.values())
-        lines += ["### Exclusive organs on the left-out patients", "",
-                  f"Each fold bundle ({source}) with all its targets requested together in one pass (the same random "
-                  "draws for every row), with and without `exclusive` (where one-piece organs compete for a voxel, "
-                  "the most probable keeps it: `model.inference.pipeline.resolve_overlaps`), and with and without the "
-                  "largest-component step that follows it.", "",
-                  cs.sweep_summary_table(exclusive), "", cs.dice_columns_table(detail, order), ""]
+        lines += sweep_part(
+            "Exclusive organs on the left-out patients", exclusive, order,
+            "with all its targets requested together in one pass (the same random draws for every row), with and "
+            "without `exclusive` (where one-piece organs compete for a voxel, the most probable keeps it: "
+            "`model.inference.pipeline.resolve_overlaps`), and with and without the largest-component step that "
+            "follows it.")
     return lines
+
+
+def sweep_part(title: str, sweeps: dict[str, dict[str, Any]], order: Sequence[str], how: str) -> list[str]:
+    """One subsection of sweeps on the folds' left-out patients: the summary per setting, then every row."""
+    from training import card_sections as cs
+
+    detail: dict[str, dict[tuple[str, str], float]] = {}
+    for case, sweep in sweeps.items():
+        for name, column in cs.sweep_dice(sweep, case).items():
+            detail.setdefault(name, {}).update(column)
+    source = ", ".join(f"`{sweep['bundle']}`" for sweep in sweeps.values())
+    return [f"### {title}", "", f"Each fold bundle ({source}) {how}", "",
+            cs.sweep_summary_table(sweeps), "", cs.dice_columns_table(detail, order), ""]
 
 
 def equal_step_section(work: Path) -> list[str]:

@@ -205,31 +205,17 @@ def test_redis_down_is_a_quick_503(tmp_path: Path, small_nifti: Volume) -> None:
     assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())
 
 
-def test_largest_component_reaches_the_job_payload(client: TestClient, small_nifti: Volume, redis_url: str) -> None:
-    connection = redis.Redis.from_url(redis_url)
-
-    def payload(**params: object) -> dict:
-        job_id = _submit(client, small_nifti, targets="liver", **params)["job_id"]
-        return Job.fetch(job_id, connection=connection, serializer=JSONSerializer).kwargs["payload"]
-
-    assert payload(largest_component="false")["largest_component"] is False
-    assert payload(largest_component="true")["largest_component"] is True
-    assert payload().get("largest_component") is None  # the bundle's default applies
-    bad = client.post("/segment", params={"targets": "liver", "largest_component": "maybe"},
-                      content=small_nifti.path.read_bytes())
-    assert bad.status_code == 422 and "largest_component" in bad.text
-
-
-def test_exclusive_reaches_the_job_payload(client: TestClient, small_nifti: Volume, redis_url: str) -> None:
+@pytest.mark.parametrize("option", ["largest_component", "exclusive"])
+def test_post_processing_options_reach_the_job_payload(client: TestClient, small_nifti: Volume, redis_url: str,
+                                                       option: str) -> None:
     connection = redis.Redis.from_url(redis_url)
 
     def payload(**params: object) -> dict:
         job_id = _submit(client, small_nifti, targets="liver,spleen", **params)["job_id"]
         return Job.fetch(job_id, connection=connection, serializer=JSONSerializer).kwargs["payload"]
 
-    assert payload(exclusive="true")["exclusive"] is True
-    assert payload(exclusive="false")["exclusive"] is False
-    assert payload().get("exclusive") is None  # the bundle's default applies
-    bad = client.post("/segment", params={"targets": "liver", "exclusive": "perhaps"},
-                      content=small_nifti.path.read_bytes())
-    assert bad.status_code == 422 and "exclusive" in bad.text
+    assert payload(**{option: "false"})[option] is False
+    assert payload(**{option: "true"})[option] is True
+    assert payload().get(option) is None  # the bundle's default applies
+    bad = client.post("/segment", params={"targets": "liver", option: "maybe"}, content=small_nifti.path.read_bytes())
+    assert bad.status_code == 422 and option in bad.text

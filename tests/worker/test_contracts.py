@@ -87,21 +87,12 @@ def test_bad_output_flags_are_refused(overrides: dict) -> None:
         _request(**overrides)
 
 
-def test_largest_component_round_trips_and_old_payloads_read_as_the_bundle_default() -> None:
+@pytest.mark.parametrize("option", ["largest_component", "exclusive"])
+def test_post_processing_options_round_trip_and_old_payloads_read_as_the_bundle_default(option: str) -> None:
     for value in (True, False, None):
-        request = _request(largest_component=value)
+        request = _request(**{option: value})
         assert SegmentationRequest.from_payload(request.to_payload()) == request
-    old = {k: v for k, v in _request().to_payload().items() if k != "largest_component"}
-    assert SegmentationRequest.from_payload(old).largest_component is None
-    with pytest.raises(PayloadError, match="largest_component"):
-        _request(largest_component="yes")
-
-
-def test_exclusive_round_trips_and_old_payloads_read_as_the_bundle_default() -> None:
-    for value in (True, False, None):
-        request = _request(exclusive=value)
-        assert SegmentationRequest.from_payload(request.to_payload()) == request
-    old = {k: v for k, v in _request().to_payload().items() if k != "exclusive"}
-    assert SegmentationRequest.from_payload(old).exclusive is None
-    with pytest.raises(PayloadError, match="exclusive"):
-        _request(exclusive=1)
+    old = {k: v for k, v in _request().to_payload().items() if k != option}
+    assert getattr(SegmentationRequest.from_payload(old), option) is None
+    with pytest.raises(PayloadError, match=option):
+        _request(**{option: "yes"})
