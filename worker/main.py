@@ -45,6 +45,7 @@ import dataclasses
 import json
 import logging
 import socket
+import threading
 import time
 from typing import Any
 
@@ -61,6 +62,7 @@ from worker.settings import WorkerSettings
 __all__ = ["SegmentationWorker", "check_worker", "connect", "run_worker"]
 
 log = logging.getLogger(__name__)
+UNSUBSCRIBE_WAIT_S = 3.0  # RQ's pubsub teardown; its thread reads with a 60 s timeout and may hold the socket
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
@@ -127,6 +129,18 @@ class SegmentationWorker(SimpleWorker):
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         except WorkerStopping:
             raise StopRequested() from None
+
+    def unsubscribe(self) -> None:
+        """RQ's unsubscribe, waited for at most ``UNSUBSCRIBE_WAIT_S``. RQ's pubsub thread reads with a
+        60 s timeout, and an UNSUBSCRIBE that meets it mid-read can wait for it (seen once in CI: an idle
+        worker stopped by SIGINT hung here after "unsubscribing"). The thread is a daemon and RQ has
+        already registered the worker's death, so the worker goes on with its exit."""
+        closing = threading.Thread(target=super().unsubscribe, name=f"{self.name}-unsubscribe", daemon=True)
+        closing.start()
+        closing.join(UNSUBSCRIBE_WAIT_S)
+        if closing.is_alive():
+            log.warning("worker %s: RQ's pubsub did not close within %g s; going on without it", self.name,
+                        UNSUBSCRIBE_WAIT_S)
 
     def republish(self) -> None:
         """Register this worker with RQ again if Redis lost its registration (FLUSHALL, restart
