@@ -169,6 +169,41 @@ def stored_experiments(folder: Path, cases: Sequence[str], kind: str = "experime
     return found
 
 
+def stored_curves(folder: Path, cases: Sequence[str]) -> dict[str, dict[int, list[Any]]]:
+    """Runs scored at several training steps (``curves.json`` maps a slug to its label; each snapshot's left-out
+    report is ``curve_<slug>_at<step>_fold_<case>.json``): label -> step -> reports."""
+    import re
+
+    index = folder / "curves.json"
+    if not index.is_file():
+        return {}
+    found: dict[str, dict[int, list[Any]]] = {}
+    for slug, label in json.loads(index.read_text()).items():
+        steps = sorted({int(m.group(1)) for f in folder.glob(f"curve_{slug}_at*_fold_*.json")
+                        if (m := re.fullmatch(rf"curve_{re.escape(slug)}_at(\d+)_fold_.+\.json", f.name))})
+        points = {step: reports for step in steps if (reports := fold_reports(folder, cases, prefix=f"curve_{slug}_at{step}_"))}
+        if points:
+            found[label] = points
+    return found
+
+
+def learning_curve_section(curves: dict[str, dict[int, list[Any]]], recipe_runs: dict[str, list[Any]],
+                           order: Sequence[str], steps: str) -> list[str]:
+    """Longer training, read as it went: each run's left-out Dice at each scored snapshot beside the range of
+    the shipped recipe's runs (``recipe_runs``, all ``steps`` long) on the same rows."""
+    from training import card_sections as cs
+
+    lines: list[str] = []
+    for label, points in curves.items():
+        lines += [f"### {label}", "",
+                  "The run's EMA weights taken as a bundle while it trained (`latentseg train snapshot`) and scored on "
+                  "the patient it never saw (bundle defaults), beside the shipped recipe's runs at its own length.", "",
+                  cs.learning_curve_table({s: cs.dice_of(r) for s, r in points.items()}, order,
+                                          {n: cs.dice_of(r) for n, r in recipe_runs.items()},
+                                          f"the recipe's {len(recipe_runs)} runs at {steps} steps"), ""]
+    return lines
+
+
 def stored_sweeps(folder: Path, cases: Sequence[str], stem: str = "sweep") -> dict[str, dict[str, Any]]:
     """Sampling sweeps on each fold's left-out patient (``<stem>_fold_<case>.json``, written by
     ``python -m training.sampling_sweep --cases CASE``), per case."""
@@ -304,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiments = stored_experiments(store, cases)
     replicates = stored_experiments(store, cases, kind="replicate")
     sweeps = stored_sweeps(store, cases)
+    curves = stored_curves(store, cases)
     exclusive_sweeps = stored_sweeps(store, cases, stem="sweep_exclusive")
     provenance = run_provenance(args.runs, [p.name for p in sorted(args.runs.glob("fold_*")) if p.is_dir() and not p.is_symlink()] + ["full"], store)
     grids, ae = ceilings(work, args.bundle, ts, False)  # seconds: always computed when missing
@@ -388,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         *seed_and_sampling_section(manifest.version, folds, replicates, experiments, sweeps, order,
                                    fold_seed(provenance), exclusive_sweeps),
+        *learning_curve_section(curves, {"shipped folds": folds, **replicates}, order, fold_steps(provenance)),
         *equal_step_section(work),
         "## Ceilings on the real masks",
         "Grid: the truth taken to the model grid and back (what a perfect model scores at that spacing); mask AE: the "

@@ -69,3 +69,22 @@ def test_replicate_and_sweeps_make_the_seed_and_sampling_sections(card: ModuleTy
     assert "| ddpm, 10 steps, ensemble 5, overlapping organs | 0.800 | 0.800 | 30 |" in text
     assert "| ddpm, 10 steps, ensemble 5, exclusive organs | 0.850 | 0.850 | 30 |" in text
     assert "| case | target | ddpm 10/5 overlap | ddpm 10/5 excl |" in text and "| ts_b_upper | liver | 0.800 | 0.850 |" in text
+
+
+def test_stored_curves_make_a_learning_curve_section(card: ModuleType, tmp_path: Path) -> None:
+    from training.evaluate import read_report
+
+    cases = ["ts_a_torso", "ts_b_upper"]
+    assert card.stored_curves(tmp_path, cases) == {}  # no index: no section
+    (tmp_path / "curves.json").write_text(json.dumps({"long": "A longer fold", "none": "never scored"}))
+    for step in (3000, 12000):
+        shutil.copy(STORED / "fold_ts_b_upper.json", tmp_path / f"curve_long_at{step}_fold_ts_b_upper.json")
+    curves = card.stored_curves(tmp_path, cases)
+    assert list(curves) == ["A longer fold"] and sorted(curves["A longer fold"]) == [3000, 12000]
+    runs = {"shipped folds": [read_report(STORED / f"fold_{c}.json") for c in cases],
+            "seed 9": [read_report(STORED / f"replicate_seed9_fold_{c}.json") for c in cases]}
+    text = "\n".join(card.learning_curve_section(curves, runs, ["liver", "spleen"], "6000"))
+    assert "### A longer fold" in text
+    assert "| case | target | 3000 steps | 12000 steps | the recipe's 2 runs at 6000 steps |" in text
+    assert "| ts_b_upper_0000 | liver | 0.923 | 0.923 | 0.923–0.924 |" in text  # the stored seed 7 and seed 9 livers
+    assert "ts_a_torso" not in text  # only the fold that was scored

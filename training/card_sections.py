@@ -139,8 +139,41 @@ def seed_spread_table(runs: Mapping[str, DiceColumn], order: Sequence[str],
         down = [f"{t} ({c}) {column[(c, t)] - mean[(c, t)]:+.2f}" for c, t in shared
                 if column[(c, t)] < low[(c, t)] - min_margin]
         mean_other = sum(column[k] for k in shared) / len(shared) if shared else float("nan")
+        # A recipe scored on fewer rows (one fold only) is compared with the seeds on those rows, not on all of them.
+        seeds_there = "" if len(shared) == n or not shared else \
+            "; the seeds on these rows " + _span([sum(c[k] for k in shared) / len(shared) for c in columns])
         lines.append(f"- {name}: {len(up) + len(down)} of {len(shared)} rows outside the seeds' range (mean of the "
-                     f"rows {mean_other:.3f}); above: {', '.join(up) or 'none'}; below: {', '.join(down) or 'none'}.")
+                     f"rows {mean_other:.3f}{seeds_there}); above: {', '.join(up) or 'none'}; below: "
+                     f"{', '.join(down) or 'none'}.")
+    return "\n".join(lines)
+
+
+def _span(values: Sequence[float]) -> str:
+    return f"{min(values):.3f}" if max(values) - min(values) < 5e-4 else f"{min(values):.3f}–{max(values):.3f}"
+
+
+def learning_curve_table(points: Mapping[int, DiceColumn], order: Sequence[str],
+                         reference: Mapping[str, DiceColumn] | None = None, reference_label: str = "") -> str:
+    """One run scored on its left-out rows at several training steps (``points``: step -> Dice per (case,
+    target)), a column per step, and where given the range of ``reference`` runs (the shipped recipe's seeds,
+    all at one length) on the same rows; then the mean of the rows at each step."""
+    steps = sorted(points)
+    if not steps:
+        return "_No snapshot of this run was scored._"
+    keys = [(case, target) for case in dict.fromkeys(c for p in points.values() for c, _ in p) for target in order
+            if any((case, target) in points[s] for s in steps)]
+    refs = [c for c in (reference or {}).values() if all(k in c for k in keys)]
+    header = "| case | target | " + " | ".join(f"{s} steps" for s in steps) + (f" | {reference_label} |" if refs else " |")
+    lines = [header, "|---|---|" + "---:|" * (len(steps) + (1 if refs else 0))]
+    for case, target in keys:
+        cells = ["—" if (case, target) not in points[s] else f"{points[s][(case, target)]:.3f}" for s in steps]
+        if refs:
+            cells.append(_span([c[(case, target)] for c in refs]))
+        lines.append(f"| {case} | {target} | " + " | ".join(cells) + " |")
+    means = [f"{s}: {sum(points[s][k] for k in keys) / len(keys):.3f}" for s in steps if all(k in points[s] for k in keys)]
+    if refs:
+        means.append(f"{reference_label}: " + _span([sum(c[k] for k in keys) / len(keys) for c in refs]))
+    lines += ["", f"Mean of the {len(keys)} rows: " + "; ".join(means) + "."]
     return "\n".join(lines)
 
 

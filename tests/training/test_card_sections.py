@@ -60,9 +60,33 @@ def test_seed_spread_table_reports_the_spread_and_what_moved_beyond_it() -> None
     # aorta 0.20 is below 0.24 - 0.01, pancreas 0.33 above 0.28 + 0.01 (moves given from the seeds' mean)
     assert lines[8] == ("- recipe x: 2 of 4 rows outside the seeds' range (mean of the rows 0.546); "
                         "above: pancreas (b) +0.11; below: aorta (a) -0.05.")
+    # a recipe scored on one fold only is read against the seeds' mean on those rows, not on all four
+    one_fold = {("b", "liver"): 0.95, ("b", "pancreas"): 0.20}
+    last = cs.seed_spread_table({"seed 7": seed7, "seed 8": seed8, "seed 9": seed9}, ["liver", "aorta", "pancreas"],
+                                {"fold b only": one_fold}).splitlines()[-1]
+    assert last == ("- fold b only: 1 of 2 rows outside the seeds' range (mean of the rows 0.575; the seeds on these "
+                    "rows 0.550–0.600); above: liver (b) +0.03; below: none.")
     with pytest.raises(ValueError, match="at least two"):
         cs.seed_spread_table({"seed 7": seed7}, ["liver"])
     assert cs.seed_spread_table({"s7": seed7, "s8": {("c", "liver"): 0.5}}, ["liver"]).startswith("_No left-out row")
+
+
+def test_learning_curve_table_gives_each_snapshot_and_the_recipes_range() -> None:
+    at3000 = {("b", "liver"): 0.90, ("b", "spleen"): 0.80}
+    at6000 = {("b", "liver"): 0.92, ("b", "spleen"): 0.84}
+    at12000 = {("b", "liver"): 0.93, ("b", "spleen"): 0.87}
+    seeds = {"s7": {("b", "liver"): 0.92, ("b", "spleen"): 0.82, ("a", "liver"): 0.7},
+             "s8": {("b", "liver"): 0.91, ("b", "spleen"): 0.85}}
+    lines = cs.learning_curve_table({12000: at12000, 3000: at3000, 6000: at6000}, ["liver", "spleen", "aorta"],
+                                    seeds, "2 runs at 6000").splitlines()
+    assert lines[0] == "| case | target | 3000 steps | 6000 steps | 12000 steps | 2 runs at 6000 |"
+    assert lines[2] == "| b | liver | 0.900 | 0.920 | 0.930 | 0.910–0.920 |"
+    assert lines[3] == "| b | spleen | 0.800 | 0.840 | 0.870 | 0.820–0.850 |"
+    assert lines[-1] == "Mean of the 2 rows: 3000: 0.850; 6000: 0.880; 12000: 0.900; 2 runs at 6000: 0.870–0.880."
+    # a reference run missing a row is left out of the range (never compared on other rows)
+    partial = cs.learning_curve_table({6000: at6000}, ["liver", "spleen"], {"s9": {("b", "liver"): 0.5}}, "x")
+    assert partial.splitlines()[0] == "| case | target | 6000 steps |" and "x:" not in partial
+    assert cs.learning_curve_table({}, ["liver"]).startswith("_No snapshot")
 
 
 def test_sweep_summary_table_means_each_fold_and_all_rows() -> None:
