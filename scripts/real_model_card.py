@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -172,8 +173,6 @@ def stored_experiments(folder: Path, cases: Sequence[str], kind: str = "experime
 def stored_curves(folder: Path, cases: Sequence[str]) -> dict[str, dict[int, list[Any]]]:
     """Runs scored at several training steps (``curves.json`` maps a slug to its label; each snapshot's left-out
     report is ``curve_<slug>_at<step>_fold_<case>.json``): label -> step -> reports."""
-    import re
-
     index = folder / "curves.json"
     if not index.is_file():
         return {}
