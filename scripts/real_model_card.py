@@ -199,7 +199,7 @@ def learning_curve_section(curves: dict[str, dict[int, list[Any]]], recipe_runs:
                   "the patient it never saw (bundle defaults), beside the shipped recipe's runs at its own length.", "",
                   cs.learning_curve_table({s: cs.dice_of(r) for s, r in points.items()}, order,
                                           {n: cs.dice_of(r) for n, r in recipe_runs.items()},
-                                          f"the recipe's {len(recipe_runs)} runs at {steps} steps"), ""]
+                                          f"the recipe's {{n}} runs at {steps} steps"), ""]
     return lines
 
 

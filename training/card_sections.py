@@ -156,13 +156,15 @@ def learning_curve_table(points: Mapping[int, DiceColumn], order: Sequence[str],
                          reference: Mapping[str, DiceColumn] | None = None, reference_label: str = "") -> str:
     """One run scored on its left-out rows at several training steps (``points``: step -> Dice per (case,
     target)), a column per step, and where given the range of ``reference`` runs (the shipped recipe's seeds,
-    all at one length) on the same rows; then the mean of the rows at each step."""
+    all at one length) on the same rows; then the mean of the rows at each step. A reference run that lacks one
+    of the rows is left out, and ``{n}`` in ``reference_label`` becomes the number of runs the range is over."""
     steps = sorted(points)
     if not steps:
         return "_No snapshot of this run was scored._"
     keys = [(case, target) for case in dict.fromkeys(c for p in points.values() for c, _ in p) for target in order
             if any((case, target) in points[s] for s in steps)]
     refs = [c for c in (reference or {}).values() if all(k in c for k in keys)]
+    reference_label = reference_label.replace("{n}", str(len(refs)))
     header = "| case | target | " + " | ".join(f"{s} steps" for s in steps) + (f" | {reference_label} |" if refs else " |")
     lines = [header, "|---|---|" + "---:|" * (len(steps) + (1 if refs else 0))]
     for case, target in keys:

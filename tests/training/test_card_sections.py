@@ -87,6 +87,9 @@ def test_learning_curve_table_gives_each_snapshot_and_the_recipes_range() -> Non
     partial = cs.learning_curve_table({6000: at6000}, ["liver", "spleen"], {"s9": {("b", "liver"): 0.5}}, "x")
     assert partial.splitlines()[0] == "| case | target | 6000 steps |" and "x:" not in partial
     assert cs.learning_curve_table({}, ["liver"]).startswith("_No snapshot")
+    # the label counts the runs the range is over, not the runs passed in
+    counted = cs.learning_curve_table({6000: at6000}, ["liver"], {**seeds, "s9": {("a", "liver"): 0.5}}, "{n} runs")
+    assert counted.splitlines()[0].endswith("| 2 runs |") and "2 runs: 0.910–0.920." in counted
 
 
 def test_sweep_summary_table_means_each_fold_and_all_rows() -> None:
