@@ -88,3 +88,17 @@ def test_stored_curves_make_a_learning_curve_section(card: ModuleType, tmp_path:
     assert "| case | target | 3000 steps | 12000 steps | the recipe's 2 runs at 6000 steps |" in text
     assert "| ts_b_upper_0000 | liver | 0.923 | 0.923 | 0.923–0.924 |" in text  # the stored seed 7 and seed 9 livers
     assert "ts_a_torso" not in text  # only the fold that was scored
+
+
+def test_unseen_patient_reports_are_read_from_the_store_with_portable_paths(card: ModuleType, tmp_path: Path) -> None:
+    store, work = tmp_path / "store", tmp_path / "work"
+    bundles = {"shipped": ("unseen_shipped_ct3slice", tmp_path / "no-bundle"), "gone": ("unseen_gone", tmp_path / "none")}
+    assert card.unseen_patient(store, work, bundles, reuse=True) == {}  # nothing stored, nothing measured
+    raw = json.loads((STORED / "unseen_shipped_ct3slice.json").read_text())
+    raw["bundle"], raw["data"] = str(REPO / "model" / "bundles" / "demo"), str(REPO.parent / "shared" / "data" / "x")
+    (work / "unseen_shipped_ct3slice").mkdir(parents=True)
+    (work / "unseen_shipped_ct3slice" / "evaluation.json").write_text(json.dumps(raw))
+    found = card.unseen_patient(store, work, bundles, reuse=True)
+    assert list(found) == ["shipped"] and found["shipped"].results[0].target == "liver"
+    kept = json.loads((store / "unseen_shipped_ct3slice.json").read_text())  # copied into the store, paths portable
+    assert kept["bundle"] == "model/bundles/demo" and kept["data"] == "../shared/data/x"

@@ -222,6 +222,20 @@ def comparison_table(columns: Mapping[str, Sequence[EvaluationReport]], order: S
     return dice_columns_table({name: dice_of(reps) for name, reps in columns.items()}, order)
 
 
+def unseen_patient_table(runs: Mapping[str, EvaluationReport]) -> str:
+    """Bundles scored on a patient none of them trained on: per run, case and target the Dice, HD95, variance
+    AUROC and the predicted volume as a share of the reference (under 100 %: the mask is too small)."""
+    lines = ["| bundle | case | target | Dice | HD95 mm | variance AUROC | predicted / reference volume |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for name, report in runs.items():
+        for r in report.results:
+            if r.truth_voxels == 0:
+                continue
+            share = f"{100 * r.pred_voxels / r.truth_voxels:.0f} %"
+            lines.append(f"| {name} | {r.case} | {r.target} | {r.dice:.3f} | {_f(r.hd95_mm, 1)} | {_f(r.auroc)} | {share} |")
+    return "\n".join(lines) if len(lines) > 2 else "_No run was scored on it._"
+
+
 def summary_table(report: EvaluationReport) -> str:
     """Per target over the report's cases: Dice mean ± sd, HD95, variance AUROC (cases with the target)."""
     lines = ["| target | cases | Dice mean ± sd | HD95 mm | variance AUROC |", "|---|---:|---:|---:|---:|"]

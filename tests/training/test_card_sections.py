@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from training import card_sections as cs
@@ -116,3 +118,16 @@ def test_sweep_summary_table_means_each_fold_and_all_rows() -> None:
         assert "sweep of b" in str(exc)
     else:
         raise AssertionError("mismatched settings were accepted")
+
+
+def test_unseen_patient_table_gives_each_bundles_rows_and_volume_share() -> None:
+    from training.evaluate import read_report
+
+    stored = Path(__file__).resolve().parents[2] / "docs" / "model_card" / "evaluations" / "0.9.0"
+    shipped = read_report(stored / "unseen_shipped_ct3slice.json")
+    lines = cs.unseen_patient_table({"shipped": shipped}).splitlines()
+    row = next(r for r in shipped.results if r.target == "liver")
+    share = round(100 * row.pred_voxels / row.truth_voxels)
+    assert lines[2] == f"| shipped | ct3slice | liver | {row.dice:.3f} | {row.hd95_mm:.1f} | {row.auroc:.3f} | {share} % |"
+    assert len(lines) == 3
+    assert cs.unseen_patient_table({}).startswith("_No run")
