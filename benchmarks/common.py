@@ -100,7 +100,7 @@ def phantom_path(seed: int, shape: Sequence[int] | None, spacing: Sequence[float
     """A cached phantom (image, label) as NIfTI under runs/bench/data."""
     import nibabel as nib
 
-    from training.phantoms import PhantomSpec, generate_phantom
+    from training.synthetic.phantoms import PhantomSpec, generate_phantom
 
     tag = f"{seed}_{'x'.join(map(str, shape)) if shape else 'auto'}_{'x'.join(map(str, spacing)) if spacing else 'auto'}"
     image_path, label_path = DATA_DIR / f"phantom_{tag}.nii.gz", DATA_DIR / f"phantom_{tag}_label.nii.gz"

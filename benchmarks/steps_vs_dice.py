@@ -2,7 +2,7 @@
 
 Each phantom (the demo bundle trains on seed-1000 phantoms) is segmented with ensemble 5 at
 1, 2, 5, 10, 25 and 50 steps; Dice of (mean > 0.5) against the exact phantom labels, on the
-input grid, with the evaluation conventions of ``training.evaluate`` (organs include their
+input grid, with the evaluation conventions of ``training.evaluation.evaluate`` (organs include their
 lesions).
 
     python -m benchmarks.steps_vs_dice [--cases 3] [--steps 1,2,5,10,25,50]
@@ -24,8 +24,8 @@ from model.bundle.loaded import load_bundle
 from model.inference.pipeline import SegmentationOptions, segment_volume
 from model.inference.preprocessing import load_nifti
 from training.data import read_dataset, target_masks
-from training.evaluate import dice_score
-from training.phantoms import DATASET_NAME, PHANTOM_LABELS
+from training.evaluation.evaluate import dice_score
+from training.synthetic.phantoms import DATASET_NAME, PHANTOM_LABELS
 
 FIRST_SEED = 9001  # 9000 is the standard case
 SPACING = (1.5, 1.5, 3.0)  # the model works at 3 mm: a finer input only costs resampling time

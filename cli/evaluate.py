@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from model.bundle.loaded import load_bundle
     from model.errors import BundleError, InputError
     from training.data import DatasetFormatError
-    from training.evaluate import evaluate_dataset, markdown_table, write_report
+    from training.evaluation.evaluate import evaluate_dataset, markdown_table, write_report
 
     logging.basicConfig(level=logging.WARNING)
     targets = [t.strip() for item in args.targets for t in item.split(",") if t.strip()] if args.targets else None

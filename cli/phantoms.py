@@ -37,7 +37,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from cli.main import CliError
-    from training.phantoms import PhantomSpec, write_phantom_dataset
+    from training.synthetic.phantoms import PhantomSpec, write_phantom_dataset
 
     if args.cases < 1:
         raise CliError(f"--cases must be >= 1, got {args.cases}")
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _from_labels(args: argparse.Namespace) -> int:
     from cli.main import CliError
-    from training.labelmap_phantoms import write_labelmap_phantoms
+    from training.synthetic.labelmap_phantoms import write_labelmap_phantoms
 
     if not (args.from_labels / "dataset.json").is_file() or not (args.from_labels / "labelsTr").is_dir():
         raise CliError(f"--from-labels {args.from_labels}: not an nnU-Net v2 folder (dataset.json, imagesTr/, labelsTr/)")

@@ -23,8 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from cli.main import CliError
     from model.bundle.manifest import read_manifest
     from model.errors import BundleError
-    from training.evaluate import read_report
-    from training.served import validation_section, write_validation
+    from training.evaluation.evaluate import read_report
+    from training.evaluation.served import validation_section, write_validation
 
     if not 0.0 <= args.min_dice <= 1.0:
         raise CliError(f"--min-dice must be within [0, 1], got {args.min_dice}")

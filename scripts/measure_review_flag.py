@@ -27,9 +27,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from training import card_sections as cs
-from training.evaluate import merge_bins, read_report, reliability_diagram
-from training.review_flag import MeasuredRun, measure, read_measurement, write_measurement
+from training.cards import card_sections as cs
+from training.evaluation.evaluate import merge_bins, read_report, reliability_diagram
+from training.evaluation.review_flag import MeasuredRun, measure, read_measurement, write_measurement
 
 log = logging.getLogger("measure_review_flag")
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@
 Evaluations go to ``runs/model_card/`` (``heldout/evaluation.json``, ``spleen8/evaluation.json``,
 ``ablation/ablation.json``); the card is rendered from those files, so ``--reuse`` re-renders
 without recomputing. Held-out phantoms are new seeds (default 9000) never used in training.
-The work is in training/phantom_card_runs.py (evaluations) and training/phantom_card.py (sections).
+The work is in training/cards/phantom_card_runs.py (evaluations) and training/cards/phantom_card.py (sections).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from training.phantom_card_runs import PhantomCardOptions, write_phantom_card
+    from training.cards.phantom_card_runs import PhantomCardOptions, write_phantom_card
 
     options = PhantomCardOptions(
         bundle=args.bundle, run_dir=args.run_dir, work=args.work, card=args.card, spleen8=args.spleen8,

@@ -7,7 +7,7 @@ Evaluations (``latentseg evaluate`` reports) go to ``--work`` (default runs/real
 present: each leave-one-patient-out fold (``<runs>/fold_<case>/bundle``) on the case it never saw, the
 no-phantom comparison fold, the parent bundle (``--baseline``) on the same cases, and the shipped bundle on
 every real case and on held-out phantoms (seed 9000, never used in training). Ceilings on the real masks
-come from training/ceiling.py. The card's prose around the numbers is in ``docs/model_card/real_notes.md``.
+come from training/evaluation/ceiling.py. The card's prose around the numbers is in ``docs/model_card/real_notes.md``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def evaluate_once(store: Path | None, work: Path, name: str, bundle: Path, data:
     """A ``latentseg evaluate`` report: from ``work`` or the repository's store when present, else measured
     now (and copied to the store, so that the card re-renders on a clone without the run folders)."""
     from model.bundle.loaded import load_bundle
-    from training.evaluate import evaluate_dataset, read_report, write_report
+    from training.evaluation.evaluate import evaluate_dataset, read_report, write_report
 
     report_path = work / name / "evaluation.json"
     stored = None if store is None else store / f"{name}.json"
@@ -74,14 +74,14 @@ def evaluate_once(store: Path | None, work: Path, name: str, bundle: Path, data:
 
 
 def ceilings(work: Path, bundle: Path, data: Path, reuse: bool) -> tuple[dict[str, list[Any]], list[Any]]:
-    from training.ceiling import CeilingResult
+    from training.evaluation.ceiling import CeilingResult
 
     path = work / "ceilings.json"
     if not path.is_file():
         if reuse:
             raise SystemExit(f"--reuse: {path} is missing")
         from model.bundle.loaded import load_bundle
-        from training.ceiling import grid_ceiling, mask_ae_ceiling
+        from training.evaluation.ceiling import grid_ceiling, mask_ae_ceiling
 
         loaded = load_bundle(bundle, device="cpu")
         grids = {}
@@ -141,7 +141,7 @@ EQUAL_STEP_RUNS = {  # run -> what it changes against its fold (the same left-ou
     "fold_a_nc": "+ unenhanced phantoms (PhantomSpec.noncontrast_prob 0.6)",
     "fold_b": "real + geometric phantoms (as fold ts_b_upper)",
     "fold_b_nophantoms": "no phantoms",
-    "fold_b_synth": "+ label-map phantoms from ts_a_torso (training/labelmap_phantoms.py)",
+    "fold_b_synth": "+ label-map phantoms from ts_a_torso (training/synthetic/labelmap_phantoms.py)",
 }
 
 
@@ -153,7 +153,7 @@ def stored_runs(folder: Path) -> dict[str, dict[str, Any]]:
 
 def fold_reports(folder: Path, cases: Sequence[str], prefix: str = "") -> list[Any]:
     """The kept left-out reports ``<prefix>fold_<case>.json`` in ``folder``, for the cases that have one."""
-    from training.evaluate import read_report
+    from training.evaluation.evaluate import read_report
 
     return [read_report(folder / f"{prefix}fold_{c}.json") for c in cases if (folder / f"{prefix}fold_{c}.json").is_file()]
 
@@ -209,7 +209,7 @@ def learning_curve_section(curves: dict[str, dict[int, list[Any]]], recipe_runs:
                            order: Sequence[str], steps: str) -> list[str]:
     """Longer training, read as it went: each run's left-out Dice at each scored snapshot beside the range of
     the shipped recipe's runs (``recipe_runs``, all ``steps`` long) on the same rows."""
-    from training import card_sections as cs
+    from training.cards import card_sections as cs
 
     lines: list[str] = []
     for label, points in curves.items():
@@ -255,7 +255,7 @@ def unseen_patient(store: Path, work: Path, bundles: dict[str, tuple[str, Path]]
 
 def stored_sweeps(folder: Path, cases: Sequence[str], stem: str = "sweep") -> dict[str, dict[str, Any]]:
     """Sampling sweeps on each fold's left-out patient (``<stem>_fold_<case>.json``, written by
-    ``python -m training.sampling_sweep --cases CASE``), per case."""
+    ``python -m training.evaluation.sampling_sweep --cases CASE``), per case."""
     return {c: json.loads((folder / f"{stem}_fold_{c}.json").read_text()) for c in cases
             if (folder / f"{stem}_fold_{c}.json").is_file()}
 
@@ -273,7 +273,7 @@ def seed_and_sampling_section(version: str, folds: Sequence[Any], replicates: di
     """How much of a left-out difference is one run's luck (a replicate of the shipped recipe), what the
     sampling settings do on the left-out patients (sweeps of a fold bundle), and what making one-piece
     organs exclusive does there (``exclusive``: sweeps with every target in one pass)."""
-    from training import card_sections as cs
+    from training.cards import card_sections as cs
 
     lines: list[str] = []
     if replicates:
@@ -287,7 +287,7 @@ def seed_and_sampling_section(version: str, folds: Sequence[Any], replicates: di
     if sweeps:
         lines += sweep_part(
             "Sampling settings on the left-out patients", sweeps, order,
-            "sampled with other settings and scored on the patient it never saw (`python -m training.sampling_sweep "
+            "sampled with other settings and scored on the patient it never saw (`python -m training.evaluation.sampling_sweep "
             "--cases CASE`, seed 0; prediction = mean > 0.5). The bundle defaults were chosen on phantoms in v0.6; this "
             "is their test on real CT.")
     if exclusive:
@@ -302,7 +302,7 @@ def seed_and_sampling_section(version: str, folds: Sequence[Any], replicates: di
 
 def sweep_part(title: str, sweeps: dict[str, dict[str, Any]], order: Sequence[str], how: str) -> list[str]:
     """One subsection of sweeps on the folds' left-out patients: the summary per setting, then every row."""
-    from training import card_sections as cs
+    from training.cards import card_sections as cs
 
     detail: dict[str, dict[tuple[str, str], float]] = {}
     for case, sweep in sweeps.items():
@@ -315,8 +315,8 @@ def sweep_part(title: str, sweeps: dict[str, dict[str, Any]], order: Sequence[st
 
 def equal_step_section(work: Path) -> list[str]:
     """Runs compared at the same optimizer step (1000) on their left-out case: reports ``at1000_<run>``."""
-    from training import card_sections as cs
-    from training.evaluate import read_report
+    from training.cards import card_sections as cs
+    from training.evaluation.evaluate import read_report
 
     reports = {run: read_report(work / f"at1000_{run}" / "evaluation.json") for run in EQUAL_STEP_RUNS
                if (work / f"at1000_{run}" / "evaluation.json").is_file()}
@@ -351,9 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     sys.path.insert(0, str(REPO))
     from model.bundle.manifest import read_manifest
-    from training import card_sections as cs
+    from training.cards import card_sections as cs
     from training.data import case_id, read_dataset
-    from training.phantoms import PhantomSpec, write_phantom_dataset
+    from training.synthetic.phantoms import PhantomSpec, write_phantom_dataset
 
     ts = SHARED / "ts-examples"
     work = args.work
@@ -412,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "predicting z0 with learned variance), CPU-sized so that it ships in the repository and runs on a laptop, "
         "trained on real labelled CT (v0.7: the phantom-trained demo bundle v0.6 fine-tuned for 2675 steps; v0.8: v0.7 "
         "trained 6000 steps more on the same data; v0.9: v0.8 trained 6000 steps more with contrast-phase "
-        "augmentation, training/contrast_phase.py). Per requested target it returns "
+        "augmentation, training/augmentation/contrast_phase.py). Per requested target it returns "
         "an ensemble-mean probability mask and an ensemble-variance mask.",
         "",
         f"- Trained targets: {', '.join(f'`{t}`' for t in manifest.trained_targets)}",
@@ -442,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "each leave-one-patient-out fold starts from v0.6 (`--fold-init-from`, so that no fold has seen its left-out "
         "patient) and the full run from the previous shipped bundle; every run keeps both auto-encoders and their "
         "latent scale factors and trains the denoiser on the listed data with MONAI patch augmentation "
-        "(training/augment.py) and, from v0.9, contrast-phase augmentation (training/contrast_phase.py, probability "
+        "(training/augmentation/augment.py) and, from v0.9, contrast-phase augmentation (training/augmentation/contrast_phase.py, probability "
         f"{prov.get('contrast_phase_prob', 0.5)}), one thread each, the three runs side by side on the 2 CPU cores "
         "(the wall times below are inflated by that sharing and by tests run beside them; one run alone with one "
         "thread takes about 450 s per 1000 steps on an Intel Xeon, and one alone with two threads 556 s on an AMD EPYC).",

@@ -127,8 +127,8 @@ def small_nifti(tmp_path: Path) -> Volume:
 
 @pytest.fixture(scope="session")
 def phantom_volume(tmp_path_factory: pytest.TempPathFactory) -> Volume:
-    """A 96x96x24 abdominal phantom at 3x3x4 mm (``training.phantoms``) as ``phantom_case.nii.gz``."""
-    from training.phantoms import PhantomSpec, generate_phantom
+    """A 96x96x24 abdominal phantom at 3x3x4 mm (``training.synthetic.phantoms``) as ``phantom_case.nii.gz``."""
+    from training.synthetic.phantoms import PhantomSpec, generate_phantom
 
     phantom = generate_phantom(0, PhantomSpec(shape=(96, 96, 24), spacing=(3.0, 3.0, 4.0)))
     path = tmp_path_factory.mktemp("phantom") / "phantom_case.nii.gz"
@@ -137,7 +137,7 @@ def phantom_volume(tmp_path_factory: pytest.TempPathFactory) -> Volume:
 
 
 def phantom_label_value(name: str) -> int:
-    from training.phantoms import PHANTOM_LABELS
+    from training.synthetic.phantoms import PHANTOM_LABELS
 
     return dict((n, v) for v, n in PHANTOM_LABELS)[name]
 

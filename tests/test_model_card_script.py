@@ -1,4 +1,4 @@
-"""training/phantom_lineage.py: the training lineage of a fine-tuned bundle (every run in the phantom card)."""
+"""training/cards/phantom_lineage.py: the training lineage of a fine-tuned bundle (every run in the phantom card)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def card() -> ModuleType:
-    return importlib.import_module("training.phantom_lineage")
+    return importlib.import_module("training.cards.phantom_lineage")
 
 
 def write_manifest(folder: Path, version: str, parent: Path | None) -> dict:

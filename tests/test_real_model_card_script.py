@@ -24,7 +24,7 @@ def card() -> ModuleType:
 
 
 def test_stored_experiments_become_labelled_columns(card: ModuleType, tmp_path: Path) -> None:
-    from training import card_sections as cs
+    from training.cards import card_sections as cs
 
     assert card.stored_experiments(tmp_path, ["ts_a_torso", "ts_b_upper"]) == {}  # no index: no columns
     (tmp_path / "experiments.json").write_text(json.dumps({"p08": "contrast 0.8 (not shipped)", "gone": "no reports"}))
@@ -37,7 +37,7 @@ def test_stored_experiments_become_labelled_columns(card: ModuleType, tmp_path: 
 
 
 def test_replicate_and_sweeps_make_the_seed_and_sampling_sections(card: ModuleType, tmp_path: Path) -> None:
-    from training.evaluate import read_report
+    from training.evaluation.evaluate import read_report
 
     cases = ["ts_a_torso", "ts_b_upper"]
     assert card.stored_experiments(tmp_path, cases, kind="replicate") == {} and card.stored_sweeps(tmp_path, cases) == {}
@@ -72,7 +72,7 @@ def test_replicate_and_sweeps_make_the_seed_and_sampling_sections(card: ModuleTy
 
 
 def test_stored_curves_make_a_learning_curve_section(card: ModuleType, tmp_path: Path) -> None:
-    from training.evaluate import read_report
+    from training.evaluation.evaluate import read_report
 
     cases = ["ts_a_torso", "ts_b_upper"]
     assert card.stored_curves(tmp_path, cases) == {}  # no index: no section

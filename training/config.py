@@ -12,7 +12,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from model.bundle.config import FrozenConfig, ModelConfig
 from model.errors import UserError
-from training.augment import AugmentConfig
+from training.augmentation.augment import AugmentConfig
 
 
 class StageConfig(FrozenConfig):

@@ -38,7 +38,7 @@ from model.bundle.config import PreprocessConfig
 from model.errors import UserError
 from model.inference.preprocessing import Volume, body_mask, context_offsets, load_nifti, scale_intensity, to_model_grid
 from model.targets.vocabulary import DatasetLabelMap, UnknownDatasetError, Vocabulary
-from training.contrast_phase import ContrastPhaseAugmenter
+from training.augmentation.contrast_phase import ContrastPhaseAugmenter
 
 log = logging.getLogger(__name__)
 
@@ -413,9 +413,9 @@ class PatchSampler:
     uniform over the case (so empty masks of annotated targets occur naturally). With
     ``context_slices`` k, each image patch also carries the k slices either side
     (:func:`model.inference.preprocessing.context_offsets`; the edge slice repeats past the volume's ends).
-    ``augment(image, mask, seed)`` (e.g. :class:`training.augment.PatchAugmenter`) transforms each
+    ``augment(image, mask, seed)`` (e.g. :class:`training.augmentation.augment.PatchAugmenter`) transforms each
     example; its seed is drawn from the sampler's generator, so a resumed run repeats the stream.
-    ``contrast`` (:class:`training.contrast_phase.ContrastPhaseAugmenter`) first re-enhances the image
+    ``contrast`` (:class:`training.augmentation.contrast_phase.ContrastPhaseAugmenter`) first re-enhances the image
     window as another contrast phase, from the case's full structure labels (before ``augment``).
 
     ``negative_prob`` adds near-miss negatives: with that probability (taken from what would have been

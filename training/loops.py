@@ -33,8 +33,8 @@ from model.hardware import cpu_has_fast_bfloat16, cpu_model
 from model.diffusion.timestep_sampling import LossSecondMomentSampler, UniformSampler
 from model.nets.autoencoder import MaskAutoencoder, build_image_vae, encode_image_mean, image_condition
 from model.targets.vocabulary import Vocabulary, default_vocabulary
-from training.augment import PatchAugmenter
-from training.contrast_phase import ContrastPhaseAugmenter
+from training.augmentation.augment import PatchAugmenter
+from training.augmentation.contrast_phase import ContrastPhaseAugmenter
 from training.config import StageConfig, TrainConfig, learning_rate
 from training.data import Batch, PatchSampler, prepare_sources, read_dataset, restrict_targets, select_cases
 from training.finetune import inherited_latent_scale, initial_weights

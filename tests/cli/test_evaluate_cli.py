@@ -16,7 +16,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_evaluate_writes_json_and_markdown(tmp_path: Path) -> None:
     from model.bundle.loaded import write_random_bundle
-    from training.phantoms import PhantomSpec, write_phantom_dataset
+    from training.synthetic.phantoms import PhantomSpec, write_phantom_dataset
 
     data = write_phantom_dataset(tmp_path / "ph", 2, 7, PhantomSpec(shape=(40, 40, 6), spacing=(9.0, 9.0, 12.0)))
     bundle = write_random_bundle(tmp_path / "bundle", seed=2)
@@ -43,7 +43,7 @@ def test_evaluate_writes_json_and_markdown(tmp_path: Path) -> None:
 
 def test_evaluate_reports_untrained_or_unannotated_targets_in_one_line(tmp_path: Path) -> None:
     from model.bundle.loaded import write_random_bundle
-    from training.phantoms import PhantomSpec, write_phantom_dataset
+    from training.synthetic.phantoms import PhantomSpec, write_phantom_dataset
 
     data = write_phantom_dataset(tmp_path / "ph", 1, 7, PhantomSpec(shape=(24, 24, 4), spacing=(12.0, 12.0, 16.0)))
     bundle = write_random_bundle(tmp_path / "bundle", seed=2)

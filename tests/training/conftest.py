@@ -36,7 +36,7 @@ def _torch_threads() -> None:
 
 
 def write_small_phantoms(out: Path, cases: int, seed: int) -> Path:
-    from training.phantoms import PhantomSpec, write_phantom_dataset
+    from training.synthetic.phantoms import PhantomSpec, write_phantom_dataset
 
     return write_phantom_dataset(out, cases, seed, PhantomSpec(shape=SMALL_SHAPE, spacing=SMALL_SPACING))
 

@@ -28,7 +28,7 @@ from training.data import (
     select_cases,
     target_masks,
 )
-from training.phantoms import PHANTOM_LABELS
+from training.synthetic.phantoms import PHANTOM_LABELS
 
 VOCABULARY = default_vocabulary()
 PHANTOM = dict((name, value) for value, name in PHANTOM_LABELS)
@@ -500,7 +500,7 @@ def test_restrict_targets_makes_other_targets_unannotated(msd_phantoms: Path) ->
 
 
 def test_sampler_applies_the_augmenter_reproducibly(msd_phantoms: Path) -> None:
-    from training.augment import AugmentConfig, PatchAugmenter
+    from training.augmentation.augment import AugmentConfig, PatchAugmenter
 
     source = read_dataset(msd_phantoms, VOCABULARY)
     cases = prepare_sources([source], VOCABULARY, PREPROCESS, None)

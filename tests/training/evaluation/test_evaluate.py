@@ -1,4 +1,4 @@
-"""Metrics of training.evaluate on arrays with known answers, and a library run on tiny phantoms."""
+"""Metrics of training.evaluation.evaluate on arrays with known answers, and a library run on tiny phantoms."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.evaluate import (
+from training.evaluation.evaluate import (
     CaseTargetResult,
     auroc,
     dice_score,
@@ -115,8 +115,8 @@ def test_case_results_and_summary_exclude_absent_targets_from_dice() -> None:
 
 def test_evaluate_dataset_with_random_bundle_on_tiny_phantoms(tmp_path: Path) -> None:
     from model.bundle.loaded import load_bundle, write_random_bundle
-    from training.evaluate import evaluate_dataset, read_report, write_report
-    from training.phantoms import PhantomSpec, write_phantom_dataset
+    from training.evaluation.evaluate import evaluate_dataset, read_report, write_report
+    from training.synthetic.phantoms import PhantomSpec, write_phantom_dataset
 
     data = write_phantom_dataset(tmp_path / "ph", 1, 5, PhantomSpec(shape=(40, 40, 6), spacing=(9.0, 9.0, 12.0)))
     bundle = load_bundle(write_random_bundle(tmp_path / "bundle", seed=1), device="cpu")
@@ -135,8 +135,8 @@ def test_evaluate_dataset_with_random_bundle_on_tiny_phantoms(tmp_path: Path) ->
 
 def test_evaluate_dataset_records_and_uses_the_requested_sampler(tmp_path: Path) -> None:
     from model.bundle.loaded import load_bundle, write_random_bundle
-    from training.evaluate import evaluate_dataset
-    from training.phantoms import PhantomSpec, write_phantom_dataset
+    from training.evaluation.evaluate import evaluate_dataset
+    from training.synthetic.phantoms import PhantomSpec, write_phantom_dataset
 
     data = write_phantom_dataset(tmp_path / "ph", 1, 6, PhantomSpec(shape=(40, 40, 6), spacing=(9.0, 9.0, 12.0)))
     bundle = load_bundle(write_random_bundle(tmp_path / "bundle", seed=1), device="cpu")
@@ -148,8 +148,8 @@ def test_evaluate_dataset_records_and_uses_the_requested_sampler(tmp_path: Path)
 
 def test_evaluate_dataset_exclusive_scores_the_targets_together(tmp_path: Path) -> None:
     from model.bundle.loaded import load_bundle, write_random_bundle
-    from training.evaluate import evaluate_dataset, read_report, write_report
-    from training.phantoms import PhantomSpec, write_phantom_dataset
+    from training.evaluation.evaluate import evaluate_dataset, read_report, write_report
+    from training.synthetic.phantoms import PhantomSpec, write_phantom_dataset
 
     data = write_phantom_dataset(tmp_path / "ph", 1, 8, PhantomSpec(shape=(40, 40, 6), spacing=(9.0, 9.0, 12.0)))
     bundle = load_bundle(write_random_bundle(tmp_path / "bundle", seed=1), device="cpu")

@@ -1,4 +1,4 @@
-"""training.labelmap_phantoms via `latentseg phantoms --from-labels`: real anatomy, new colours, exact labels."""
+"""training.synthetic.labelmap_phantoms via `latentseg phantoms --from-labels`: real anatomy, new colours, exact labels."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from cli.main import main as latentseg
 from model.targets.vocabulary import default_vocabulary
 from tests.training.conftest import write_nnunet_v2
 from training.data import read_dataset
-from training.labelmap_phantoms import synthesise
-from training.phantoms import PHANTOM_LABELS
+from training.synthetic.labelmap_phantoms import synthesise
+from training.synthetic.phantoms import PHANTOM_LABELS
 
 PHANTOM = dict((name, value) for value, name in PHANTOM_LABELS)
 TS_LABELS = {"background": 0, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5, "aorta": 52,

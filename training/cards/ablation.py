@@ -3,11 +3,11 @@
 Every variant starts from the *same* trained stage-1 auto-encoders (their checkpoints are
 copied into the variant's ``out/checkpoints/``), so only the diffusion stage trains, on the
 same data, with the same seed, the same number of optimizer steps (and the same wall-time
-cap, if one is given), and is then scored by ``training.evaluate`` on the same held-out
+cap, if one is given), and is then scored by ``training.evaluation.evaluate`` on the same held-out
 phantoms at the same sampling settings. The table reports the steps and time each variant
 really got, so an unequal budget (a wall-time cap hit early) is visible.
 
-    python -m training.ablation --base training/configs/demo.yaml --stage1 runs/demo/train/checkpoints \\
+    python -m training.cards.ablation --base training/configs/demo.yaml --stage1 runs/demo/train/checkpoints \\
         --out runs/ablation --steps 600 --minutes 6
 """
 
@@ -97,7 +97,7 @@ def seed_stage1(stage1: Path, out: Path) -> None:
 
 def ensure_heldout(path: Path, cases: int, seed: int) -> Path:
     """Held-out phantoms (new seed) at ``path``, written if missing."""
-    from training.phantoms import write_phantom_dataset
+    from training.synthetic.phantoms import write_phantom_dataset
 
     if not (path / "dataset.json").is_file():
         write_phantom_dataset(path, cases, seed)
@@ -132,7 +132,7 @@ def run_ablation(
 ) -> list[VariantResult]:
     """Train the diffusion stage of each variant from the same stage-1 checkpoints and evaluate it."""
     from model.bundle.loaded import load_bundle
-    from training.evaluate import evaluate_dataset, write_report
+    from training.evaluation.evaluate import evaluate_dataset, write_report
     from training.loops import train
 
     out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,7 @@ def write_results(results: Sequence[VariantResult], out: Path, targets: Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.ablation", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.cards.ablation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, default=Path("training/configs/demo.yaml"), help="training config")
     parser.add_argument("--stage1", type=Path, default=Path("runs/demo/train/checkpoints"),
                         help="folder with trained mask-ae.pt and image-vae.pt")

@@ -1,6 +1,6 @@
 """Choosing and measuring the review flag of ``statistics.json`` on labelled cases.
 
-Input: :class:`training.evaluate.EvaluationReport` runs (each case × target row carries the true
+Input: :class:`training.evaluation.evaluate.EvaluationReport` runs (each case × target row carries the true
 Dice and the ensemble-only scores of :mod:`model.inference.statistics`). For every score this measures how
 well it ranks the true Dice (Spearman ρ) and how well it detects a poor segmentation (AUROC for
 Dice < ``POOR_DICE``), picks the threshold on the *validation* runs (Youden's J), and reports the
@@ -24,7 +24,7 @@ from scipy import stats
 
 from model.inference.statistics import ReviewPolicy, review_reasons
 from model.targets.vocabulary import size_prior
-from training.evaluate import CaseTargetResult, EvaluationReport, auroc
+from training.evaluation.evaluate import CaseTargetResult, EvaluationReport, auroc
 
 __all__ = ["POOR_DICE", "MeasuredRun", "ScoreResult", "measure", "read_measurement", "write_measurement"]
 

@@ -1,8 +1,8 @@
 """Markdown sections of the phantom-lineage card (docs/model_card/phantom_demo_v0.6.md), one function per section.
 
 Every number comes from a measured run: the bundle's manifest and provenance, the
-:class:`training.evaluate.EvaluationReport` files and the ceiling/ablation JSON that
-:mod:`training.phantom_card_runs` computes or reuses. Nothing here computes a metric or reads a
+:class:`training.evaluation.evaluate.EvaluationReport` files and the ceiling/ablation JSON that
+:mod:`training.cards.phantom_card_runs` computes or reuses. Nothing here computes a metric or reads a
 file; :func:`render_card` joins the sections, a blank line between each.
 """
 
@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from training.phantom_lineage import STAGES, phantom_data_line
+from training.cards.phantom_lineage import STAGES, phantom_data_line
 from training.provenance import repository_root
 
 if TYPE_CHECKING:
-    from training.evaluate import EvaluationReport
+    from training.evaluation.evaluate import EvaluationReport
 
 __all__ = ["FLOORS", "PhantomCardInputs", "ablation_table", "heldout_table", "render_card"]
 
@@ -41,8 +41,8 @@ class PhantomCardInputs:
     ablation: dict[str, Any] | None
     eval_hardware: str
     command: str  # the command that generated the card, as the card names it
-    configs: dict[str, dict[str, str]]  # training.phantom_lineage.demo_configs()
-    ceiling: list[dict[str, Any]] | None = None  # mask-AE ceiling rows (training.ceiling.CeilingResult)
+    configs: dict[str, dict[str, str]]  # training.cards.phantom_lineage.demo_configs()
+    ceiling: list[dict[str, Any]] | None = None  # mask-AE ceiling rows (training.evaluation.ceiling.CeilingResult)
     discussion: str | None = None  # markdown
     grid_ceiling: list[dict[str, Any]] | None = None
     earlier_runs: Sequence[tuple[dict[str, Any], StageSeconds]] = ()  # (manifest, stage seconds), oldest first
@@ -247,7 +247,7 @@ def ceilings_section(card: PhantomCardInputs) -> list[str]:
     grid = {row["target"]: row for row in card.grid_ceiling or []}
     lines = [
         "### Ceilings: the grid and the mask auto-encoder",
-        "Two upper bounds, measured on the same held-out cases (`training/ceiling.py`). **Grid ceiling**: the "
+        "Two upper bounds, measured on the same held-out cases (`training/evaluation/ceiling.py`). **Grid ceiling**: the "
         "ground truth taken to the model grid as training takes it (nearest neighbour) and back to the input grid "
         "as inference returns a mean mask (linear, > 0.5), scored on the input grid: what a perfect model would "
         "score at this spacing. **AE ceiling**: the ground truth sent through the mask auto-encoder alone "

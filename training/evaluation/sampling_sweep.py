@@ -3,7 +3,7 @@
 Run it on labelled cases that are neither training nor the held-out test set (the model card
 uses phantoms of a seed of their own, and each real fold's left-out patient: ``--cases``), then write the winner into the bundle's config::
 
-    python -m training.sampling_sweep --bundle model/bundles/demo --data runs/validation/phantoms-5000 \\
+    python -m training.evaluation.sampling_sweep --bundle model/bundles/demo --data runs/validation/phantoms-5000 \\
         --settings ddpm:5:5,ddpm:10:5,ddim:10:5 --out runs/validation/sweep
 
 Each setting is ``sampler:steps:ensemble``, optionally followed by ``:lcc`` (largest connected
@@ -87,7 +87,7 @@ def parse_settings(text: str) -> list[Setting]:
 def sweep(bundle: object, data: Path, settings: Sequence[Setting], targets: Sequence[str] | None = None,
           max_cases: int | None = None, seed: int = 0, cases: Sequence[str] | None = None,
           targets_per_pass: int = 4) -> list[SweepRow]:
-    from training.evaluate import evaluate_dataset
+    from training.evaluation.evaluate import evaluate_dataset
 
     rows = []
     for setting in settings:
@@ -118,7 +118,7 @@ def markdown_table(rows: Sequence[SweepRow]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.sampling_sweep", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.evaluation.sampling_sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the demo bundle)")
     parser.add_argument("--data", type=Path, required=True, help="labelled validation dataset folder")
     parser.add_argument("--settings", default="ddpm:5:5,ddpm:10:5,ddim:5:5,ddim:10:5", help="sampler:steps:ensemble,...")

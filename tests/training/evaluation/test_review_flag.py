@@ -1,4 +1,4 @@
-"""training.review_flag: ranking power, validation thresholds and the shipped rule's rates on known rows."""
+"""training.evaluation.review_flag: ranking power, validation thresholds and the shipped rule's rates on known rows."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from model.inference.statistics import ReviewPolicy
-from training import card_sections as cs
-from training.review_flag import MeasuredRun, measure, read_measurement, write_measurement
+from training.cards import card_sections as cs
+from training.evaluation.review_flag import MeasuredRun, measure, read_measurement, write_measurement
 
 
 def row(case: str, target: str, dice: float, pairwise: float | None, *, volume: float = 1500.0, truth: int = 1000,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training import card_sections as cs
+from training.cards import card_sections as cs
 
 
 def test_dice_columns_table_aligns_runs_and_marks_missing_cells() -> None:
@@ -22,7 +22,7 @@ def test_dice_columns_table_aligns_runs_and_marks_missing_cells() -> None:
 
 
 def test_left_out_review_table_counts_flags_against_the_true_dice() -> None:
-    from training.evaluate import CaseTargetResult, EvaluationReport
+    from training.evaluation.evaluate import CaseTargetResult, EvaluationReport
 
     def row(target: str, dice: float, truth: int, flagged: bool | None, ml: float = 100.0) -> CaseTargetResult:
         return CaseTargetResult(case="c", target=target, dice=dice, hd95_mm=None, auroc=None, truth_voxels=truth,
@@ -121,9 +121,9 @@ def test_sweep_summary_table_means_each_fold_and_all_rows() -> None:
 
 
 def test_unseen_patient_table_gives_each_bundles_rows_and_volume_share() -> None:
-    from training.evaluate import read_report
+    from training.evaluation.evaluate import read_report
 
-    stored = Path(__file__).resolve().parents[2] / "docs" / "model_card" / "evaluations" / "0.9.0"
+    stored = Path(__file__).resolve().parents[3] / "docs" / "model_card" / "evaluations" / "0.9.0"
     shipped = read_report(stored / "unseen_shipped_ct3slice.json")
     lines = cs.unseen_patient_table({"shipped": shipped}).splitlines()
     row = next(r for r in shipped.results if r.target == "liver")

@@ -1,10 +1,10 @@
-"""training.augment: MONAI patch augmentation keeps image and mask aligned and is reproducible per seed."""
+"""training.augmentation.augment: MONAI patch augmentation keeps image and mask aligned and is reproducible per seed."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from training.augment import AugmentConfig, PatchAugmenter
+from training.augmentation.augment import AugmentConfig, PatchAugmenter
 
 SPATIAL_ONLY = dict(intensity_prob=0.0, gamma_prob=0.0, noise_prob=0.0, blur_prob=0.0, thick_slice_prob=0.0)
 

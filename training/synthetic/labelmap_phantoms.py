@@ -145,7 +145,7 @@ def write_labelmap_phantoms(
             if on_case is not None:
                 on_case(written, out / "imagesTr" / f"{name}_0000.nii.gz")
     dataset = {**meta, "numTraining": written,
-               "description": f"label-map phantoms (latentseg training.labelmap_phantoms) from {source.name}: "
+               "description": f"label-map phantoms (latentseg training.synthetic.labelmap_phantoms) from {source.name}: "
                               f"cases {', '.join(cases)}, seed {seed}; the source's licence applies"}
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1) + "\n")
     for licence in ("LICENSE.txt", "LICENSE", "license.txt"):

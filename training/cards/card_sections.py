@@ -1,6 +1,6 @@
 """Markdown sections of the real-CT model card, rendered from evaluation reports (one function per section).
 
-Every number comes from an :class:`training.evaluate.EvaluationReport` (or a ceiling result) that a
+Every number comes from an :class:`training.evaluation.evaluate.EvaluationReport` (or a ceiling result) that a
 measured run wrote; nothing here computes a metric. ``scripts/real_model_card.py`` is the wiring that
 runs the evaluations and assembles the card.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from training.ceiling import CeilingResult
-from training.evaluate import EvaluationReport
+from training.evaluation.ceiling import CeilingResult
+from training.evaluation.evaluate import EvaluationReport
 
 # Issue 16's floors on each left-out patient (bundle defaults: 10 steps, ensemble 5).
 REAL_FLOORS: dict[str, float] = {
@@ -182,7 +182,7 @@ def learning_curve_table(points: Mapping[int, DiceColumn], order: Sequence[str],
 def sweep_summary_table(sweeps: Mapping[str, Mapping[str, Any]]) -> str:
     """Sampling settings on the left-out patients: one row per setting, the mean Dice of each fold's left-out
     case over its present targets, the mean over all those rows and the seconds per case. ``sweeps`` maps a
-    fold's case to its ``training.sampling_sweep`` document (sweep.json, ``rows`` in the same setting order)."""
+    fold's case to its ``training.evaluation.sampling_sweep`` document (sweep.json, ``rows`` in the same setting order)."""
     folds = list(sweeps)
     settings = [row["setting"] for row in next(iter(sweeps.values()))["rows"]] if sweeps else []
     lines = ["| setting | " + " | ".join(f"{c} mean" for c in folds) + " | mean of all rows | s per case |",
@@ -323,7 +323,7 @@ def left_out_review_table(runs: Mapping[str, Sequence[EvaluationReport]], poor_b
 
 
 def review_flag_section(document: Mapping[str, Any]) -> str:
-    """The review flag's measured ranking power and false-alarm rate (training.review_flag.measure)."""
+    """The review flag's measured ranking power and false-alarm rate (training.evaluation.review_flag.measure)."""
     runs = document["runs"]
     validation = [r for r in runs if r["validation"]]
     test = [r for r in runs if not r["validation"]]

@@ -27,7 +27,7 @@ Metric conventions (also written into every report):
 * **Review scores** (no ground truth needed, :mod:`model.inference.statistics`): the members' mean pairwise
   Dice, the share of the mask's voxels with high variance, the ensemble volume CV, and whether
   ``statistics.json`` would flag the target (``needs_review``), recorded per case and target so the
-  review flag can be chosen by how well they predict Dice (``training.review_flag``).
+  review flag can be chosen by how well they predict Dice (``training.evaluation.review_flag``).
 """
 
 from __future__ import annotations

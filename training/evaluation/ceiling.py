@@ -123,7 +123,7 @@ def grid_ceiling(
     import nibabel as nib
 
     from model.inference.resampling import resample_to_source
-    from training.evaluate import dice_score
+    from training.evaluation.evaluate import dice_score
 
     source = read_dataset(data, vocabulary)
     wanted = set(source.label_map.annotated)

@@ -3,7 +3,7 @@
 :func:`write_phantom_card` is the whole job, as a list of steps: evaluate the bundle on held-out
 phantoms (new seeds, never used in training) and on MSD ``spleen_8`` when the shared copy is
 there, measure the grid and mask-AE ceilings on the held-out cases, run the paper's Table-2
-ablation when asked, then render the card (:mod:`training.phantom_card`) from those files.
+ablation when asked, then render the card (:mod:`training.cards.phantom_card`) from those files.
 Every result goes to ``options.work`` (``heldout/evaluation.json``, ``spleen8/evaluation.json``,
 ``ceiling.json``, ``grid_ceiling.json``, ``ablation/ablation.json``), so ``reuse`` re-renders
 without recomputing. ``scripts/model_card.py`` is the command line.
@@ -21,13 +21,13 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from training.phantom_card import PhantomCardInputs, render_card
-from training.phantom_lineage import demo_configs, lineage, stage_seconds
+from training.cards.phantom_card import PhantomCardInputs, render_card
+from training.cards.phantom_lineage import demo_configs, lineage, stage_seconds
 from training.provenance import repository_root
 
 if TYPE_CHECKING:
     from model.bundle.loaded import LoadedBundle
-    from training.evaluate import EvaluationReport
+    from training.evaluation.evaluate import EvaluationReport
 
 __all__ = [
     "ABLATION_TARGETS",
@@ -117,7 +117,7 @@ def _lazy_bundle(path: Path) -> Callable[[], LoadedBundle]:
 
 def evaluation_reports(options: PhantomCardOptions, bundle: Callable[[], LoadedBundle]) -> dict[str, EvaluationReport]:
     """``heldout`` (new phantoms) and ``spleen8`` (when the shared case is there): read when reused, else evaluated."""
-    from training.evaluate import evaluate_dataset, read_report, write_report
+    from training.evaluation.evaluate import evaluate_dataset, read_report, write_report
 
     targets = list(options.targets) if options.targets is not None else None
     reports: dict[str, EvaluationReport] = {}
@@ -147,11 +147,11 @@ def evaluation_reports(options: PhantomCardOptions, bundle: Callable[[], LoadedB
 def ceilings(
     options: PhantomCardOptions, reports: dict[str, EvaluationReport], bundle: Callable[[], LoadedBundle]
 ) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
-    """The mask-AE and grid ceilings (training/ceiling.py) on the held-out phantoms; each computed unless reused."""
+    """The mask-AE and grid ceilings (training/evaluation/ceiling.py) on the held-out phantoms; each computed unless reused."""
     ceiling_json, grid_json = options.work / "ceiling.json", options.work / "grid_ceiling.json"
     missing = [p for p in (ceiling_json, grid_json) if not (options.reuse and p.is_file())]
     if missing and "heldout" in reports:
-        from training.ceiling import grid_ceiling, mask_ae_ceiling
+        from training.evaluation.ceiling import grid_ceiling, mask_ae_ceiling
 
         targets = list(options.targets) if options.targets is not None else None
         loaded = bundle()
@@ -184,7 +184,7 @@ def ablation_results(options: PhantomCardOptions) -> dict[str, Any] | None:
     repo = repository_root()
     ablation_json = options.work / "ablation" / "ablation.json"
     if options.ablation:
-        from training.ablation import ensure_heldout, run_ablation
+        from training.cards.ablation import ensure_heldout, run_ablation
         from training.config import load_train_config
 
         base = load_train_config(repo / "training" / "configs" / "demo.yaml")
@@ -222,7 +222,7 @@ def spleen8_dataset(source: Path, folder: Path) -> Path | None:
 
 def heldout_phantoms(folder: Path, cases: int, seed: int) -> Path:
     """``cases`` phantoms from ``seed`` in ``folder``, written unless a set of that size is there."""
-    from training.phantoms import write_phantom_dataset
+    from training.synthetic.phantoms import write_phantom_dataset
 
     meta = folder / "dataset.json"
     if meta.is_file() and json.loads(meta.read_text()).get("numTraining") == cases:

@@ -1,4 +1,4 @@
-"""Calibration metrics of training.evaluate (ECE over 15 bins, Brier) and the reliability diagram."""
+"""Calibration metrics of training.evaluation.evaluate (ECE over 15 bins, Brier) and the reliability diagram."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.evaluate import calibration_bins, calibration_metrics, merge_bins, reliability_diagram
+from training.evaluation.evaluate import calibration_bins, calibration_metrics, merge_bins, reliability_diagram
 
 
 def test_ece_and_brier_known_values() -> None:

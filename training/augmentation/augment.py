@@ -46,7 +46,7 @@ class AugmentConfig(FrozenConfig):
     thick_slice_prob: float = Field(0.15, ge=0, le=1, description="average the centre slice with its neighbours")
     contrast_phase_prob: float = Field(
         0.0, ge=0, le=1,
-        description="re-enhance the labelled vessels and organs as another contrast phase (training/contrast_phase.py)",
+        description="re-enhance the labelled vessels and organs as another contrast phase (training/augmentation/contrast_phase.py)",
     )
 
 

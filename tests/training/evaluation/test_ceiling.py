@@ -8,10 +8,10 @@ import torch
 
 from model.bundle.loaded import load_bundle, write_random_bundle
 from model.bundle.config import ModelConfig
-from training.ceiling import mask_ae_ceiling, round_trip_dice
+from training.evaluation.ceiling import mask_ae_ceiling, round_trip_dice
 from training.data import prepare_case, read_dataset
 
-DEMO_BUNDLE = Path(__file__).resolve().parents[2] / "model" / "bundles" / "demo"
+DEMO_BUNDLE = Path(__file__).resolve().parents[3] / "model" / "bundles" / "demo"
 
 
 def _blob() -> np.ndarray:
@@ -65,8 +65,8 @@ def test_trained_demo_auto_encoder_reconstructs_the_liver(msd_phantoms: Path) ->
 def test_grid_ceiling_is_what_the_spacing_costs(tmp_path: Path) -> None:
     from model.bundle.config import PreprocessConfig
     from model.targets.vocabulary import default_vocabulary
-    from training.ceiling import grid_ceiling
-    from training.phantoms import PhantomSpec, write_phantom_dataset
+    from training.evaluation.ceiling import grid_ceiling
+    from training.synthetic.phantoms import PhantomSpec, write_phantom_dataset
 
     # One phantom at 3 mm (the small test phantoms are 6 mm: any coarser grid would be the same grid).
     data = write_phantom_dataset(tmp_path / "fine", 1, 3, PhantomSpec(shape=(128, 128, 48), spacing=(3.0, 3.0, 3.0)))

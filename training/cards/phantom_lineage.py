@@ -3,7 +3,7 @@
 A fine-tuned bundle records its parent in ``provenance.init_from``; :func:`lineage` follows that
 chain back to the first run, :func:`demo_configs` maps each version to its config in
 ``training/configs``, and :func:`phantom_data_line` says which ``latentseg phantoms`` commands
-wrote the data. The phantom-lineage card (:mod:`training.phantom_card`) reads all three.
+wrote the data. The phantom-lineage card (:mod:`training.cards.phantom_card`) reads all three.
 Torch-free; the configs are read with PyYAML.
 """
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from training.phantoms import (
+from training.synthetic.phantoms import (
     PHANTOM_LABELS,
     Phantom,
     PhantomSpec,

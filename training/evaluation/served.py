@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from model.bundle.manifest import MANIFEST_NAME, read_manifest
-from training.evaluate import EvaluationReport
+from training.evaluation.evaluate import EvaluationReport
 
 DEFAULT_MIN_DICE = 0.5
 

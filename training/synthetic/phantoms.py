@@ -800,7 +800,7 @@ def write_phantom_dataset(out_dir: Path, cases: int, seed: int, spec: PhantomSpe
     dataset = {
         "name": DATASET_NAME,
         "description": "Procedural abdominal CT phantoms (latentseg); labels are exact by construction.",
-        "reference": "latentseg training.phantoms",
+        "reference": "latentseg training.synthetic.phantoms",
         "licence": "CC0",
         "release": "1.0",
         "tensorImageSize": "3D",

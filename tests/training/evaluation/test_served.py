@@ -1,4 +1,4 @@
-"""training.served + `latentseg set-served`: left-out Dice per target decides which targets a bundle serves."""
+"""training.evaluation.served + `latentseg set-served`: left-out Dice per target decides which targets a bundle serves."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from model.bundle.loaded import load_bundle, write_random_bundle
 from model.bundle.manifest import read_manifest
 from model.errors import BundleError, InputError
 from model.inference.pipeline import resolve_targets
-from training.evaluate import CaseTargetResult, EvaluationReport, summarise, write_report
-from training.served import validation_section, write_validation
+from training.evaluation.evaluate import CaseTargetResult, EvaluationReport, summarise, write_report
+from training.evaluation.served import validation_section, write_validation
 
 
 def _report(case: str, dice: dict[str, float], absent: tuple[str, ...] = ()) -> EvaluationReport:
@@ -72,7 +72,7 @@ def test_set_served_cli_marks_a_bundle_from_report_files(tmp_path: Path, capsys:
 
 
 def test_evaluation_scores_targets_the_bundle_does_not_serve(tmp_path: Path, msd_phantoms: Path) -> None:
-    from training.evaluate import evaluate_dataset
+    from training.evaluation.evaluate import evaluate_dataset
 
     bundle = write_random_bundle(tmp_path / "bundle")
     write_validation(bundle, validation_section([_report("a", {"liver": 0.9, "spleen": 0.1})],

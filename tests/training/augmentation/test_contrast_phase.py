@@ -1,11 +1,11 @@
-"""training.contrast_phase: labelled vessels and organs move to another phase's HU, texture and the rest stay."""
+"""training.augmentation.contrast_phase: labelled vessels and organs move to another phase's HU, texture and the rest stay."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from model.targets.vocabulary import default_vocabulary
-from training.contrast_phase import PHASES, ContrastPhaseAugmenter
+from training.augmentation.contrast_phase import PHASES, ContrastPhaseAugmenter
 from training.data import PatchSampler, PreparedCase
 
 HU_MIN, HU_MAX = -175.0, 250.0

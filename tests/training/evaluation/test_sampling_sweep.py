@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from training.sampling_sweep import Setting, main, parse_settings
+from training.evaluation.sampling_sweep import Setting, main, parse_settings
 
 
 def test_settings_parse_and_bad_ones_say_why() -> None:
@@ -23,7 +23,7 @@ def test_settings_parse_and_bad_ones_say_why() -> None:
 
 def test_sweep_cli_scores_every_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from model.bundle.loaded import write_random_bundle
-    from training.phantoms import PhantomSpec, write_phantom_dataset
+    from training.synthetic.phantoms import PhantomSpec, write_phantom_dataset
 
     data = write_phantom_dataset(tmp_path / "ph", 1, 7, PhantomSpec(shape=(40, 40, 6), spacing=(9.0, 9.0, 12.0)))
     bundle = write_random_bundle(tmp_path / "bundle", seed=2)
@@ -40,7 +40,7 @@ def test_sweep_cli_scores_every_setting(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_sweep_exclusive_setting_scores_all_targets_in_one_pass(tmp_path: Path) -> None:
     from model.bundle.loaded import write_random_bundle
-    from training.phantoms import PhantomSpec, write_phantom_dataset
+    from training.synthetic.phantoms import PhantomSpec, write_phantom_dataset
 
     data = write_phantom_dataset(tmp_path / "ph", 1, 7, PhantomSpec(shape=(40, 40, 6), spacing=(9.0, 9.0, 12.0)))
     bundle = write_random_bundle(tmp_path / "bundle", seed=2)
@@ -55,7 +55,7 @@ def test_sweep_exclusive_setting_scores_all_targets_in_one_pass(tmp_path: Path) 
 
 def test_sweep_scores_only_the_named_cases(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from model.bundle.loaded import write_random_bundle
-    from training.phantoms import PhantomSpec, write_phantom_dataset
+    from training.synthetic.phantoms import PhantomSpec, write_phantom_dataset
 
     data = write_phantom_dataset(tmp_path / "ph", 2, 7, PhantomSpec(shape=(40, 40, 6), spacing=(9.0, 9.0, 12.0)))
     names = sorted(p.name.removesuffix(".nii.gz") for p in (data / "labelsTr").glob("*.nii.gz"))
