@@ -1,12 +1,12 @@
-"""Fuzz harness for the upload validator (:func:`service.nifti.normalize_upload`), hypothesis-based.
+"""Fuzz harness for the upload validator (:func:`service.uploads.nifti.normalize_upload`), hypothesis-based.
 
 Inputs are valid NIfTI-1 seeds (plain and gzip, with private header text and an extension)
 put through structured mutations: header fields overwritten with hostile values (huge/negative
 dims, odd datatypes, NaN/Inf pixdim and scaling, wild vox_offset), random byte flips,
 truncation, appended garbage and gzip wrapping/cutting. The property, for every input:
 
-- the validator either returns a :class:`~service.nifti.VolumeInfo` or raises an
-  :class:`~service.nifti.UploadRejected` (413/415/422), never anything else;
+- the validator either returns a :class:`~service.uploads.nifti.VolumeInfo` or raises an
+  :class:`~service.uploads.nifti.UploadRejected` (413/415/422), never anything else;
 - when it accepts, the canonical copy is exactly header + extension flag + the voxels
   (``352 + voxels * itemsize`` bytes), re-parses to the same shape, and never contains the
   private header text; extension bytes only when the (mutated) header itself declares them to
@@ -31,7 +31,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.nifti import UploadLimits, UploadRejected, VolumeInfo, normalize_upload
+from service.uploads.nifti import UploadLimits, UploadRejected, VolumeInfo, normalize_upload
 
 __all__ = ["LIMITS", "check_one", "hostile_uploads", "run"]
 

@@ -20,7 +20,7 @@ Errors of the family (:mod:`model.errors`)
 
 Storage full
     An ``OSError`` for a full disk or an exhausted quota (``ENOSPC``, ``EDQUOT``) anywhere in a
-    request, or :class:`service.storage.StorageFull` (the upload validator's child met one),
+    request, or :class:`service.queueing.storage.StorageFull` (the upload validator's child met one),
     becomes ``507 Insufficient Storage`` with ``Retry-After``; routes remove what they had
     written before it reaches here.
 
@@ -50,7 +50,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.errors import ServerFault, UserError
-from service.storage import StorageFull, is_storage_full
+from service.queueing.storage import StorageFull, is_storage_full
 
 __all__ = [
     "ErrorBody",

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request
 
 from model.targets.vocabulary import Vocabulary
-from service.jobs import JobService
-from service.queues import JobQueue
+from service.queueing.jobs import JobService
+from service.queueing.queues import JobQueue
 from service.settings import ServiceSettings
-from service.storage import Storage
+from service.queueing.storage import Storage
 from worker.contracts import is_job_id
 
 __all__ = ["Services", "ServicesDep", "get_services", "owned_job"]

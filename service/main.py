@@ -21,12 +21,12 @@ from model.targets.vocabulary import default_vocabulary
 from service.api_surface import error_response, install_api_surface
 from service.auth import Keyring, check_open_mode
 from service.deps import Services
-from service.jobs import JobService, JobStore, MemoryJobStore, RedisJobStore
-from service.queues import InProcessJobQueue, JobQueue
+from service.queueing.jobs import JobService, JobStore, MemoryJobStore, RedisJobStore
+from service.queueing.queues import InProcessJobQueue, JobQueue
 from service.routes import health, job_input, jobs, preview, segment, targets, web
 from service.settings import ServiceSettings
 from service.slow_clients import UploadsInFlight
-from service.storage import Storage
+from service.queueing.storage import Storage
 
 if TYPE_CHECKING:
     from worker.runtime import WorkerRuntime
@@ -55,7 +55,7 @@ def _embedded_backend(settings: ServiceSettings) -> tuple[JobStore, JobQueue, An
 
 
 def _rq_backend(settings: ServiceSettings) -> tuple[JobStore, JobQueue, Any]:
-    from service.rq_queue import RqJobQueue, connect_redis
+    from service.queueing.rq_queue import RqJobQueue, connect_redis
 
     assert settings.redis_url is not None
     connection = connect_redis(settings.redis_url)

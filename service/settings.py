@@ -50,7 +50,7 @@ class ServiceSettings(SharedSettings):
     # NaN/Inf voxels: kept and mapped by the model (NaN -> -1024 HU, +Inf -> 4095, -Inf -> -1024)
     # unless this is true, which refuses such uploads with 422.
     reject_nonfinite: bool = False
-    # The validator subprocess (see service.upload_sandbox).
+    # The validator subprocess (see service.uploads.upload_sandbox).
     upload_check_timeout_s: float = Field(default=120.0, gt=0)
     upload_check_memory_bytes: int = Field(default=1024 * MiB, ge=64 * MiB)
     upload_check_cpu_s: int = Field(default=120, ge=1)

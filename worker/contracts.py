@@ -62,7 +62,7 @@ __all__ = [
 TASK_PATH = "worker.tasks.run_segmentation"
 JOBS_DIRNAME = "jobs"
 RESULTS_DIRNAME = "results"
-# A DICOM series upload, stored as a zip of its image slices (see service.dicom_upload).
+# A DICOM series upload, stored as a zip of its image slices (see service.uploads.dicom_upload).
 DICOM_INPUT_NAME = "input.zip"
 RESULTS_TMP_PREFIX = ".results-"
 # The job's request as the API accepted it (payload, owner, record): lets the API rebuild a

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from service.auth import CallerDep
 from service.deps import ServicesDep, owned_job
-from service.jobs import DeleteOutcome
+from service.queueing.jobs import DeleteOutcome
 from service.schemas import JobList, JobStatus, ResultFileOut, ResultManifest
 from worker.contracts import JobState, is_job_id
 

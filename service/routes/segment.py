@@ -2,7 +2,7 @@
 
 The upload is a NIfTI volume (``.nii``/``.nii.gz``) or a ``.zip`` of one DICOM CT series; its
 bytes decide which (a zip starts with ``PK``), never a filename. Either is validated in the
-sandbox subprocess before anything is queued (:mod:`service.nifti`, :mod:`service.dicom_upload`).
+sandbox subprocess before anything is queued (:mod:`service.uploads.nifti`, :mod:`service.uploads.dicom_upload`).
 
 Outputs besides the NIfTI masks: ``dicom=true`` adds ``segmentation.dcm``, a BINARY DICOM-SEG
 with one segment per target (SNOMED CT codes); it is the default for DICOM input (the SEG
@@ -33,15 +33,15 @@ from model.bundle.manifest import check_sampling
 from model.errors import UserError
 from service.auth import CallerDep
 from service.deps import Services, ServicesDep
-from service.nifti import UploadLimits, UploadRejected, VolumeInfo
-from service.dicom_upload import is_zip_upload
+from service.uploads.nifti import UploadLimits, UploadRejected, VolumeInfo
+from service.uploads.dicom_upload import is_zip_upload
 from service.prompt_targets import PromptLimits, resolve_request_targets
 from service.schemas import SubmitResponse
 from service.served import served_targets, unserved_problem
 from service.settings import ServiceSettings
 from service.slow_clients import UploadStalled, deadline_receive
-from service.storage import RawUpload, UploadTooLarge
-from service.upload_sandbox import SandboxLimits, check_upload
+from service.queueing.storage import RawUpload, UploadTooLarge
+from service.uploads.upload_sandbox import SandboxLimits, check_upload
 from worker.contracts import SegmentationRequest, new_job_id
 
 __all__ = ["router"]
@@ -160,7 +160,7 @@ async def submit_segmentation(
                                                        "where they compete the most probable keeps it; default: the "
                                                        "model's")] = None,
     study_uid: Annotated[str | None, Query(description="instead of a body: segment a series of this study on the "
-                                                       "DICOMweb source (service.dicomweb_ref)")] = None,
+                                                       "DICOMweb source (service.uploads.dicomweb_ref)")] = None,
     series_uid: Annotated[str | None, Query(description="the series (default: the study's CT series with the most "
                                                         "instances; ambiguous or no CT: 422)")] = None,
     push: Annotated[bool, Query(description="store segmentation.dcm in the PACS (STOW-RS) when the job finished; "
@@ -173,7 +173,7 @@ async def submit_segmentation(
     check_sampling(ensemble, steps, services.settings.sampling_caps)  # a SamplingRangeError is 422; None: the bundle's
     params = _Parameters(names, ensemble, steps, seed, dicom, fractional, largest_component, exclusive)
     if study_uid is not None or series_uid is not None or push:  # a DICOMweb reference, no upload
-        from service.dicomweb_ref import ReferenceParams, submit_reference
+        from service.uploads.dicomweb_ref import ReferenceParams, submit_reference
 
         record, duplicate = await submit_reference(services, request.headers, owner, ReferenceParams(
             study_uid, series_uid, push, names, ensemble, steps, seed, dicom, fractional, largest_component, exclusive,
@@ -309,7 +309,7 @@ async def _check_and_enqueue(
 async def _validate_upload(
     settings: ServiceSettings, raw: RawUpload, stored: Path, job_id: str, is_dicom: bool
 ) -> VolumeInfo:
-    """Check the upload in the sandbox subprocess (service.upload_sandbox) into its canonical name
+    """Check the upload in the sandbox subprocess (service.uploads.upload_sandbox) into its canonical name
     ``stored``; the raw upload is removed either way. Refusals answer with their status."""
     limits = UploadLimits(
         max_voxels=settings.max_voxels,
@@ -327,7 +327,7 @@ async def _validate_upload(
     except UploadRejected as exc:
         if is_dicom:  # the message may quote member names or a series description: not for logs
             log.info("upload for job %s refused (%d): DICOM zip, %s", job_id, exc.status, type(exc).__name__)
-        else:  # NIfTI messages are numbers and never quote header text (service.nifti)
+        else:  # NIfTI messages are numbers and never quote header text (service.uploads.nifti)
             log.info("upload for job %s refused (%d): %s", job_id, exc.status, exc)
         raise
     finally:

@@ -28,7 +28,7 @@ BUILTIN_OF = {
     "model.targets.vocabulary.UnknownTargetError": ValueError,
     "model.targets.vocabulary.UnknownDatasetError": ValueError,
     "service.auth.OpenModeRefused": RuntimeError,
-    "service.nifti.UploadRejected": ValueError,
+    "service.uploads.nifti.UploadRejected": ValueError,
     "service.prompt_targets.TargetTextTooLong": ValueError,
     "worker.contracts.PayloadError": ValueError,
     "worker.tasks.JobStopped": RuntimeError,

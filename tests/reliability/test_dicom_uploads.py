@@ -18,8 +18,8 @@ import httpx
 import pydicom
 import pytest
 
-from service.nifti import UploadLimits, UploadTooBig
-from service.upload_sandbox import SandboxLimits, check_upload
+from service.uploads.nifti import UploadLimits, UploadTooBig
+from service.uploads.upload_sandbox import SandboxLimits, check_upload
 from tests.conftest import Process, purge_namespace
 from tests.reliability.conftest import post_liver as _post
 from tests.reliability.conftest import rq_api_server, unaccepted_job_dirs

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from fuzz.upload_validator import SEEDS, check_one, run
-from service.nifti import VolumeInfo
+from service.uploads.nifti import VolumeInfo
 
 EXAMPLES = int(os.environ.get("LATENTSEG_FUZZ_EXAMPLES", "300"))
 

@@ -19,8 +19,8 @@ import pytest
 import redis
 from rq import Queue
 
-from service.nifti import UploadLimits
-from service.upload_sandbox import SandboxLimits, UploadUnchecked, check_upload
+from service.uploads.nifti import UploadLimits
+from service.uploads.upload_sandbox import SandboxLimits, UploadUnchecked, check_upload
 from tests.conftest import Process, purge_namespace
 from tests.reliability.conftest import post_liver as _post
 from tests.reliability.conftest import rq_api_server, unaccepted_job_dirs

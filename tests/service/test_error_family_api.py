@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from model.errors import InputError, ServerFault
-from service.jobs import AdmissionRefused
+from service.queueing.jobs import AdmissionRefused
 from service.main import create_app
 from service.settings import ServiceSettings
 from service.slow_clients import UploadStalled
-from service.storage import StorageFull
+from service.queueing.storage import StorageFull
 
 RETRY_AFTER_S = 7
 

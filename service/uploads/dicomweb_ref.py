@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from model.io.dicomweb import DicomwebError, DicomwebSettings, choose_ct_series, make_client, search_series
 from service.deps import Services
-from service.nifti import VolumeInfo
+from service.uploads.nifti import VolumeInfo
 from worker.contracts import DICOM_INPUT_NAME, SegmentationRequest, new_job_id
 
 __all__ = ["ReferenceParams", "resolve_series", "submit_reference"]

@@ -1,4 +1,4 @@
-"""The queue abstraction with two implementations: RQ (:mod:`service.rq_queue`) and in-process.
+"""The queue abstraction with two implementations: RQ (:mod:`service.queueing.rq_queue`) and in-process.
 
 Both run the same job function, :func:`worker.tasks.run_segmentation`. The in-process queue is
 embedded mode (``latentseg serve`` without Redis): one daemon thread loads the bundle once and
@@ -6,7 +6,7 @@ runs jobs one at a time. torch is imported by that thread when it starts (in the
 lifespan), never by building the app.
 
 Embedded records live in memory, so a restart rebuilds them from the job manifests on storage
-(:meth:`service.jobs.JobService.reconcile_storage`): endings come back as they were and jobs
+(:meth:`service.queueing.jobs.JobService.reconcile_storage`): endings come back as they were and jobs
 that never started are enqueued again. The worker thread marks a job ``started`` in its
 manifest when it claims it; a job that a restart finds still marked so was running when the
 process died (SIGKILL, the OOM killer, a crash), and it ends ``failed`` with
@@ -91,7 +91,7 @@ class JobQueue(Protocol):
 
 
 class RecordAccess(Protocol):
-    """The part of :class:`service.jobs.JobStore` the embedded worker needs."""
+    """The part of :class:`service.queueing.jobs.JobStore` the embedded worker needs."""
 
     def update(self, job_id: str, fields: Mapping[str, Any]) -> bool: ...
 
@@ -103,7 +103,7 @@ class RecordAccess(Protocol):
 class InProcessJobQueue:
     """Embedded mode: a worker thread in the API process, running the same job function.
 
-    ``records`` is the :class:`~service.jobs.MemoryJobStore`; ``runtime_factory()`` loads the
+    ``records`` is the :class:`~service.queueing.jobs.MemoryJobStore`; ``runtime_factory()`` loads the
     bundle once, in the thread. The job timeout and cancellation of a running job work as in
     RQ mode's :mod:`worker.reporting`: a watchdog raises inside the job thread at its next
     Python bytecode (so a long native call finishes first).

@@ -1,4 +1,4 @@
-"""The RQ implementation of :class:`service.queues.JobQueue`.
+"""The RQ implementation of :class:`service.queueing.queues.JobQueue`.
 
 Jobs are enqueued by dotted path (:data:`worker.contracts.TASK_PATH`) with RQ's
 JSONSerializer, so this process never imports the job function (or torch). The RQ job id is
@@ -17,7 +17,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from service.queues import Readiness
+from service.queueing.queues import Readiness
 from worker.contracts import (
     TASK_PATH,
     JobState,

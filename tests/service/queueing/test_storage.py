@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.storage import Storage, UploadTooLarge
+from service.queueing.storage import Storage, UploadTooLarge
 from worker.contracts import new_job_id
 
 

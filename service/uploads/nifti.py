@@ -23,7 +23,7 @@ output or a log:
 Error classes map to HTTP answers: :class:`NotNifti` 415, :class:`MalformedNifti` 422,
 :class:`UploadTooBig` 413. Messages say what is wrong in numbers and never quote header text.
 
-This module runs inside the sandbox subprocess (:mod:`service.upload_sandbox`) so that a native
+This module runs inside the sandbox subprocess (:mod:`service.uploads.upload_sandbox`) so that a native
 crash in decompression or parsing cannot take the API down; it is also imported directly by
 tests and the fuzz harness. It never imports torch.
 """
@@ -95,7 +95,7 @@ class UploadLimits:
     max_voxels: int
     max_decompressed_bytes: int
     reject_nonfinite: bool = False
-    max_dicom_files: int = 10_000  # members of a DICOM series zip (service.dicom_upload)
+    max_dicom_files: int = 10_000  # members of a DICOM series zip (service.uploads.dicom_upload)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The DICOM upload validator: a .zip of one CT series -> a canonical ``input.zip`` of its slices.
 
-:func:`normalize_dicom_upload` runs inside the sandbox subprocess (:mod:`service.upload_sandbox`),
+:func:`normalize_dicom_upload` runs inside the sandbox subprocess (:mod:`service.uploads.upload_sandbox`),
 like the NIfTI validator, so a native crash in inflating or parsing cannot take the API down.
 It is torch-free (pydicom and numpy, through :mod:`model.io.dicom_io`).
 
@@ -17,8 +17,8 @@ It is torch-free (pydicom and numpy, through :mod:`model.io.dicom_io`).
   member names) reaches storage, a worker or a log. The DICOM files themselves are kept byte
   for byte: the DICOM-SEG must copy patient and study attributes from them.
 
-Refusals map to HTTP answers as for NIfTI: :class:`~service.nifti.NotNifti` 415 (not a zip of
-DICOM images), :class:`~service.nifti.UploadTooBig` 413, :class:`~service.nifti.MalformedNifti`
+Refusals map to HTTP answers as for NIfTI: :class:`~service.uploads.nifti.NotNifti` 415 (not a zip of
+DICOM images), :class:`~service.uploads.nifti.UploadTooBig` 413, :class:`~service.uploads.nifti.MalformedNifti`
 422. Messages may quote the client's member names and series descriptions (it is their data);
 the API never logs them.
 """
@@ -30,7 +30,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from service.nifti import MalformedNifti, NotNifti, UploadLimits, UploadRejected, UploadTooBig, VolumeInfo
+from service.uploads.nifti import MalformedNifti, NotNifti, UploadLimits, UploadRejected, UploadTooBig, VolumeInfo
 
 __all__ = ["ZIP_MAGICS", "is_zip_upload", "normalize_dicom_upload"]
 
@@ -61,7 +61,7 @@ def _refusal(message: str) -> UploadRejected:
 def normalize_dicom_upload(src: Path, dst: Path, limits: UploadLimits) -> VolumeInfo:
     """Validate the zip at ``src`` and write the canonical series zip to ``dst`` (module docstring).
 
-    On any refusal ``dst`` is removed and an :class:`~service.nifti.UploadRejected` is raised.
+    On any refusal ``dst`` is removed and an :class:`~service.uploads.nifti.UploadRejected` is raised.
     """
     from model.io.dicom_io import DicomLimits, extract_zip, scan_series
     from model.errors import InputError

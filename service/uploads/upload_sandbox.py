@@ -1,13 +1,13 @@
 """Run the upload validator in a short-lived subprocess, so a native crash cannot take the API down.
 
-The API calls :func:`check_upload`; it starts ``python -m service.upload_sandbox SRC DST LIMITS``
+The API calls :func:`check_upload`; it starts ``python -m service.uploads.upload_sandbox SRC DST LIMITS``
 which lowers its own resource limits (address space, CPU seconds, largest file it may write),
-runs :func:`service.nifti.normalize_upload` (``kind="nifti"``) or
-:func:`service.dicom_upload.normalize_dicom_upload` (``kind="dicom_zip"``), and prints one JSON
+runs :func:`service.uploads.nifti.normalize_upload` (``kind="nifti"``) or
+:func:`service.uploads.dicom_upload.normalize_dicom_upload` (``kind="dicom_zip"``), and prints one JSON
 line. A child that crashes (segfault, out of memory), overruns the wall-clock limit (killed) or
 prints nonsense becomes an :class:`UploadUnchecked` (HTTP 422: the upload could not be checked);
 a child that finds the storage volume full answers so, which becomes
-:class:`service.storage.StorageFull` (HTTP 507). The API process itself only waits on a pipe.
+:class:`service.queueing.storage.StorageFull` (HTTP 507). The API process itself only waits on a pipe.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from service.nifti import MalformedNifti, NotNifti, UploadLimits, UploadRejected, UploadTooBig, VolumeInfo
-from service.storage import StorageFull, is_storage_full
+from service.uploads.nifti import MalformedNifti, NotNifti, UploadLimits, UploadRejected, UploadTooBig, VolumeInfo
+from service.queueing.storage import StorageFull, is_storage_full
 
 __all__ = ["SandboxLimits", "UploadUnchecked", "check_upload", "main"]
 
 _KINDS: dict[str, type[UploadRejected]] = {"not_nifti": NotNifti, "malformed": MalformedNifti, "too_big": UploadTooBig}
-MODULE = "service.upload_sandbox"
+MODULE = "service.uploads.upload_sandbox"
 KINDS = ("nifti", "dicom_zip")
 
 
@@ -62,7 +62,7 @@ async def check_upload(
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-E", "-s", "-m", module, str(src), str(dst), payload,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        env=env, cwd=str(Path(__file__).resolve().parents[1]),
+        env=env, cwd=str(Path(__file__).resolve().parents[2]),
     )
     try:
         stdout, _ = await asyncio.wait_for(proc.communicate(), timeout=sandbox.timeout_s)
@@ -116,9 +116,9 @@ def main(argv: list[str]) -> int:
     overhead = 1024 * 1024 + (256 * limits.max_dicom_files if kind == "dicom_zip" else 0)
     _limit_self(int(config["memory_bytes"]), int(config["cpu_s"]), limits.max_decompressed_bytes + overhead)
     if kind == "dicom_zip":
-        from service.dicom_upload import normalize_dicom_upload as normalize
+        from service.uploads.dicom_upload import normalize_dicom_upload as normalize
     else:
-        from service.nifti import normalize_upload as normalize
+        from service.uploads.nifti import normalize_upload as normalize
 
     try:
         info = normalize(Path(src), Path(dst), limits)

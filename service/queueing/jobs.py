@@ -41,9 +41,9 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from model.errors import UserError
-from service.nifti import VolumeInfo
-from service.queues import JobQueue
-from service.storage import Storage
+from service.uploads.nifti import VolumeInfo
+from service.queueing.queues import JobQueue
+from service.queueing.storage import Storage
 from worker.contracts import (
     MANIFEST_NAME,
     TRANSITION_LUA,

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from service.nifti import MalformedNifti, NotNifti, UploadLimits, UploadTooBig, VolumeInfo, normalize_upload
+from service.uploads.nifti import MalformedNifti, NotNifti, UploadLimits, UploadTooBig, VolumeInfo, normalize_upload
 from tests.conftest import Volume, write_nifti
 
 AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])
