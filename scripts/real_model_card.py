@@ -189,6 +189,23 @@ def stored_experiments(folder: Path, cases: Sequence[str], kind: str = "experime
     return found
 
 
+def folds_of_record(store: Path, cases: Sequence[str], recipe_folds: list[Any]) -> tuple[list[Any], str | None]:
+    """The left-out reports that the floors, the per-case minimum and the paper comparison are read from, and
+    why when they are not the recipe's own folds: ``folds_of_record.json`` (``{"slug": ..., "why": ...}``) names
+    a stored experiment whose folds (``experiment_<slug>_fold_<case>.json``, one for every case the recipe's
+    folds cover) took their place. The recipe's folds stay the reference of the seed, sampling and
+    learning-curve sections, which compare runs of one length."""
+    index = store / "folds_of_record.json"
+    if not index.is_file():
+        return recipe_folds, None
+    doc = json.loads(index.read_text())
+    reports = fold_reports(store, cases, prefix=f"experiment_{doc['slug']}_")
+    wanted, found = sorted(c for f in recipe_folds for c in f.cases), sorted(c for f in reports for c in f.cases)
+    if wanted != found:
+        raise SystemExit(f"{index}: experiment {doc['slug']!r} has left-out reports for {found}, the folds cover {wanted}")
+    return reports, str(doc["why"])
+
+
 def stored_curves(folder: Path, cases: Sequence[str]) -> dict[str, dict[int, list[Any]]]:
     """Runs scored at several training steps (``curves.json`` maps a slug to its label; each snapshot's left-out
     report is ``curve_<slug>_at<step>_fold_<case>.json``): label -> step -> reports."""
@@ -391,6 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     replicates = stored_experiments(store, cases, kind="replicate")
     sweeps = stored_sweeps(store, cases)
     curves = stored_curves(store, cases)
+    record, record_why = folds_of_record(store, cases, folds)
     exclusive_sweeps = stored_sweeps(store, cases, stem="sweep_exclusive")
     unseen = unseen_patient(store, work, {f"v{manifest.version} (shipped)": ("unseen_shipped_ct3slice", args.bundle),
                                           "v0.6 (phantoms only)": ("unseen_v0.6_ct3slice", args.unseen_parent)}, args.reuse)
@@ -454,9 +472,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{sampling['steps']} steps, ensemble {sampling['ensemble']}; prediction = mean > 0.5). These are the only "
         "numbers here that say anything about new patients.",
         "",
-        cs.left_out_table(folds, order),
+        *([f"**Folds of record: {record_why}**", ""] if record_why else []),
+        cs.left_out_table(record, order),
         "",
-        cs.per_case_minimum(folds),
+        cs.per_case_minimum(record),
         "",
         "### What the bundle serves",
         cs.served_table(manifest.validation) if manifest.validation else "_No validation section in this bundle._",
@@ -513,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cs.left_out_review_table({f"v{manifest.version} folds": folds, **replicates, **experiments}),
         "",
         "## Distance from the paper",
-        cs.paper_gap_table(folds),
+        cs.paper_gap_table(record),
         "",
         notes.strip(),
         "",

@@ -104,3 +104,21 @@ def test_unseen_patient_reports_are_read_from_the_store_with_portable_paths(card
     assert list(found) == ["shipped"] and found["shipped"].results[0].target == "liver"
     kept = json.loads((store / "unseen_shipped_ct3slice.json").read_text())  # copied into the store, paths portable
     assert kept["bundle"] == "model/bundles/demo" and kept["data"] == "../shared/data/x"
+
+
+def test_folds_of_record_name_an_experiment_that_replaces_the_recipes_folds(card: ModuleType, tmp_path: Path) -> None:
+    from training.cards import card_sections as cs
+    from training.evaluation.evaluate import read_report
+
+    cases = ["ts_a_torso", "ts_b_upper"]
+    recipe = [read_report(STORED / SEED8.format(c)) for c in cases]
+    assert card.folds_of_record(tmp_path, cases, recipe) == (recipe, None)  # no index: the recipe's folds
+    (tmp_path / "folds_of_record.json").write_text(json.dumps({"slug": "long", "why": "trained longer"}))
+    shutil.copy(STORED / "replicate_seed9_fold_ts_b_upper.json", tmp_path / "experiment_long_fold_ts_b_upper.json")
+    with pytest.raises(SystemExit, match="reports for \\['ts_b_upper_0000'\\]"):  # one fold alone cannot replace two
+        card.folds_of_record(tmp_path, cases, recipe)
+    shutil.copy(STORED / "replicate_seed9_fold_ts_a_torso.json", tmp_path / "experiment_long_fold_ts_a_torso.json")
+    record, why = card.folds_of_record(tmp_path, cases, recipe)
+    assert why == "trained longer" and [r.cases for r in record] == [("ts_a_torso_0000",), ("ts_b_upper_0000",)]
+    liver = {case: v for (case, target), v in cs.dice_of(record).items() if target == "liver"}
+    assert liver == {"ts_a_torso_0000": pytest.approx(0.4758, abs=5e-5), "ts_b_upper_0000": pytest.approx(0.9236, abs=5e-5)}
