@@ -211,6 +211,7 @@ def run_worker(settings: WorkerSettings, *, burst: bool = False, max_jobs: int |
         with stop.idle_wait():
             connection = connect(settings.redis_url)
             connection.ping()
+            log.info("worker: Redis answered; loading the bundle")
             runtime = load_runtime(
                 settings.bundle, settings.storage_dir, settings.device, settings.heartbeat_s,
                 backend=settings.backend, onnx_dir=settings.onnx_dir, memory_budget_mb=settings.worker_memory_mb,

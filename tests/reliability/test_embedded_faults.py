@@ -53,11 +53,13 @@ def test_a_sigkilled_embedded_server_restarts_with_every_accepted_job_in_a_truth
     long_body = make_small_volume(tmp_path / "long.nii.gz", (48, 48, 12)).path.read_bytes()
     server = _embedded(serve, storage, tiny_bundle)
     with httpx.Client(base_url=server.url, timeout=30) as http:
-        # A job that fails on the worker: its input vanishes from storage while it waits.
-        finished = _submit(http, long_body, ensemble=2, steps=20)
+        # A job that fails on the worker: its input vanishes from storage while it waits behind a running job
+        # (long enough that the second upload, checked in a child process, is queued before it ends on a busy CPU).
+        finished = _submit(http, long_body, ensemble=2, steps=100)
+        assert wait_status(http, finished, {"started"} | ENDED, 60)["status"] == "started"
         failed = _submit(http, quick.path.read_bytes(), seed=3)
         (storage / "jobs" / failed / "input.nii").unlink()
-        assert wait_status(http, finished, ENDED, 60)["status"] == "finished"
+        assert wait_status(http, finished, ENDED, 120)["status"] == "finished"
         failed_before = wait_status(http, failed, ENDED, 60)
         # the worker finds the input gone before it opens it ("missing") or while it opens it ("no such file"; the
         # OS's "No such file or directory" when it vanishes between opening the header and reading the voxels)
