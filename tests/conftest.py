@@ -12,6 +12,7 @@ Nothing here is autouse and nothing heavy is imported at module level.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -22,9 +23,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Passive OpenMP waiting for the test process and every server/worker it starts, set before any test
@@ -36,6 +39,15 @@ def pytest_configure(config: pytest.Config) -> None:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LATENTSEG = str(Path(sys.executable).with_name("latentseg"))
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def load_script(name: str) -> ModuleType:
+    """A script of ``scripts/`` (not a package) loaded as a module, so that tests call its functions."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def find_free_port() -> int:

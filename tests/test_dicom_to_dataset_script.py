@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -12,17 +11,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SERIES = REPO.parent / "shared" / "data" / "dicom-ct3slice"
 
 
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("dicom_to_dataset", REPO / "scripts" / "dicom_to_dataset.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("dicom_to_dataset")
 
 
 def _series(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:

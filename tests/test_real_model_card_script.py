@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 STORED = REPO / "docs" / "model_card" / "evaluations" / "0.9.0"
@@ -18,11 +19,7 @@ SEED8 = "replicate_seed8_fold_{}.json"
 
 @pytest.fixture(scope="module")
 def card() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("real_model_card", REPO / "scripts" / "real_model_card.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("real_model_card")
 
 
 def test_stored_experiments_become_labelled_columns(card: ModuleType, tmp_path: Path) -> None:
