@@ -7,7 +7,8 @@
 # DATA_DIR: a dataset folder in nnU-Net v2, MSD or plain layout (AMOS, the TotalSegmentator dataset, your
 # hospital's data: labels are mapped onto the vocabulary by the mapping table or by name); a folder of
 # <case>_image.nii.gz / <case>_label.nii.gz pairs with a labelmap.json is wrapped into the plain layout.
-# The shared MSD spleen case (../shared/data/msd-spleen8) is recognised and wrapped the same way.
+# The shared MSD spleen case (../shared/data/msd-spleen8) is recognised and rebuilt by scripts/msd_spleen8_dataset.py
+# (its header mirrors the patient; the script flips it back and adds both kidneys, annotated for this project).
 #
 # Options:
 #   --out DIR           run folder (default runs/real); every stage resumes from its checkpoints there
@@ -65,6 +66,10 @@ for d in "${DATA[@]}"; do
   if [ -f "$d/dataset.json" ] || [ -f "$d/labelmap.json" ] || [ -f "$d/labelmap.yaml" ]; then
     FOLDERS+=("$(realpath "$d")"); continue
   fi
+  if [ "$(basename "$d")" = msd-spleen8 ]; then
+    .venv/bin/python scripts/msd_spleen8_dataset.py --source "$d" --out "$OUT/data/spleen8k"
+    FOLDERS+=("$(realpath "$OUT/data/spleen8k")"); continue
+  fi
   pairs=("$d"/*_label.nii.gz)
   [ -e "${pairs[0]}" ] || { echo "train_real.sh: $d has no dataset.json, labelmap.json or *_label.nii.gz files" >&2; exit 2; }
   wrapped="$OUT/data/$(basename "$d")"
@@ -75,7 +80,6 @@ for d in "${DATA[@]}"; do
     ln -sf "$(realpath "$label")" "$wrapped/labels/$case_id.nii.gz"
   done
   if [ -f "$d/labelmap.json" ]; then cp "$d/labelmap.json" "$wrapped/"
-  elif [ "$(basename "$d")" = msd-spleen8 ]; then echo '{"name": "msd_task09_spleen", "labels": {"1": "spleen"}}' > "$wrapped/labelmap.json"
   else echo "train_real.sh: $d needs a labelmap.json ({\"name\": ..., \"labels\": {\"1\": \"liver\"}})" >&2; exit 2
   fi
   FOLDERS+=("$(realpath "$wrapped")")

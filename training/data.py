@@ -286,6 +286,36 @@ def target_masks(
     return masks
 
 
+# Organs without a ``side`` in the vocabulary that nonetheless lie on one side of a normal adult body.
+USUAL_SIDE: dict[str, str] = {"liver": "right", "gallbladder": "right", "spleen": "left", "stomach": "left"}
+
+
+def laterality_problems(
+    masks: dict[str, np.ndarray], affine: np.ndarray, midline_x: float | None, vocabulary: Vocabulary,
+    margin_mm: float = 15.0,
+) -> list[str]:
+    """Targets whose labelled voxels lie, on average, more than ``margin_mm`` on the wrong side of the body midline.
+
+    A lateral target's side comes from the vocabulary (``kidney_left``), an unpaired organ's from
+    :data:`USUAL_SIDE` (the liver on the right, the spleen on the left). Every such organ on the wrong side
+    means a file whose header mirrors the patient (or, rarely, situs inversus): trained as it is, it teaches
+    the model a mirrored body.
+    """
+    if midline_x is None:
+        return []
+    problems = []
+    for name, mask in sorted(masks.items()):
+        side = vocabulary.get(name).side or USUAL_SIDE.get(name)
+        if side is None or not mask.any():
+            continue
+        centre = np.argwhere(mask).mean(axis=0)
+        offset = float(affine[0, :3] @ centre + affine[0, 3]) - midline_x  # RAS+: > 0 is the patient's right
+        if (offset < -margin_mm and side == "right") or (offset > margin_mm and side == "left"):
+            problems.append(f"{name} lies {abs(offset):.0f} mm to the patient's {'right' if offset > 0 else 'left'} "
+                            f"of the midline (expected: {side})")
+    return problems
+
+
 # --------------------------------------------------------------------------- cached cases
 @dataclass(frozen=True)
 class PreparedCase:
@@ -344,9 +374,13 @@ def prepare_case(
         raise DatasetFormatError(f"{files.label}: label grid does not match image grid")
     body = body_mask(grid.hu, config).numpy()
     bits = np.zeros(label_grid.shape, dtype=np.uint64)
-    masks = target_masks(
-        np.rint(label_grid).astype(np.int32), grid.affine, label_map, vocabulary, body_midline_x(body, grid.affine)
-    )
+    midline_x = body_midline_x(body, grid.affine)
+    masks = target_masks(np.rint(label_grid).astype(np.int32), grid.affine, label_map, vocabulary, midline_x)
+    problems = laterality_problems(masks, grid.affine, midline_x, vocabulary)
+    if problems:
+        log.warning("%s: %s. Is its left-right axis flipped (a header that mirrors the patient)? Trained as it is, "
+                    "it teaches a mirrored body; fix the files (as scripts/msd_spleen8_dataset.py does)",
+                    files.label, "; ".join(problems))
     for name, mask in masks.items():
         bits |= mask.astype(np.uint64) << np.uint64(vocabulary.get(name).id)
     image = scale_intensity(grid.hu, config).numpy()

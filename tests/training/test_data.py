@@ -21,6 +21,7 @@ from training.data import (
     PatchSampler,
     PreparedCase,
     case_id,
+    laterality_problems,
     prepare_case,
     prepare_sources,
     read_dataset,
@@ -575,3 +576,42 @@ def test_near_miss_negatives_lower_the_positive_rate_near_the_organ() -> None:
             hits += target == liver and mask.max() == 0 and z in sampler.near_slices(case, liver) and image[0].max() >= 0.5
         return hits / 400
     assert near_share(0.5) > near_share(0.0) + 0.15
+
+
+def test_a_mirrored_case_is_reported_and_the_true_one_is_not(
+    tmp_path: Path, msd_phantoms: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A header that mirrors the patient puts the liver on the left and the spleen on the right: say so."""
+    image, label = msd_cases(msd_phantoms)[0]
+    source = read_dataset(msd_phantoms, VOCABULARY)
+    with caplog.at_level("WARNING", logger="training.data"):
+        prepare_case(CaseFiles(image, label), source.label_map, VOCABULARY, PREPROCESS)
+    assert "flipped" not in caplog.text
+    mirrored = []
+    for path in (image, label):
+        nii = nib.load(str(path))
+        out = tmp_path / path.name
+        nib.save(nib.Nifti1Image(np.asarray(nii.dataobj)[::-1].copy(), nii.affine, nii.header), str(out))
+        mirrored.append(out)
+    with caplog.at_level("WARNING", logger="training.data"):
+        prepare_case(CaseFiles(*mirrored), source.label_map, VOCABULARY, PREPROCESS)
+    assert "left-right axis flipped" in caplog.text and label.name in caplog.text
+    for organ, side in (("liver", "right"), ("spleen", "left"), ("kidney_left", "left"), ("kidney_right", "right")):
+        assert f"{organ} lies" in caplog.text and f"(expected: {side})" in caplog.text
+
+
+def test_laterality_problems_reads_world_x_through_the_affine() -> None:
+    """An LPS-like affine (x growing to the patient's left) flips what 'right' means in voxel terms."""
+    mask = np.zeros((40, 8, 8), bool)
+    mask[2:8] = True  # low voxel x
+    ras = np.diag([1.0, 1.0, 1.0, 1.0])
+    lps = np.diag([-1.0, 1.0, 1.0, 1.0])
+    # RAS+: low x is the patient's left, where the spleen belongs and the liver does not.
+    assert laterality_problems({"spleen": mask}, ras, 30.0, VOCABULARY) == []
+    assert "liver lies" in laterality_problems({"liver": mask}, ras, 30.0, VOCABULARY)[0]
+    # Under the negated x axis the same voxels are on the patient's right (world x -2..-7 vs midline -30).
+    assert laterality_problems({"liver": mask}, lps, -30.0, VOCABULARY) == []
+    assert "(expected: left)" in laterality_problems({"spleen": mask}, lps, -30.0, VOCABULARY)[0]
+    # Near the midline (within the margin) nothing is said; unsided organs are never checked.
+    assert laterality_problems({"spleen": mask}, ras, 0.0, VOCABULARY) == []
+    assert laterality_problems({"aorta": mask}, ras, 30.0, VOCABULARY) == []
