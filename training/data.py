@@ -37,7 +37,7 @@ import yaml
 from model.bundle.config import PreprocessConfig
 from model.errors import UserError
 from model.inference.preprocessing import Volume, body_mask, context_offsets, load_nifti, scale_intensity, to_model_grid
-from model.targets.vocabulary import DatasetLabelMap, UnknownDatasetError, Vocabulary
+from model.targets.vocabulary import DatasetLabelMap, UnknownDatasetError, Vocabulary, usual_side
 from training.augmentation.contrast_phase import ContrastPhaseAugmenter
 
 log = logging.getLogger(__name__)
@@ -286,10 +286,6 @@ def target_masks(
     return masks
 
 
-# Organs without a ``side`` in the vocabulary that nonetheless lie on one side of a normal adult body.
-USUAL_SIDE: dict[str, str] = {"liver": "right", "gallbladder": "right", "spleen": "left", "stomach": "left"}
-
-
 def laterality_problems(
     masks: dict[str, np.ndarray], affine: np.ndarray, midline_x: float | None, vocabulary: Vocabulary,
     margin_mm: float = 15.0,
@@ -297,7 +293,7 @@ def laterality_problems(
     """Targets whose labelled voxels lie, on average, more than ``margin_mm`` on the wrong side of the body midline.
 
     A lateral target's side comes from the vocabulary (``kidney_left``), an unpaired organ's from
-    :data:`USUAL_SIDE` (the liver on the right, the spleen on the left). Every such organ on the wrong side
+    :func:`model.targets.vocabulary.usual_side` (the liver on the right, the spleen on the left). Every such organ on the wrong side
     means a file whose header mirrors the patient (or, rarely, situs inversus): trained as it is, it teaches
     the model a mirrored body.
     """
@@ -305,7 +301,7 @@ def laterality_problems(
         return []
     problems = []
     for name, mask in sorted(masks.items()):
-        side = vocabulary.get(name).side or USUAL_SIDE.get(name)
+        side = vocabulary.get(name).side or usual_side(name)
         if side is None or not mask.any():
             continue
         centre = np.argwhere(mask).mean(axis=0)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from model.targets.vocabulary import SizePrior, Target, size_prior
+from model.targets.vocabulary import SizePrior, Target, size_prior, usual_side
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -56,6 +56,8 @@ SCHEMA_VERSION = 1
 STATISTICS_FILE = "statistics.json"
 MASK_THRESHOLD = 0.5
 _FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+BODY_HU = -500.0  # the body is what is denser than this (the bundles' preprocess.body_threshold_hu)
+SIDE_MARGIN_MM = 15.0  # a sided organ's centre this far on the wrong side of the body's centre is flagged
 _DIRECTIONS = (("left", "right"), ("posterior", "anterior"), ("inferior", "superior"))  # RAS: (-, +)
 UNITS: Mapping[str, str] = {
     "volume_ml": "millilitre (1 ml = 1000 mm³)",
@@ -65,6 +67,7 @@ UNITS: Mapping[str, str] = {
     "bbox_ras_mm": "millimetre, patient RAS+",
     "bbox_lps_mm": "millimetre, patient LPS+",
     "axial_extent_mm": "millimetre along the patient's S axis",
+    "midline_offset_mm": "millimetre along the patient's R axis, from the body's centre",
     "voxel_count": "voxels of the input grid",
     "quality.high_variance_share": "fraction of the mask's voxels",
     "quality.volume_cv": "sd / mean of the ensemble volumes",
@@ -122,6 +125,24 @@ class ReviewPolicy:
     min_pairwise_dice: float = 0.755
     high_variance: float = 0.05  # a voxel's variance above this counts as uncertain (quality.high_variance_share)
     size_priors: bool = True
+
+
+def _centre_ijk(mask: np.ndarray) -> np.ndarray:
+    """The mean voxel index of a non-empty boolean mask, from per-axis counts (no index list)."""
+    total = float(mask.sum())
+    return np.array([float(mask.sum(axis=tuple(a for a in range(3) if a != axis)) @ np.arange(mask.shape[axis]))
+                     for axis in range(3)]) / total
+
+
+def midline_offset_mm(mask: np.ndarray, box: tuple[slice, ...], hu: np.ndarray, affine: np.ndarray) -> float | None:
+    """RAS x (mm) of the mask's centre minus the body's (HU > :data:`BODY_HU`): > 0 on the patient's right."""
+    body = np.asarray(hu) > BODY_HU
+    if not body.any():
+        return None
+    crop = mask[box]
+    mask_ijk = _centre_ijk(crop) + np.array([s.start for s in box], np.float64)
+    row = np.asarray(affine, np.float64)[0, :3]
+    return float(row @ mask_ijk - row @ _centre_ijk(body))
 
 
 def _voxel_ml(affine: np.ndarray) -> float:
@@ -209,7 +230,7 @@ def target_statistics(
     quality: dict[str, Any] = {"pairwise_dice": None, "high_variance_share": None, "volume_cv": None}
     if box is None:
         entry.update(hu_mean=None, hu_sd=None, bbox_ras_mm=None, bbox_lps_mm=None, axial_extent_mm=None,
-                     connected_components=0, touches_edge=False, edges_touched=[])
+                     midline_offset_mm=None, connected_components=0, touches_edge=False, edges_touched=[])
     else:
         crop = mask[box]
         count = int(crop.sum())
@@ -218,10 +239,11 @@ def target_statistics(
         lps_hi = np.array([-lo[0], -lo[1], hi[2]])
         _, components = ndimage.label(crop, structure=_FULL_CONNECTIVITY)
         edges = _edges_touched(mask, affine)
-        hu_mean = hu_sd = None
+        hu_mean = hu_sd = offset = None
         if hu is not None:
             inside = np.asarray(hu[box], np.float64)[crop]
             hu_mean, hu_sd = float(inside.mean()), float(inside.std())
+            offset = midline_offset_mm(mask, box, hu, affine)
         entry.update(
             voxel_count=count,
             volume_ml=_round(count * voxel_ml, 3),
@@ -230,6 +252,7 @@ def target_statistics(
             bbox_ras_mm={"min": [_round(v, 1) for v in lo], "max": [_round(v, 1) for v in hi]},
             bbox_lps_mm={"min": [_round(v, 1) for v in lps_lo], "max": [_round(v, 1) for v in lps_hi]},
             axial_extent_mm=_round(float(hi[2] - lo[2]), 1),
+            midline_offset_mm=_round(offset, 1),
             connected_components=int(components),
             touches_edge=bool(edges),
             edges_touched=edges,
@@ -245,7 +268,7 @@ def target_statistics(
     entry["quality"] = quality
     prior = size_prior(name) if policy.size_priors else None
     entry["typical_volume_ml"] = None if prior is None else [prior.low_ml, prior.high_ml]
-    reasons = review_reasons(entry, prior, policy)
+    reasons = review_reasons(entry, prior, policy, usual_side(name))
     entry["needs_review"] = bool(reasons)
     entry["review_reason"] = "; ".join(reasons) or None
     return entry
@@ -257,8 +280,12 @@ def above_typical_volume(target: str, volume_ml: float | None) -> bool:
     return prior is not None and volume_ml is not None and volume_ml > prior.high_ml
 
 
-def review_reasons(entry: Mapping[str, Any], prior: SizePrior | None, policy: ReviewPolicy) -> list[str]:
-    """Why one target's entry needs a human look (empty: it does not)."""
+def review_reasons(
+    entry: Mapping[str, Any], prior: SizePrior | None, policy: ReviewPolicy, side: str | None = None
+) -> list[str]:
+    """Why one target's entry needs a human look (empty: it does not). ``side``: where the organ belongs
+    (:func:`model.targets.vocabulary.usual_side`); a mask whose centre lies over :data:`SIDE_MARGIN_MM` on the
+    other side of the body's centre is flagged (a mask on the wrong organ, or a header that mirrors the patient)."""
     reasons = []
     volume = float(entry["volume_ml"])
     if entry["voxel_count"] == 0:
@@ -268,6 +295,11 @@ def review_reasons(entry: Mapping[str, Any], prior: SizePrior | None, policy: Re
     elif prior is not None and volume > prior.high_ml:
         reasons.append(f"{volume:.0f} ml is above the typical {prior.low_ml:g}-{prior.high_ml:g} ml "
                        "(an enlarged organ, or a mask spilled onto its neighbours)")
+    offset = entry.get("midline_offset_mm")
+    if side is not None and offset is not None and (offset if side == "left" else -offset) > SIDE_MARGIN_MM:
+        reasons.append(f"its centre lies {abs(offset):.0f} mm to the patient's {'right' if offset > 0 else 'left'} of "
+                       f"the body's, where it belongs on the {side} (a mask on the wrong organ, or a scan whose "
+                       "header mirrors the patient)")
     dice = entry["quality"]["pairwise_dice"]
     if dice is not None and entry["voxel_count"] > 0 and dice < policy.min_pairwise_dice:
         reasons.append(f"ensemble members disagree (pairwise Dice {dice:.2f} < {policy.min_pairwise_dice:g})")

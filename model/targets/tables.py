@@ -188,6 +188,11 @@ DATASETS: tuple[tuple[object, ...], ...] = (
 )
 
 
+# The side of the body that an unpaired organ lies on in a normal adult (paired targets carry their ``side``).
+# Like the size priors, not part of a Target. Used to spot files whose header mirrors the patient: training
+# warns about such a case (training.data.laterality_problems), the review flag names such a mask.
+USUAL_SIDES: dict[str, str] = {"liver": "right", "gallbladder": "right", "spleen": "left", "stomach": "left"}
+
 # Typical adult volumes (rough literature ranges), for the review flag's "implausibly small"
 # check (model.inference.statistics). Not part of a Target: the vocabulary's hash, which every bundle
 # records, does not cover them. A mask below ``low_ml`` that does not touch the volume's edge is

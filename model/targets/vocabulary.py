@@ -76,6 +76,7 @@ __all__ = [
     "default_vocabulary",
     "normalise_name",
     "size_prior",
+    "usual_side",
 ]
 
 FORMAT = "latentseg.vocabulary"
@@ -539,3 +540,14 @@ _SIZE_PRIORS: Mapping[str, SizePrior] = MappingProxyType(
 def size_prior(name: str) -> SizePrior | None:
     """Typical adult volume of target ``name`` (None for lesions and structures without a range)."""
     return _SIZE_PRIORS.get(name)
+
+
+_USUAL_SIDES: Mapping[str, str] = MappingProxyType(
+    {**tables.USUAL_SIDES, **{t.name: t.side for t in _DEFAULT_TARGETS if t.side is not None}}
+)
+
+
+def usual_side(name: str) -> str | None:
+    """The patient's side ("left"/"right") target ``name`` lies on in a normal adult; None for midline or
+    both-sided structures. Paired targets give their own side, unpaired organs ``tables.USUAL_SIDES``."""
+    return _USUAL_SIDES.get(name)

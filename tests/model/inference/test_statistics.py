@@ -54,7 +54,8 @@ def _agreeing(volume_voxels: int, ensemble: int = 3) -> MemberSummary:
     return MemberSummary.from_counts([volume_voxels] * ensemble, [[volume_voxels] * ensemble] * ensemble, MODEL_MM ** 3 / 1000)
 
 
-LIVER_BOX = (slice(5, 45), slice(10, 50), slice(20, 60))  # 40 x 40 x 40 voxels of 27 mm^3 = 1728 ml; touches the top
+LIVER_BOX = (slice(20, 60), slice(10, 50), slice(20, 60))  # 40 x 40 x 40 voxels of 27 mm^3 = 1728 ml; touches the top
+# (RAS model grid: x 20-60 of 64 is the patient's right, where a liver belongs)
 KIDNEY_A = (slice(48, 56), slice(20, 28), slice(5, 17))  # 8 x 8 x 12 = 768 voxels
 KIDNEY_B = (slice(48, 56), slice(40, 48), slice(5, 17))  # a second, separate piece
 
@@ -95,6 +96,27 @@ def test_known_volumes_hu_box_and_components_through_write_prediction(tmp_path: 
     line = summary_line(doc)
     assert "liver 1728 ml" in line and "spleen (empty mask)" in line.split("REVIEW:")[1]
     assert kidney["needs_review"] and "below the typical" in kidney["review_reason"]  # 41 ml, two pieces
+
+
+def test_review_flag_names_an_organ_on_the_wrong_side() -> None:
+    """The liver's centre on the patient's left (or a mirrored header) is flagged; on the right it is not."""
+    affine = np.diag([-2.0, 2.0, 2.0, 1.0])  # LPS-like: voxel x grows toward the patient's left
+    hu = np.full((80, 60, 40), -1000.0, np.float32)
+    hu[10:70, 5:55, :] = 40.0  # the body, centred at voxel x 39.5
+    liver = np.zeros(hu.shape, np.float32)
+    liver[12:36, 10:50, 5:35] = 0.9  # low voxel x: the patient's right under this affine
+    right = target_statistics(VOCAB.get("liver"), liver, None, hu, affine, _agreeing(28800))
+    assert right["midline_offset_mm"] == pytest.approx((39.5 - 23.5) * 2.0, abs=0.1)
+    assert "wrong" not in (right["review_reason"] or "")
+    mirrored = target_statistics(VOCAB.get("liver"), liver[::-1].copy(), None, hu, affine, _agreeing(28800))
+    assert mirrored["midline_offset_mm"] == pytest.approx(-32.0, abs=0.1)
+    assert mirrored["needs_review"] and "to the patient's left of the body's, where it belongs on the right" in mirrored["review_reason"]
+    # Paired organs by their name; midline structures never; no CT, no offset.
+    kidney = target_statistics(VOCAB.get("kidney_left"), liver, None, hu, affine, _agreeing(28800))
+    assert "belongs on the left" in kidney["review_reason"]
+    aorta = target_statistics(VOCAB.get("aorta"), liver, None, hu, affine, _agreeing(28800))
+    assert "belongs" not in (aorta["review_reason"] or "")
+    assert target_statistics(VOCAB.get("liver"), liver[::-1].copy(), None, None, affine)["midline_offset_mm"] is None
 
 
 def test_review_flag_small_organ_and_disagreeing_members() -> None:
