@@ -394,8 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with_phantoms = [f for f in folds if any(f.cases == n.cases for n in nophantom)]
     shipped_ts = evaluate_once(store, work, "shipped_ts", args.bundle, ts, None, args.reuse)
     spleen = None
-    spleen_dir = next((args.runs / "data" / n for n in ("msd-spleen8", "spleen8")
-                       if (args.runs / "data" / n / "labelmap.json").is_file()), args.runs / "data" / "msd-spleen8")
+    # spleen8k: the case as scripts/msd_spleen8_dataset.py rebuilds it (left-right fixed, kidneys annotated)
+    spleen_dir = next((args.runs / "data" / n for n in ("spleen8k", "msd-spleen8", "spleen8")
+                       if (args.runs / "data" / n / "labelmap.json").is_file()), args.runs / "data" / "spleen8k")
     if (spleen_dir / "labelmap.json").is_file() or (store / "shipped_spleen8.json").is_file():
         spleen = evaluate_once(store, work, "shipped_spleen8", args.bundle, spleen_dir, None, args.reuse)
     phantoms_dir = work / "heldout_phantoms"
@@ -430,7 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "predicting z0 with learned variance), CPU-sized so that it ships in the repository and runs on a laptop, "
         "trained on real labelled CT (v0.7: the phantom-trained demo bundle v0.6 fine-tuned for 2675 steps; v0.8: v0.7 "
         "trained 6000 steps more on the same data; v0.9: v0.8 trained 6000 steps more with contrast-phase "
-        "augmentation, training/augmentation/contrast_phase.py). Per requested target it returns "
+        "augmentation, training/augmentation/contrast_phase.py; v0.10: v0.9 trained 6000 steps more with the MSD "
+        "spleen case flipped back to its true orientation and both of its kidneys annotated, "
+        "scripts/msd_spleen8_dataset.py). Per requested target it returns "
         "an ensemble-mean probability mask and an ensemble-variance mask.",
         "",
         f"- Trained targets: {', '.join(f'`{t}`' for t in manifest.trained_targets)}",
@@ -451,9 +454,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         *(f"- `{d}`" for d in prov.get("data", [])),
         f"- Datasets: {', '.join(prov.get('datasets', []))}; augmentation: {'on' if prov.get('augment') else 'off'}",
         "- `ts-examples` (TotalSegmentator examples: 2 real contrast CT, labels from TotalSegmentator; Apache-2.0 / "
-        "CC BY 4.0, Wasserthal et al. 2023), `msd-spleen8` (MSD Task09 spleen_8, manual spleen label; CC BY-SA 4.0), "
+        "CC BY 4.0, Wasserthal et al. 2023), `msd-spleen8` (MSD Task09 spleen_8, manual spleen label; CC BY-SA 4.0; "
+        "from v0.10 flipped back left-right, its header mirrored the patient, with both kidneys annotated by eye for "
+        "this project: `scripts/msd_spleen8_dataset.py`), "
         "and procedural phantoms (`latentseg phantoms --cases 12 --seed 1000`) at a low sampling weight. Partial "
-        "labels stay partial: the spleen case trains the spleen only.",
+        "labels stay partial: the spleen case trains the spleen and the kidneys only.",
         "",
         "## How it was trained",
         "`scripts/train_real.sh` (see the README for the command) with `--steps 6000 --fold-steps 6000 --parallel`: "
@@ -516,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "## The shipped bundle on every real case (training data: fit, not generalisation)",
         cs.summary_table(shipped_ts),
         "",
-        *( ["MSD spleen_8:", "", cs.summary_table(spleen), ""] if spleen is not None else []),
+        *( ["MSD spleen_8 (as scripts/msd_spleen8_dataset.py rebuilds it: left-right fixed, spleen manual, kidneys annotated for this project):", "", cs.summary_table(spleen), ""] if spleen is not None else []),
         "## Held-out phantoms (secondary check)",
         f"{args.phantom_cases} new phantoms (seed 9000):",
         "",
