@@ -360,8 +360,10 @@ def review_flag_section(document: Mapping[str, Any]) -> str:
     lines += [
         "",
         f"Shipped rule (`model.inference.statistics.ReviewPolicy`): flag an empty mask, a mask below its organ's typical "
-        f"volume (`model.targets.vocabulary.size_prior`) that does not touch the volume's edge, a mask above it, or members' "
-        f"pairwise Dice "
+        f"volume (`model.targets.vocabulary.size_prior`) that does not touch the volume's edge, a mask above it, a sided "
+        f"organ whose centre lies over 15 mm on the wrong side of the body's (`model.targets.vocabulary.usual_side`: a mask "
+        f"on the wrong organ, or a header that mirrors the patient; not in the rates below, whose stored rows carry no "
+        f"position), or members' pairwise Dice "
         f"< {policy['min_pairwise_dice']:g}.",
         "",
         "| cases | rows (organ present / absent) | Dice < 0.7 flagged | Dice ≥ 0.7 flagged (false alarm) "
