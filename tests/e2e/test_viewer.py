@@ -25,6 +25,7 @@ import httpx
 import numpy as np
 import pytest
 
+from model.bundle.manifest import read_manifest
 from service.auth import hash_api_key
 from tests.conftest import REPO_ROOT, Process, trained_demo_bundle
 from tests.e2e.flow import poll, submit
@@ -165,11 +166,12 @@ def test_viewer_shows_a_finished_job(start_server: Callable[..., Process], tmp_p
 
             # The target list offers what this bundle serves; the rest only on request, greyed, with the reason.
             assert page.is_visible("input[name=target][value=liver]")
-            assert not page.is_visible("input[name=target][value=kidney_left]")
+            unserved = next(t for t in read_manifest(bundle).trained_targets if t not in read_manifest(bundle).served_targets)
+            assert not page.is_visible(f"input[name=target][value={unserved}]")
             page.check("#show-unserved")
-            assert page.is_visible("input[name=target][value=kidney_left]")
-            assert page.is_disabled("input[name=target][value=kidney_left]")
-            reason = page.locator("#target-list label:has(input[value=kidney_left])").inner_text()
+            assert page.is_visible(f"input[name=target][value={unserved}]")
+            assert page.is_disabled(f"input[name=target][value={unserved}]")
+            reason = page.locator(f"#target-list label:has(input[value={unserved}])").inner_text()
             assert "not served" in reason and "Dice" in reason, reason
 
             assert errors == []
