@@ -37,6 +37,7 @@ import yaml
 from model.bundle.config import PreprocessConfig
 from model.errors import UserError
 from model.inference.preprocessing import Volume, body_mask, context_offsets, load_nifti, scale_intensity, to_model_grid
+from model.inference.statistics import on_wrong_side
 from model.targets.vocabulary import DatasetLabelMap, UnknownDatasetError, Vocabulary, usual_side
 from training.augmentation.contrast_phase import ContrastPhaseAugmenter
 
@@ -287,10 +288,10 @@ def target_masks(
 
 
 def laterality_problems(
-    masks: dict[str, np.ndarray], affine: np.ndarray, midline_x: float | None, vocabulary: Vocabulary,
-    margin_mm: float = 15.0,
+    masks: dict[str, np.ndarray], affine: np.ndarray, midline_x: float | None, vocabulary: Vocabulary
 ) -> list[str]:
-    """Targets whose labelled voxels lie, on average, more than ``margin_mm`` on the wrong side of the body midline.
+    """Targets whose labelled voxels lie, on average, on the wrong side of the body midline (by the review flag's
+    rule, :func:`model.inference.statistics.on_wrong_side`).
 
     A lateral target's side comes from the vocabulary (``kidney_left``), an unpaired organ's from
     :func:`model.targets.vocabulary.usual_side` (the liver on the right, the spleen on the left). Every such organ on the wrong side
@@ -306,7 +307,7 @@ def laterality_problems(
             continue
         centre = np.argwhere(mask).mean(axis=0)
         offset = float(affine[0, :3] @ centre + affine[0, 3]) - midline_x  # RAS+: > 0 is the patient's right
-        if (offset < -margin_mm and side == "right") or (offset > margin_mm and side == "left"):
+        if on_wrong_side(side, offset):
             problems.append(f"{name} lies {abs(offset):.0f} mm to the patient's {'right' if offset > 0 else 'left'} "
                             f"of the midline (expected: {side})")
     return problems

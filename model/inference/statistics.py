@@ -134,15 +134,26 @@ def _centre_ijk(mask: np.ndarray) -> np.ndarray:
                      for axis in range(3)]) / total
 
 
-def midline_offset_mm(mask: np.ndarray, box: tuple[slice, ...], hu: np.ndarray, affine: np.ndarray) -> float | None:
-    """RAS x (mm) of the mask's centre minus the body's (HU > :data:`BODY_HU`): > 0 on the patient's right."""
+def body_centre_x(hu: np.ndarray, affine: np.ndarray) -> float | None:
+    """RAS x (mm) of the body's centre (CT > :data:`BODY_HU`), the sagittal midline; None without body."""
     body = np.asarray(hu) > BODY_HU
     if not body.any():
         return None
-    crop = mask[box]
-    mask_ijk = _centre_ijk(crop) + np.array([s.start for s in box], np.float64)
-    row = np.asarray(affine, np.float64)[0, :3]
-    return float(row @ mask_ijk - row @ _centre_ijk(body))
+    return float(np.asarray(affine, np.float64)[0, :3] @ _centre_ijk(body) + affine[0, 3])
+
+
+def on_wrong_side(side: str | None, offset_mm: float | None) -> bool:
+    """True when a structure that belongs on ``side`` has its centre more than :data:`SIDE_MARGIN_MM` on the other
+    side of the midline (``offset_mm``: RAS x from the midline, > 0 on the patient's right)."""
+    if side is None or offset_mm is None:
+        return False
+    return (offset_mm if side == "left" else -offset_mm) > SIDE_MARGIN_MM
+
+
+def _midline_offset_mm(mask: np.ndarray, box: tuple[slice, ...], affine: np.ndarray, body_x: float) -> float:
+    """RAS x (mm) of the mask's centre minus the body's: > 0 on the patient's right."""
+    mask_ijk = _centre_ijk(mask[box]) + np.array([s.start for s in box], np.float64)
+    return float(np.asarray(affine, np.float64)[0, :3] @ mask_ijk + affine[0, 3]) - body_x
 
 
 def _voxel_ml(affine: np.ndarray) -> float:
@@ -213,11 +224,13 @@ def target_statistics(
     affine: np.ndarray,
     members: MemberSummary | None = None,
     policy: ReviewPolicy = ReviewPolicy(),
+    body_x: float | None = None,
 ) -> dict[str, Any]:
     """One target's entry of ``statistics.json`` (keys and units: docs/statistics.md).
 
     mean, variance, hu: (I, J, K) arrays on the same grid as ``affine`` (the input's);
-    ``hu`` None leaves the HU keys null. Raises ValueError on mismatched shapes.
+    ``hu`` None leaves the HU keys null. ``body_x``: :func:`body_centre_x` of ``hu``, when the caller has it
+    for several targets of one volume (computed here otherwise). Raises ValueError on mismatched shapes.
     """
     name = target if isinstance(target, str) else target.name
     for label, array in (("variance", variance), ("hu", hu)):
@@ -243,7 +256,8 @@ def target_statistics(
         if hu is not None:
             inside = np.asarray(hu[box], np.float64)[crop]
             hu_mean, hu_sd = float(inside.mean()), float(inside.std())
-            offset = midline_offset_mm(mask, box, hu, affine)
+            body_x = body_centre_x(hu, affine) if body_x is None else body_x
+            offset = None if body_x is None else _midline_offset_mm(mask, box, affine, body_x)
         entry.update(
             voxel_count=count,
             volume_ml=_round(count * voxel_ml, 3),
@@ -296,7 +310,7 @@ def review_reasons(
         reasons.append(f"{volume:.0f} ml is above the typical {prior.low_ml:g}-{prior.high_ml:g} ml "
                        "(an enlarged organ, or a mask spilled onto its neighbours)")
     offset = entry.get("midline_offset_mm")
-    if side is not None and offset is not None and (offset if side == "left" else -offset) > SIDE_MARGIN_MM:
+    if on_wrong_side(side, offset):
         reasons.append(f"its centre lies {abs(offset):.0f} mm to the patient's {'right' if offset > 0 else 'left'} of "
                        f"the body's, where it belongs on the {side} (a mask on the wrong organ, or a scan whose "
                        "header mirrors the patient)")
@@ -378,9 +392,11 @@ class StatisticsWriter:
         self.policy = policy
         self.ensemble = ensemble
         self.targets: dict[str, dict[str, Any]] = {}
+        self.body_x = None if hu is None else body_centre_x(hu, self.affine)  # once per job, not per target
 
     def add(self, target: Target, mean: np.ndarray, variance: np.ndarray | None, members: MemberSummary | None) -> None:
-        self.targets[target.name] = target_statistics(target, mean, variance, self.hu, self.affine, members, self.policy)
+        self.targets[target.name] = target_statistics(target, mean, variance, self.hu, self.affine, members, self.policy,
+                                                      self.body_x)
 
     def document(self) -> dict[str, Any]:
         return job_statistics(self.targets, self.affine, self.shape, policy=self.policy, ensemble=self.ensemble)

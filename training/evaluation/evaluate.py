@@ -50,7 +50,7 @@ from scipy import ndimage
 from model.bundle.loaded import LoadedBundle
 from model.bundle.manifest import resolve_sampling
 from model.inference.pipeline import SegmentationOptions, segment_volume
-from model.inference.statistics import MemberSummary, ReviewPolicy, target_statistics
+from model.inference.statistics import MemberSummary, ReviewPolicy, body_centre_x, target_statistics
 from model.inference.preprocessing import load_nifti
 from training.data import read_dataset, select_cases, target_masks
 
@@ -374,12 +374,14 @@ def evaluate_case_targets(
     """Metrics for each target in ``means`` against ``truths`` (same grid); with ``affine`` also the
     review scores of :mod:`model.inference.statistics` (``members``: the ensemble's per-member counts)."""
     results = []
+    body_x = None if hu is None or affine is None else body_centre_x(hu, affine)  # once per case
     for target, mean in means.items():
         truth = truths[target].astype(bool)
         pred = mean > 0.5
         review_fields: dict[str, Any] = {}
         if affine is not None:
-            entry = target_statistics(target, mean, variances[target], hu, affine, (members or {}).get(target), review)
+            entry = target_statistics(target, mean, variances[target], hu, affine, (members or {}).get(target), review,
+                                      body_x)
             quality = entry["quality"]
             review_fields = {
                 "pred_volume_ml": entry["volume_ml"], "pairwise_dice": quality["pairwise_dice"],
