@@ -166,7 +166,8 @@ def test_viewer_shows_a_finished_job(start_server: Callable[..., Process], tmp_p
 
             # The target list offers what this bundle serves; the rest only on request, greyed, with the reason.
             assert page.is_visible("input[name=target][value=liver]")
-            unserved = next(t for t in read_manifest(bundle).trained_targets if t not in read_manifest(bundle).served_targets)
+            manifest = read_manifest(bundle)
+            unserved = next(t for t in manifest.trained_targets if t not in manifest.served_targets)
             assert not page.is_visible(f"input[name=target][value={unserved}]")
             page.check("#show-unserved")
             assert page.is_visible(f"input[name=target][value={unserved}]")
