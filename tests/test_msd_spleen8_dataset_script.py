@@ -1,5 +1,5 @@
-"""scripts/msd_spleen8_dataset.py: the shared MSD spleen case rebuilt with its left-right axis corrected and both
-kidneys annotated, as a plain dataset folder that training reads without a laterality warning."""
+"""scripts/msd_spleen8_dataset.py: the shared MSD spleen case rebuilt with its left-right axis corrected and five
+organs labelled, as a plain dataset folder that training reads without a laterality warning."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_rebuilt_case_has_the_organs_on_their_sides(script: ModuleType, tmp_path
                                                     caplog: pytest.LogCaptureFixture) -> None:
     out = script.build(SOURCE, tmp_path / "spleen8k")
     meta = json.loads((out / "labelmap.json").read_text())
-    assert meta["labels"] == {"1": "spleen", "2": "kidney_right", "3": "kidney_left"}
+    assert meta["labels"] == {"1": "spleen", "2": "kidney_left", "3": "liver", "4": "aorta", "5": "stomach"}
     assert (out / "LICENSE.txt").read_text() == (SOURCE / "license.txt").read_text()
     source_image = np.asarray(nib.load(str(SOURCE / "spleen_8_image.nii.gz")).dataobj)
     image = nib.load(str(out / "images" / "spleen_8.nii.gz"))
@@ -53,18 +53,25 @@ def test_rebuilt_case_has_the_organs_on_their_sides(script: ModuleType, tmp_path
         ijk = np.argwhere(labels == value)
         return float(label_nii.affine[0, :3] @ ijk.mean(axis=0) + label_nii.affine[0, 3]) - midline, len(ijk) * ml
 
-    spleen_x, _ = side_and_volume(1)
-    right_x, right_ml = side_and_volume(2)
-    left_x, left_ml = side_and_volume(3)
-    assert spleen_x < -50 and left_x < -30 and right_x > 30  # RAS+: the patient's right is +x
-    assert 100 < right_ml < 400 and 100 < left_ml < 400
+    spleen_x, spleen_ml = side_and_volume(1)
+    kidney_x, kidney_ml = side_and_volume(2)
+    liver_x, liver_ml = side_and_volume(3)
+    aorta_x, aorta_ml = side_and_volume(4)
+    stomach_x, stomach_ml = side_and_volume(5)
+    # RAS+: the patient's right is +x. The aorta runs just left of the midline.
+    assert spleen_x < -50 and kidney_x < -30 and stomach_x < -30 and liver_x > 30 and -30 < aorta_x < 0
+    assert 100 < kidney_ml < 400 and 1200 < liver_ml < 3500 and 30 < aorta_ml < 250 and 50 < stomach_ml < 600
+    # The aorta is enhanced blood, not the bone it lies on, and brighter than the liver parenchyma.
+    image_ras = np.asarray(nib.as_closest_canonical(image).dataobj)
+    assert 120 < float(np.median(image_ras[labels == 4])) < 400
+    assert float(np.median(image_ras[labels == 3])) < float(np.median(image_ras[labels == 4]))
     # Training reads it as a plain dataset and finds nothing on the wrong side.
     vocabulary = default_vocabulary()
     source = read_dataset(out, vocabulary)
     with caplog.at_level(logging.WARNING, logger="training.data"):
         case = prepare_case(source.cases[0], source.label_map, vocabulary, tiny_config().preprocess)
     assert "flipped" not in caplog.text
-    assert set(case.present()) == {vocabulary.get(n).id for n in ("spleen", "kidney_right", "kidney_left")}
+    assert set(case.present()) == {vocabulary.get(n).id for n in ("spleen", "kidney_left", "liver", "aorta", "stomach")}
     # ... whereas the source file as it is shipped is reported as mirrored.
     with caplog.at_level(logging.WARNING, logger="training.data"):
         prepare_case(CaseFiles(SOURCE / "spleen_8_image.nii.gz", SOURCE / "spleen_8_label.nii.gz"),
