@@ -8,7 +8,8 @@
 # hospital's data: labels are mapped onto the vocabulary by the mapping table or by name); a folder of
 # <case>_image.nii.gz / <case>_label.nii.gz pairs with a labelmap.json is wrapped into the plain layout.
 # The shared MSD spleen case (../shared/data/msd-spleen8) is recognised and rebuilt by scripts/msd_spleen8_dataset.py
-# (its header mirrors the patient; the script flips it back and adds both kidneys, annotated for this project).
+# (its header mirrors the patient; the script flips it back and adds the left kidney, liver, aorta and stomach,
+# annotated for this project).
 #
 # Options:
 #   --out DIR           run folder (default runs/real); every stage resumes from its checkpoints there
