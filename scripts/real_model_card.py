@@ -394,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with_phantoms = [f for f in folds if any(f.cases == n.cases for n in nophantom)]
     shipped_ts = evaluate_once(store, work, "shipped_ts", args.bundle, ts, None, args.reuse)
     spleen = None
-    # spleen8k: the case as scripts/msd_spleen8_dataset.py rebuilds it (left-right fixed, kidneys annotated)
+    # spleen8k: the case as scripts/msd_spleen8_dataset.py rebuilds it (left-right fixed, five organs labelled)
     spleen_dir = next((args.runs / "data" / n for n in ("spleen8k", "msd-spleen8", "spleen8")
                        if (args.runs / "data" / n / "labelmap.json").is_file()), args.runs / "data" / "spleen8k")
     if (spleen_dir / "labelmap.json").is_file() or (store / "shipped_spleen8.json").is_file():
@@ -432,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "trained on real labelled CT (v0.7: the phantom-trained demo bundle v0.6 fine-tuned for 2675 steps; v0.8: v0.7 "
         "trained 6000 steps more on the same data; v0.9: v0.8 trained 6000 steps more with contrast-phase "
         "augmentation, training/augmentation/contrast_phase.py; v0.10: v0.9 trained 6000 steps more with the MSD "
-        "spleen case flipped back to its true orientation and both of its kidneys annotated, "
+        "spleen case flipped back to its true orientation and both of its kidneys annotated; v0.11: v0.10 trained "
+        "6000 steps more with that case's unsure right kidney taken out and its liver, aorta and stomach annotated, "
         "scripts/msd_spleen8_dataset.py). Per requested target it returns "
         "an ensemble-mean probability mask and an ensemble-variance mask.",
         "",
@@ -455,10 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- Datasets: {', '.join(prov.get('datasets', []))}; augmentation: {'on' if prov.get('augment') else 'off'}",
         "- `ts-examples` (TotalSegmentator examples: 2 real contrast CT, labels from TotalSegmentator; Apache-2.0 / "
         "CC BY 4.0, Wasserthal et al. 2023), `msd-spleen8` (MSD Task09 spleen_8, manual spleen label; CC BY-SA 4.0; "
-        "from v0.10 flipped back left-right, its header mirrored the patient, with both kidneys annotated by eye for "
-        "this project: `scripts/msd_spleen8_dataset.py`), "
+        "from v0.10 flipped back left-right, its header mirrored the patient; from v0.11 annotated by eye for this "
+        "project on its 8 distinct slices with the left kidney, liver, aorta and stomach, its right kidney left "
+        "unlabelled: `scripts/msd_spleen8_dataset.py`), "
         "and procedural phantoms (`latentseg phantoms --cases 12 --seed 1000`) at a low sampling weight. Partial "
-        "labels stay partial: the spleen case trains the spleen and the kidneys only.",
+        "labels stay partial: the spleen case trains the spleen, left kidney, liver, aorta and stomach only.",
         "",
         "## How it was trained",
         "`scripts/train_real.sh` (see the README for the command) with `--steps 6000 --fold-steps 6000 --parallel`: "
@@ -521,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "## The shipped bundle on every real case (training data: fit, not generalisation)",
         cs.summary_table(shipped_ts),
         "",
-        *( ["MSD spleen_8 (as scripts/msd_spleen8_dataset.py rebuilds it: left-right fixed, spleen manual, kidneys annotated for this project):", "", cs.summary_table(spleen), ""] if spleen is not None else []),
+        *( ["MSD spleen_8 (as scripts/msd_spleen8_dataset.py rebuilds it: left-right fixed, spleen manual, left kidney, liver, aorta and stomach annotated for this project):", "", cs.summary_table(spleen), ""] if spleen is not None else []),
         "## Held-out phantoms (secondary check)",
         f"{args.phantom_cases} new phantoms (seed 9000):",
         "",
