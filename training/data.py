@@ -37,7 +37,7 @@ import yaml
 from model.bundle.config import PreprocessConfig
 from model.errors import UserError
 from model.inference.preprocessing import Volume, body_mask, context_offsets, load_nifti, scale_intensity, to_model_grid
-from model.inference.statistics import on_wrong_side
+from model.inference.statistics import centre_x, on_wrong_side
 from model.targets.vocabulary import DatasetLabelMap, UnknownDatasetError, Vocabulary, usual_side
 from training.augmentation.contrast_phase import ContrastPhaseAugmenter
 
@@ -243,10 +243,7 @@ def read_dataset(root: str | Path, vocabulary: Vocabulary) -> DatasetSource:
 # --------------------------------------------------------------------------- masks
 def body_midline_x(body: np.ndarray, affine: np.ndarray) -> float | None:
     """World x (mm) of the body's centre of mass, the patient's sagittal midline; None without body."""
-    ijk = np.argwhere(body)
-    if not len(ijk):
-        return None
-    return float(affine[0, :3] @ ijk.mean(axis=0) + affine[0, 3])
+    return centre_x(body, affine)
 
 
 def target_masks(
@@ -303,10 +300,10 @@ def laterality_problems(
     problems = []
     for name, mask in sorted(masks.items()):
         side = vocabulary.get(name).side or usual_side(name)
-        if side is None or not mask.any():
+        centre = None if side is None else centre_x(mask, affine)
+        if centre is None:
             continue
-        centre = np.argwhere(mask).mean(axis=0)
-        offset = float(affine[0, :3] @ centre + affine[0, 3]) - midline_x  # RAS+: > 0 is the patient's right
+        offset = centre - midline_x  # RAS+: > 0 is the patient's right
         if on_wrong_side(side, offset):
             problems.append(f"{name} lies {abs(offset):.0f} mm to the patient's {'right' if offset > 0 else 'left'} "
                             f"of the midline (expected: {side})")

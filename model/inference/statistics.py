@@ -134,12 +134,17 @@ def _centre_ijk(mask: np.ndarray) -> np.ndarray:
                      for axis in range(3)]) / total
 
 
+def centre_x(mask: np.ndarray, affine: np.ndarray) -> float | None:
+    """RAS x (mm) of a boolean mask's centre of mass; None for an empty mask."""
+    if not mask.any():
+        return None
+    row = np.asarray(affine, np.float64)[0]
+    return float(row[:3] @ _centre_ijk(mask) + row[3])
+
+
 def body_centre_x(hu: np.ndarray, affine: np.ndarray) -> float | None:
     """RAS x (mm) of the body's centre (CT > :data:`BODY_HU`), the sagittal midline; None without body."""
-    body = np.asarray(hu) > BODY_HU
-    if not body.any():
-        return None
-    return float(np.asarray(affine, np.float64)[0, :3] @ _centre_ijk(body) + affine[0, 3])
+    return centre_x(np.asarray(hu) > BODY_HU, affine)
 
 
 def on_wrong_side(side: str | None, offset_mm: float | None) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from model.inference.statistics import SIDE_MARGIN_MM
 from training.evaluation.ceiling import CeilingResult
 from training.evaluation.evaluate import EvaluationReport
 
@@ -361,7 +362,7 @@ def review_flag_section(document: Mapping[str, Any]) -> str:
         "",
         f"Shipped rule (`model.inference.statistics.ReviewPolicy`): flag an empty mask, a mask below its organ's typical "
         f"volume (`model.targets.vocabulary.size_prior`) that does not touch the volume's edge, a mask above it, a sided "
-        f"organ whose centre lies over 15 mm on the wrong side of the body's (`model.targets.vocabulary.usual_side`: a mask "
+        f"organ whose centre lies over {SIDE_MARGIN_MM:g} mm on the wrong side of the body's (`model.targets.vocabulary.usual_side`: a mask "
         f"on the wrong organ, or a header that mirrors the patient; not in the rates below, whose stored rows carry no "
         f"position), or members' pairwise Dice "
         f"< {policy['min_pairwise_dice']:g}.",
